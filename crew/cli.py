@@ -1,0 +1,155 @@
+"""The command line: parse, call one coroutine, render, exit.
+
+This is the only module that prints. Errors become one line on stderr and an exit code from
+`EXIT_CODES`; set CREW_RAISE_ERRORS=1 to see the traceback instead. AutoGen is imported only
+inside the commands that run a team, so `crew --help` and `crew ps` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from crew import __version__
+from crew.errors import BackendError, BudgetError, CrewError, SettingsError, WorkspaceError
+
+EXIT_OK = 0
+EXIT_NOT_APPROVED = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# The one table from error to exit code; the most specific class listed first wins.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (SettingsError, EXIT_ERROR),
+    (BackendError, EXIT_ERROR),
+    (BudgetError, EXIT_ERROR),
+    (WorkspaceError, EXIT_ERROR),
+    (CrewError, EXIT_ERROR),
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+]
+
+
+def exit_code(exc: BaseException) -> int:
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from crew.memory import resolve_budget
+    from crew.ollama_backend import OllamaBackend
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    budget = resolve_budget(settings.memory_budget_gb)
+
+    async def read() -> list[Any]:
+        backend = OllamaBackend(settings.ollama_host)
+        try:
+            return await backend.running()
+        finally:
+            await backend.aclose()
+
+    running = asyncio.run(read())
+    used = sum(r.size for r in running)
+    if args.json_:
+        print(json.dumps({
+            "host": settings.ollama_host,
+            "budget": {"bytes": budget.bytes, "source": budget.source},
+            "used": used,
+            "models": [
+                {"name": r.name, "size": r.size, "size_vram": r.size_vram,
+                 "context_length": r.context_length}
+                for r in running
+            ],
+        }, indent=2))
+        return EXIT_OK
+    rows = [("NAME", "SIZE", "ON GPU", "CONTEXT")]
+    for r in running:
+        share = f"{100 * r.size_vram / r.size:.0f}%" if r.size else "-"
+        rows.append((r.name, _gb(r.size), share, str(r.context_length or "-")))
+    _table(rows)
+    print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from crew.memory import resolve_budget
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    budget = resolve_budget(settings.memory_budget_gb)
+    data = settings.model_dump(mode="json")
+    data["memory_budget"] = {"bytes": budget.bytes, "source": budget.source}
+    if args.json_:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(f"ollama_host        {settings.ollama_host}")
+    print(f"memory budget      {_gb(budget.bytes)} ({budget.source})")
+    print(f"partial offload    {'allowed' if settings.allow_partial_offload else 'refused'}")
+    rows = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]
+    for role, rs in settings.roles().items():
+        think = "auto" if rs.think is None else str(rs.think).lower()
+        rows.append((role, rs.model, str(rs.num_ctx), f"{rs.temperature:g}", think, f"{rs.timeout_s:g}s"))
+    print()
+    _table(rows)
+    return EXIT_OK
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crew",
+        description="A local-first software team of LLM agents (Architect, Coder, Reviewer) "
+        "sharing one machine's memory through Ollama.",
+        epilog="Exit codes: 0 success, 1 not approved / cannot run, 2 error, 130 interrupted. "
+        "Settings come from CREW_* environment variables and ./crew.toml.",
+    )
+    parser.add_argument("--version", action="version", version=f"crew {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("ps", cmd_ps, "show the models resident in Ollama against the memory budget")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("config", cmd_config, "show the effective settings (environment + crew.toml)")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_OK
+    try:
+        code: int = args.func(args)
+        return code
+    except (CrewError, KeyboardInterrupt) as exc:
+        if os.environ.get("CREW_RAISE_ERRORS"):
+            raise
+        message = str(exc) or "interrupted"
+        print(f"crew: {message}", file=sys.stderr)
+        return exit_code(exc)

@@ -1,0 +1,104 @@
+"""crew's errors: every message says what went wrong and how to fix it.
+
+    CrewError
+     ├─ SettingsError
+     ├─ BackendError
+     │   ├─ OllamaUnreachable
+     │   ├─ ModelNotPulled
+     │   ├─ ModelCapabilityError
+     │   ├─ OllamaOutOfMemory
+     │   ├─ RequestTimeout ─ LoadTimeout
+     │   └─ StreamInterrupted
+     ├─ BudgetError
+     │   ├─ ModelTooLarge
+     │   └─ ResidencyDeadlock
+     └─ WorkspaceError ─ WorkspaceEscape
+
+Foreign exceptions (ollama, httpx) are translated into these at one seam,
+`crew.ollama_backend.ollama_errors`. The CLI maps them to exit codes in one table.
+"""
+
+from __future__ import annotations
+
+
+class CrewError(Exception):
+    """Base of every error crew raises on purpose."""
+
+
+class SettingsError(CrewError):
+    """A setting (environment variable or crew.toml) has an invalid value."""
+
+
+class BackendError(CrewError):
+    """The model backend (Ollama) failed or refused a request."""
+
+
+class OllamaUnreachable(BackendError):
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"cannot reach Ollama at {host}: start it with `ollama serve` (or open the Ollama app), "
+            "or set CREW_OLLAMA_HOST to where it listens"
+        )
+        self.host = host
+
+
+class ModelNotPulled(BackendError):
+    def __init__(self, model: str, host: str) -> None:
+        super().__init__(
+            f"model {model} is not pulled in Ollama at {host}: run `ollama pull {model}`, "
+            "or choose another model for its role (e.g. CREW_CODER_MODEL)"
+        )
+        self.model = model
+
+
+class ModelCapabilityError(BackendError):
+    """The model refused an option it does not support (thinking, tools)."""
+
+
+class OllamaOutOfMemory(BackendError):
+    """Ollama could not fit a model in memory."""
+
+
+class RequestTimeout(BackendError):
+    """A request to the backend took longer than its timeout."""
+
+
+class LoadTimeout(RequestTimeout):
+    def __init__(self, model: str, seconds: float) -> None:
+        super().__init__(
+            f"loading {model} took longer than {seconds:g} s: raise CREW_LOAD_TIMEOUT_S, "
+            "or check `ollama ps` and the Ollama server log"
+        )
+        self.model = model
+
+
+class StreamInterrupted(BackendError):
+    """The connection dropped in the middle of an answer."""
+
+
+class BudgetError(CrewError):
+    """The memory budget cannot serve a request."""
+
+
+class ModelTooLarge(BudgetError):
+    def __init__(self, model: str, needed: int, budget: int) -> None:
+        super().__init__(
+            f"{model} needs about {needed / 1e9:.1f} GB at its num_ctx but the memory budget is "
+            f"{budget / 1e9:.1f} GB: lower its num_ctx, raise CREW_MEMORY_BUDGET_GB, or set "
+            "CREW_ALLOW_PARTIAL_OFFLOAD=true to run it split between GPU and CPU (slow)"
+        )
+        self.model = model
+        self.needed = needed
+        self.budget = budget
+
+
+class ResidencyDeadlock(BudgetError):
+    """A task waits for room that only its own held models could free."""
+
+
+class WorkspaceError(CrewError):
+    """The run's workspace cannot be created or used."""
+
+
+class WorkspaceEscape(WorkspaceError):
+    """A path given to a tool points outside the workspace."""

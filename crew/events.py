@@ -1,0 +1,107 @@
+"""Typed events: what crew did, as data.
+
+The same objects feed `events.jsonl`, `--json` output and the terminal renderer, so each
+carries a `type` literal and parses back without ambiguity (`parse_event`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+
+class BaseEvent(BaseModel):
+    """Fields every event has."""
+
+    ts: float = Field(default_factory=time.time)
+    """Wall-clock time the event happened (Unix seconds)."""
+
+
+class ModelLoadStarted(BaseEvent):
+    """A model began loading."""
+
+    type: Literal["model_load_started"] = "model_load_started"
+    model: str
+    bytes: int
+    """Expected resident size (learned from an earlier load, else estimated)."""
+    reason: str
+
+
+class ModelLoaded(BaseEvent):
+    """A model is resident and ready."""
+
+    type: Literal["model_loaded"] = "model_loaded"
+    model: str
+    bytes: int
+    """Resident size as the backend reports it."""
+    seconds: float
+    reason: str
+    partial_offload: bool = False
+
+
+class ModelUnloaded(BaseEvent):
+    """A model left memory (its memory is free when this is emitted)."""
+
+    type: Literal["model_unloaded"] = "model_unloaded"
+    model: str
+    bytes: int
+    seconds: float
+    reason: str
+    evicted_for: str | None = None
+    """The model whose load made room by evicting this one, if any."""
+
+
+class ModelVanished(BaseEvent):
+    """A model crew counted as resident is gone (unloaded by someone else, or a restart)."""
+
+    type: Literal["model_vanished"] = "model_vanished"
+    model: str
+    bytes: int
+
+
+class ModelAppeared(BaseEvent):
+    """A model crew did not load is resident (loaded by someone else)."""
+
+    type: Literal["model_appeared"] = "model_appeared"
+    model: str
+    bytes: int
+
+
+class ResidencyWaiting(BaseEvent):
+    """A request waits because models in use hold the memory it needs."""
+
+    type: Literal["residency_waiting"] = "residency_waiting"
+    model: str
+    bytes: int
+    blocked_by: list[str]
+
+
+class ResidencyWarning(BaseEvent):
+    """Something works, but not as well as it could (e.g. partial CPU offload)."""
+
+    type: Literal["residency_warning"] = "residency_warning"
+    model: str
+    message: str
+
+
+ResidencyEvent = Annotated[
+    ModelLoadStarted
+    | ModelLoaded
+    | ModelUnloaded
+    | ModelVanished
+    | ModelAppeared
+    | ResidencyWaiting
+    | ResidencyWarning,
+    Field(discriminator="type"),
+]
+
+Event = ResidencyEvent
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(line: str | bytes) -> Event:
+    """Parse one JSON line (as written to events.jsonl) back into its event class."""
+    return _EVENT_ADAPTER.validate_json(line)

@@ -1,0 +1,185 @@
+"""Settings: environment variables (`CREW_*`) over `crew.toml` over defaults.
+
+One pydantic-settings class. Nested role settings read from `CREW_<ROLE>_<FIELD>`
+(`CREW_CODER_MODEL`, `CREW_REVIEWER_NUM_CTX`) or from a `[coder]` table in crew.toml.
+An invalid value becomes one `SettingsError` line that names the setting.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from crew.errors import SettingsError
+
+Role = Literal["architect", "coder", "reviewer"]
+ROLES: tuple[Role, ...] = ("architect", "coder", "reviewer")
+
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+CONFIG_FILE = "crew.toml"
+
+# Ollama's duration strings: a number with a unit; a bare number is only valid as JSON number.
+_KEEP_ALIVE = re.compile(r"^-?\d+(\.\d+)?(ns|us|µs|ms|s|m|h)$")
+
+
+class RoleSettings(BaseModel):
+    """How one role talks to its model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    num_ctx: int = Field(32768, ge=512, le=1_048_576)
+    """Context window. Sent on every request and on the preload, so Ollama never reloads."""
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    seed: int | None = None
+    think: bool | None = None
+    """True/False to force Qwen3 thinking on or off; None sends it only where supported."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Longest a single model request may take, after its model is resident."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must name a model, e.g. qwen3:14b")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """Ollama `options` for every request of this role, the preload included."""
+        options: dict[str, Any] = {"num_ctx": self.num_ctx, "temperature": self.temperature}
+        if self.seed is not None:
+            options["seed"] = self.seed
+        return options
+
+
+# One class per role so that setting one field (CREW_CODER_NUM_CTX) keeps the role's default model.
+class ArchitectSettings(RoleSettings):
+    model: str = "qwen3-coder-next:q4_K_M"
+
+
+class CoderSettings(RoleSettings):
+    model: str = "qwen3-coder:30b"
+
+
+class ReviewerSettings(RoleSettings):
+    model: str = "qwen3:14b"
+
+
+class Settings(BaseSettings):
+    """Everything crew can be told. See README for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CREW_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        toml_file=CONFIG_FILE,
+        extra="forbid",
+    )
+
+    ollama_host: str = DEFAULT_OLLAMA_HOST
+    memory_budget_gb: float | None = Field(None, gt=0)
+    """Memory crew may fill with models, in GB (10^9 bytes). Default: from the machine."""
+    allow_partial_offload: bool = False
+    """Let a model larger than the budget run alone, split between GPU and CPU (slow)."""
+    load_timeout_s: float = Field(300.0, gt=0)
+    keep_alive_after: str | float = "5m"
+    """What keep_alive crew leaves its models with when it exits (Ollama's syntax)."""
+    workspaces_dir: Path = Path("workspaces")
+
+    architect: ArchitectSettings = ArchitectSettings()
+    coder: CoderSettings = CoderSettings()
+    reviewer: ReviewerSettings = ReviewerSettings()
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _host_is_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            raise ValueError("must be a URL such as http://127.0.0.1:11434")
+        if "://" not in value:
+            value = "http://" + value
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
+        return value
+
+    @field_validator("keep_alive_after")
+    @classmethod
+    def _keep_alive_syntax(cls, value: str | float) -> str | float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+            if not _KEEP_ALIVE.match(value.strip()):
+                raise ValueError('must be seconds (300) or a duration with a unit ("5m", "1h")')
+            return value.strip()
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def role(self, role: Role) -> RoleSettings:
+        settings: RoleSettings = getattr(self, role)
+        return settings
+
+    def roles(self) -> dict[Role, RoleSettings]:
+        return {role: self.role(role) for role in ROLES}
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    dotted = ".".join(str(part) for part in loc)
+    env = "CREW_" + "_".join(str(part) for part in loc).upper()
+    return f"{dotted} ({env})"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; raise SettingsError with one line naming the bad setting."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _setting_name(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise SettingsError(
+                f"unknown setting {where}: check its spelling in {CONFIG_FILE} or the environment"
+            ) from None
+        got = first.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        raise SettingsError(f"invalid setting {where}: {first['msg']}{shown}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{CONFIG_FILE} is not valid TOML: {exc}") from None
+    _check_shared_models(settings)
+    return settings
+
+
+def _check_shared_models(settings: Settings) -> None:
+    # Two roles on one model must agree on runner options, or Ollama reloads it on every switch.
+    seen: dict[str, tuple[Role, int]] = {}
+    for role, rs in settings.roles().items():
+        if rs.model in seen and seen[rs.model][1] != rs.num_ctx:
+            other = seen[rs.model][0]
+            raise SettingsError(
+                f"roles {other} and {role} both use {rs.model} with different num_ctx "
+                f"({seen[rs.model][1]} and {rs.num_ctx}); Ollama would reload it at every switch: "
+                "give them the same num_ctx"
+            )
+        seen.setdefault(rs.model, (role, rs.num_ctx))

@@ -1,0 +1,45 @@
+"""Shared fixtures: one fake Ollama server per session, reset for every test; a clean env."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_ollama import FakeOllama
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[FakeOllama]:
+    server = FakeOllama().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ollama(_server: FakeOllama) -> FakeOllama:
+    """The fake Ollama server, with the default catalog, 48 GB and empty records."""
+    _server.reset()
+    return _server
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No CREW_* or OLLAMA_* from the developer's shell; run in an empty directory."""
+    for name in list(os.environ):
+        if name.startswith(("CREW_", "OLLAMA_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def dead_host() -> str:
+    """A loopback URL where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
