@@ -199,6 +199,7 @@ class FakeOllama:
             self.peak_used = 0
             self.waited_for_unload = 0
             self.load_gate: threading.Event | None = None
+            self.generating = threading.Event()
             self._cond.notify_all()
 
     def restart(self) -> None:
@@ -243,6 +244,11 @@ class FakeOllama:
                 time.time(),
             )
             self._track_peak()
+
+    def wait_gone(self, model: str, timeout: float = 30.0) -> bool:
+        """Block until the model has left memory (a guard timeout, not a timing)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: model not in self.runners, timeout)
 
     def self_evictions(self) -> list[dict[str, Any]]:
         """Runners the server had to evict on its own: crew lost control if any."""
@@ -562,6 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self._done(name, "load", generate))
                 return
             reply = self.fake.next_reply(name)
+            self.fake.generating.set()
             if reply.gate is not None:
                 reply.gate.wait()
             if body.get("stream", True):

@@ -26,12 +26,9 @@ from tests.helpers import ARCHITECT, CODER, OPTIONS, REVIEWER, Recorder, make_ma
 
 async def chat(fake: FakeOllama, model: str) -> None:
     """A real request for `model`, as a team member would send it (same options)."""
-    client = ollama.AsyncClient(host=fake.url)
-    try:
+    async with ollama.AsyncClient(host=fake.url) as client:
         await client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
                           options=OPTIONS, keep_alive=-1)
-    finally:
-        await client._client.aclose()
 
 
 def assert_server_kept_control(fake: FakeOllama) -> None:
@@ -170,6 +167,7 @@ def test_queued_work_for_the_resident_model_goes_first_but_a_waiting_load_is_not
     ollama: FakeOllama,
 ) -> None:
     order: list[str] = []
+    events: list[object] = []
 
     async def scenario() -> None:
         async with make_manager(ollama, fairness=2) as manager:
@@ -199,9 +197,10 @@ def test_queued_work_for_the_resident_model_goes_first_but_a_waiting_load_is_not
             assert recorder.of("residency_waiting")[1].blocked_by == [ARCHITECT]
             release.set()
             await asyncio.gather(first, architect, late)
+            events.extend(recorder.events)
 
     run(scenario())
-    assert order == [CODER, CODER, CODER, ARCHITECT, CODER]
+    assert order == [CODER, CODER, CODER, ARCHITECT, CODER], events
     assert ollama.load_names() == [CODER, ARCHITECT, CODER]
     assert_server_kept_control(ollama)
 
