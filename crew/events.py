@@ -86,6 +86,20 @@ class ResidencyWarning(BaseEvent):
     message: str
 
 
+class ModelCall(BaseEvent):
+    """One request to a model finished."""
+
+    type: Literal["model_call"] = "model_call"
+    role: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    """Generation time, from the model being resident to the last token."""
+    wait_seconds: float
+    """Time spent waiting for the model to become resident (loads, evictions, queueing)."""
+
+
 ResidencyEvent = Annotated[
     ModelLoadStarted
     | ModelLoaded
@@ -97,7 +111,17 @@ ResidencyEvent = Annotated[
     Field(discriminator="type"),
 ]
 
-Event = ResidencyEvent
+Event = Annotated[
+    ModelLoadStarted
+    | ModelLoaded
+    | ModelUnloaded
+    | ModelVanished
+    | ModelAppeared
+    | ResidencyWaiting
+    | ResidencyWarning
+    | ModelCall,
+    Field(discriminator="type"),
+]
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 

@@ -29,7 +29,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def make_manager(
-    fake: FakeOllama, budget_gb: float = TEAM_BUDGET_GB, *, capacity: bool = True, **kwargs: Any
+    fake: FakeOllama, budget_gb: float = TEAM_BUDGET_GB, *, capacity: bool = True,
+    register: bool = True, **kwargs: Any,
 ) -> ResidencyManager:
     """A manager on the fake server with the three default models registered.
 
@@ -41,7 +42,7 @@ def make_manager(
     manager = ResidencyManager(
         OllamaBackend(fake.url), MemoryBudget(int(budget_gb * GB), "test"), **kwargs
     )
-    for model in (ARCHITECT, CODER, REVIEWER):
+    for model in (ARCHITECT, CODER, REVIEWER) if register else ():
         manager.register(model, OPTIONS)
     return manager
 
