@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from crew import __version__
@@ -74,7 +74,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             ],
         }, indent=2))
         return EXIT_OK
-    rows = [("NAME", "SIZE", "ON GPU", "CONTEXT")]
+    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT")]
     for r in running:
         share = f"{100 * r.size_vram / r.size:.0f}%" if r.size else "-"
         rows.append((r.name, _gb(r.size), share, str(r.context_length or "-")))
@@ -97,7 +97,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(f"ollama_host        {settings.ollama_host}")
     print(f"memory budget      {_gb(budget.bytes)} ({budget.source})")
     print(f"partial offload    {'allowed' if settings.allow_partial_offload else 'refused'}")
-    rows = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]
+    rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]
     for role, rs in settings.roles().items():
         think = "auto" if rs.think is None else str(rs.think).lower()
         rows.append((role, rs.model, str(rs.num_ctx), f"{rs.temperature:g}", think, f"{rs.timeout_s:g}s"))
@@ -106,7 +106,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

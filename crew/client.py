@@ -238,15 +238,20 @@ class RoutedOllamaClient(ChatCompletionClient):
     def total_usage(self) -> RequestUsage:
         return self._total
 
-    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
-        text = json.dumps(to_ollama_messages(messages)) + json.dumps([to_ollama_tool(t) for t in tools])
+    def count_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
+    ) -> int:
+        tool_text = json.dumps([to_ollama_tool(t) for t in tools])
+        text = json.dumps(to_ollama_messages(messages)) + tool_text
         return len(text) // CHARS_PER_TOKEN
 
-    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
+    ) -> int:
         return int(self._options["num_ctx"]) - self.count_tokens(messages, tools=tools)
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+    def capabilities(self) -> ModelCapabilities:
         info = self.model_info
         return ModelCapabilities(
             vision=info["vision"], function_calling=info["function_calling"], json_output=info["json_output"]
@@ -315,7 +320,8 @@ def to_function_calls(tool_calls: Sequence[Any] | None) -> list[FunctionCall]:
     for call in tool_calls or []:
         arguments = call.function.arguments
         text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
-        calls.append(FunctionCall(id=f"call_{uuid.uuid4().hex[:12]}", name=call.function.name, arguments=text))
+        call_id = f"call_{uuid.uuid4().hex[:12]}"
+        calls.append(FunctionCall(id=call_id, name=call.function.name, arguments=text))
     return calls
 
 

@@ -1,4 +1,4 @@
-"""RoutedOllamaClient on the fake server: residency around every call, and the stock client's defects fixed."""
+"""RoutedOllamaClient on the fake server: a hold around every call; the stock client's defects fixed."""
 
 from __future__ import annotations
 
