@@ -18,7 +18,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from autogen_core import CancellationToken, FunctionCall
@@ -39,6 +40,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from crew.backend import ModelFacts
+from crew.errors import CrewError
 from crew.events import Event, ModelCall
 from crew.ollama_backend import make_client, ollama_errors
 from crew.residency import ResidencyManager
@@ -63,6 +65,7 @@ class RoutedOllamaClient(ChatCompletionClient):
         *,
         host: str,
         emit: Callable[[Event], None] | None = None,
+        on_hold: Callable[[], None] | None = None,
     ) -> None:
         self._manager = manager
         self._role = role
@@ -71,6 +74,9 @@ class RoutedOllamaClient(ChatCompletionClient):
         self._facts = facts
         self._host = host
         self._emit = emit or (lambda event: None)
+        self._on_hold = on_hold or (lambda: None)
+        self.failure: CrewError | None = None
+        """The last crew error a request raised (AutoGen re-raises it as a bare RuntimeError)."""
         self._options = settings.options()
         manager.register(self._model, self._options)
         self._client = make_client(host, read_timeout=settings.timeout_s)
@@ -134,8 +140,9 @@ class RoutedOllamaClient(ChatCompletionClient):
         request = self._request(messages, [] if tool_choice == "none" else tools, json_output,
                                 extra_create_args)
         asked = time.monotonic()
-        async with self._manager.hold(self._model):
+        async with self._failures(), self._manager.hold(self._model):
             started = time.monotonic()
+            self._on_hold()
             async with ollama_errors(self._host, self._model):
                 call = asyncio.ensure_future(
                     asyncio.wait_for(self._client.chat(**request, stream=False), self._settings.timeout_s)
@@ -176,8 +183,9 @@ class RoutedOllamaClient(ChatCompletionClient):
     async def _stream(self, request: dict[str, Any]) -> AsyncGenerator[str | CreateResult, None]:
         asked = time.monotonic()
         # The hold spans the whole stream: released when it is consumed, fails or is closed.
-        async with self._manager.hold(self._model):
+        async with self._failures(), self._manager.hold(self._model):
             started = time.monotonic()
+            self._on_hold()
             content: list[str] = []
             thinking: list[str] = []
             calls: list[FunctionCall] = []
@@ -213,6 +221,14 @@ class RoutedOllamaClient(ChatCompletionClient):
             cached=False,
             thought=thought,
         )
+
+    @asynccontextmanager
+    async def _failures(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except CrewError as exc:
+            self.failure = exc
+            raise
 
     def _account(self, usage: RequestUsage, asked: float, started: float) -> None:
         self._last = usage

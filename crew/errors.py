@@ -2,6 +2,7 @@
 
     CrewError
      ├─ SettingsError
+     ├─ InputError
      ├─ BackendError
      │   ├─ OllamaUnreachable
      │   ├─ ModelNotPulled
@@ -27,6 +28,10 @@ class CrewError(Exception):
 
 class SettingsError(CrewError):
     """A setting (environment variable or crew.toml) has an invalid value."""
+
+
+class InputError(CrewError):
+    """A file or argument given on the command line cannot be used."""
 
 
 class BackendError(CrewError):

@@ -100,6 +100,65 @@ class ModelCall(BaseEvent):
     """Time spent waiting for the model to become resident (loads, evictions, queueing)."""
 
 
+class RoutingDecision(BaseEvent):
+    """The team chose who speaks next, and why."""
+
+    type: Literal["routing"] = "routing"
+    speaker: str
+    reason: str
+
+
+class AgentMessage(BaseEvent):
+    """A message in the team's conversation (the task, an agent's reply, a stop)."""
+
+    type: Literal["message"] = "message"
+    source: str
+    content: str
+
+
+class ToolCall(BaseEvent):
+    """An agent asked for a tool."""
+
+    type: Literal["tool_call"] = "tool_call"
+    source: str
+    name: str
+    arguments: str
+
+
+class ToolResult(BaseEvent):
+    """A tool answered (errors go back to the agent, which carries on)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    source: str
+    name: str
+    is_error: bool
+    content: str
+
+
+class StreamChunk(BaseEvent):
+    """Streamed text of a reply still being generated (rendered, not recorded)."""
+
+    type: Literal["chunk"] = "chunk"
+    source: str
+    text: str
+
+
+class RunStarted(BaseEvent):
+    """A run began (or resumed) in a workspace."""
+
+    type: Literal["run_started"] = "run_started"
+    workspace: str
+    resumed: bool = False
+
+
+class RunFinished(BaseEvent):
+    """The run ended."""
+
+    type: Literal["run_finished"] = "run_finished"
+    approved: bool
+    stop_reason: str
+
+
 ResidencyEvent = Annotated[
     ModelLoadStarted
     | ModelLoaded
@@ -119,7 +178,14 @@ Event = Annotated[
     | ModelAppeared
     | ResidencyWaiting
     | ResidencyWarning
-    | ModelCall,
+    | ModelCall
+    | RoutingDecision
+    | AgentMessage
+    | ToolCall
+    | ToolResult
+    | StreamChunk
+    | RunStarted
+    | RunFinished,
     Field(discriminator="type"),
 ]
 

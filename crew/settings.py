@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     keep_alive_after: str | float = "5m"
     """What keep_alive crew leaves its models with when it exits (Ollama's syntax)."""
     workspaces_dir: Path = Path("workspaces")
+    prompts_dir: Path | None = None
+    """A folder with architect.md / coder.md / reviewer.md that replace crew's prompts."""
+    max_turns: int = Field(20, ge=1)
+    max_seconds: float = Field(3600.0, gt=0)
+    """Wall-clock limit of a run, checked as each message arrives."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Token budget of a run (prompt + completion, all agents)."""
+    max_tool_iterations: int = Field(8, ge=1)
+    command_timeout_s: float = Field(120.0, gt=0)
 
     architect: ArchitectSettings = ArchitectSettings()
     coder: CoderSettings = CoderSettings()

@@ -1,0 +1,218 @@
+"""The team: Architect, Coder and Reviewer AssistantAgents in a SelectorGroupChat.
+
+Speaker selection is a plain function (never a model call, so it never loads a model):
+an explicit handoff line (`NEXT: Coder`) wins; else the workflow (task -> Architect ->
+Coder -> Reviewer -> Coder ...); the task itself is routed by the seed's task types; and a
+choice the workflow leaves open prefers the agent whose model is already resident. While an
+agent generates, the model of the agent the workflow names next is prefetched if it fits in
+the free budget. The Reviewer ends the run with a line `APPROVED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.base import ChatAgent, TerminationCondition
+from autogen_agentchat.base import Team as BaseTeam
+from autogen_agentchat.conditions import (
+    FunctionalTermination,
+    MaxMessageTermination,
+    TimeoutTermination,
+    TokenUsageTermination,
+)
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+from autogen_agentchat.teams import SelectorGroupChat
+
+from crew.client import RoutedOllamaClient
+from crew.errors import CrewError, SettingsError
+from crew.events import Event, RoutingDecision
+from crew.residency import ResidencyManager
+from crew.settings import ROLES, Role, Settings
+from crew.tools import make_tools
+from crew.workspace import Workspace
+
+log = logging.getLogger("crew.team")
+
+NAMES: dict[Role, str] = {"architect": "Architect", "coder": "Coder", "reviewer": "Reviewer"}
+ROLE_OF = {name: role for role, name in NAMES.items()}
+# What the workflow does after each speaker.
+NEXT: dict[Role, Role] = {"architect": "coder", "coder": "reviewer", "reviewer": "coder"}
+# The seed's task-type routing.
+TASK_TYPES: dict[Role, tuple[str, ...]] = {
+    "architect": ("plan", "design", "architecture", "requirements", "strategy"),
+    "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
+    "reviewer": ("review", "test", "validate", "debug"),
+}
+_HANDOFF = re.compile(r"(?im)^\W*(?:next|handoff)\W*:?\s*(architect|coder|reviewer)\b")
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+def approved(text: str) -> bool:
+    """A line that says only APPROVED (markdown emphasis allowed); 'NOT APPROVED' is not."""
+    return any(line.strip().strip("*_`#> ").upper() == "APPROVED" for line in text.splitlines())
+
+
+def task_type(text: str) -> Role | None:
+    words = re.findall(r"[a-z]+", text.lower())
+    for word in words[:40]:
+        for role, keywords in TASK_TYPES.items():
+            if word in keywords:
+                return role
+    return None
+
+
+class Selector:
+    """The selector_func: who speaks next, with the reason recorded as an event."""
+
+    def __init__(self, manager: ResidencyManager, models: dict[Role, str], emit: Callable[[Event], None]):
+        self._manager = manager
+        self._models = models
+        self._emit = emit
+
+    def __call__(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
+        role, reason = self.choose(thread)
+        self._emit(RoutingDecision(speaker=NAMES[role], reason=reason))
+        log.info("[ROUTING] next=%s model=%s | %s", NAMES[role], self._models[role], reason)
+        return NAMES[role]
+
+    def choose(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> tuple[Role, str]:
+        chat = [m for m in thread if isinstance(m, BaseChatMessage)]
+        last = chat[-1]
+        text = last.to_text()
+        source = ROLE_OF.get(last.source)
+        handoff = _HANDOFF.findall(text)
+        if handoff and handoff[-1].lower() != source:
+            target: Role = handoff[-1].lower()
+            return target, f"{last.source} handed off to {NAMES[target]}"
+        if source is None:
+            kind = task_type(text) if len(chat) == 1 else None
+            if kind is not None and kind != "architect":
+                return kind, f"the task is of type '{kind}' work"
+            return "architect", "a new task starts with a plan"
+        if source == "reviewer":
+            kind = task_type(text)
+            if kind == "architect":
+                return self._prefer_resident(["architect", "coder"], "the review questions the design")
+            return "coder", "the Reviewer asked for changes"
+        nxt = NEXT[source]
+        return nxt, f"workflow: {NAMES[source]} -> {NAMES[nxt]}"
+
+    def _prefer_resident(self, roles: list[Role], why: str) -> tuple[Role, str]:
+        resident = {v.name for v in self._manager.snapshot().slots if v.state == "resident"}
+        for role in roles:
+            if self._models[role] in resident:
+                return role, f"{why}; {NAMES[role]}'s model is already resident"
+        return roles[0], why
+
+
+@dataclass
+class Team:
+    """The group chat and what the run needs to read back from it."""
+
+    chat: SelectorGroupChat
+    clients: dict[Role, RoutedOllamaClient]
+    termination: TerminationCondition
+
+    def failure(self) -> CrewError | None:
+        """The typed error behind an agent failure (AutoGen only keeps its text)."""
+        return next((c.failure for c in self.clients.values() if c.failure is not None), None)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+def load_prompt(settings: Settings, role: Role) -> str:
+    for folder in (settings.prompts_dir, PROMPTS_DIR):
+        if folder is not None and (folder / f"{role}.md").is_file():
+            return (folder / f"{role}.md").read_text()
+    raise SettingsError(f"no prompt for {role}: put {role}.md in CREW_PROMPTS_DIR or reinstall crew")
+
+
+async def build_team(
+    settings: Settings,
+    manager: ResidencyManager,
+    workspace: Workspace,
+    emit: Callable[[Event], None],
+    *,
+    max_turns: int | None = None,
+) -> Team:
+    """Check every role's model with the backend, then assemble the team."""
+    models = {role: rs.model for role, rs in settings.roles().items()}
+    prefetches: set[asyncio.Task[bool]] = set()
+
+    def prefetch_after(role: Role) -> Callable[[], None]:
+        def start() -> None:
+            task = asyncio.ensure_future(_quiet_prefetch(manager, models[NEXT[role]]))
+            prefetches.add(task)
+            task.add_done_callback(prefetches.discard)
+        return start
+
+    clients: dict[Role, RoutedOllamaClient] = {}
+    for role in ROLES:
+        facts = await manager.facts(models[role])  # fails here, typed, before the team starts
+        clients[role] = RoutedOllamaClient(
+            manager, role, settings.role(role), facts, host=settings.ollama_host, emit=emit,
+            on_hold=prefetch_after(role),
+        )
+    agents: list[ChatAgent | BaseTeam] = [
+        AssistantAgent(
+            NAMES[role],
+            model_client=clients[role],
+            tools=list(_tools_for(role, workspace, settings)),
+            system_message=load_prompt(settings, role),
+            description=f"The {NAMES[role]}.",
+            model_client_stream=True,
+            max_tool_iterations=settings.max_tool_iterations,
+            reflect_on_tool_use=False,
+        )
+        for role in ROLES
+    ]
+    turns = max_turns or settings.max_turns
+    termination: TerminationCondition = FunctionalTermination(_reviewer_approved) | TimeoutTermination(
+        settings.max_seconds
+    )
+    termination = termination | MaxMessageTermination(turns * 50)  # tool events count as messages too
+    if settings.max_tokens:
+        termination = termination | TokenUsageTermination(max_total_token=settings.max_tokens)
+    chat = SelectorGroupChat(
+        agents,
+        model_client=clients["reviewer"],  # never called: the selector function always answers
+        selector_func=Selector(manager, models, emit),
+        termination_condition=termination,
+        max_turns=turns,
+        allow_repeated_speaker=True,
+        emit_team_events=False,
+        model_client_streaming=False,
+    )
+    return Team(chat, clients, termination)
+
+
+def _tools_for(role: Role, workspace: Workspace, settings: Settings) -> list[Callable[..., Any]]:
+    tools = make_tools(workspace, write=role == "coder", command_timeout=settings.command_timeout_s)
+    if role == "architect":  # reads, plans; runs nothing
+        return [t for t in tools if t.__name__ in ("list_files", "read_file")]
+    return list(tools)
+
+
+def _reviewer_approved(messages: Sequence[Any]) -> bool:
+    return any(
+        isinstance(m, BaseChatMessage) and m.source == NAMES["reviewer"] and approved(m.to_text())
+        for m in messages
+    )
+
+
+async def _quiet_prefetch(manager: ResidencyManager, model: str) -> bool:
+    # A prefetch is a hint: its failure must not disturb the agent that is generating.
+    try:
+        return await manager.prefetch(model)
+    except CrewError as exc:
+        log.debug("prefetch of %s skipped: %s", model, exc)
+        return False

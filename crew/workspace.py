@@ -1,0 +1,136 @@
+"""A run's workspace: a git repository holding the code, and crew's records beside it.
+
+`workspaces/<id>/` is a fresh repository with an initial commit, or (with `--repo`) a git
+worktree of the user's repository on a new branch `crew/<id>`. crew's own files
+(transcript, events, summary, patch, team state) are kept out of git, so `crew.patch` holds
+only the team's changes to the code. Every path a tool names is resolved here, and nothing
+outside the workspace can be reached: no `..`, no absolute paths, no symlink escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from crew.errors import WorkspaceError, WorkspaceEscape
+
+RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
+_GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git; a failure becomes a WorkspaceError with git's own words."""
+    try:
+        done = subprocess.run(
+            ["git", *_GIT_IDENTITY, *args], cwd=cwd, capture_output=True, text=True, check=False,
+            timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise WorkspaceError(f"could not run git in {cwd}: {exc}; is git installed?") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise WorkspaceError(f"git {args[0]} failed in {cwd}: {detail[-1] if detail else 'no output'}")
+    return done.stdout
+
+
+class Workspace:
+    """Where one run writes: code under git, crew's records beside it."""
+
+    def __init__(self, root: Path, base: str) -> None:
+        self.root = root
+        self.base = base
+
+    @property
+    def id(self) -> str:
+        return self.root.name
+
+    @classmethod
+    def create(cls, workspaces_dir: Path, *, path: Path | None = None, repo: Path | None = None) -> Workspace:
+        root = (path or workspaces_dir / new_run_id()).resolve()
+        if root.exists() and any(root.iterdir()):
+            raise WorkspaceError(f"{root} already exists and is not empty: choose another --workspace")
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            if repo is None:
+                root.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise WorkspaceError(
+                f"cannot create the workspace {root}: {exc.strerror}; choose a writable --workspace"
+            ) from None
+        if repo is None:
+            git(root, "init", "-q", "-b", "main")
+            git(root, "commit", "-q", "--allow-empty", "-m", "crew: initial commit")
+        else:
+            repo = repo.resolve()
+            if not (repo / ".git").exists():
+                raise WorkspaceError(f"{repo} is not a git repository: run `git init` there or drop --repo")
+            git(repo, "worktree", "add", "-q", "-b", f"crew/{root.name}", str(root))
+        workspace = cls(root, git(root, "rev-parse", "HEAD").strip())
+        workspace._exclude_records()
+        workspace.write_json("workspace.json", {"base": workspace.base})
+        return workspace
+
+    @classmethod
+    def open(cls, root: Path) -> Workspace:
+        meta = root / "workspace.json"
+        if not meta.is_file():
+            raise WorkspaceError(f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>")
+        base = json.loads(meta.read_text())["base"]
+        return cls(root.resolve(), base)
+
+    def _exclude_records(self) -> None:
+        exclude = Path(git(self.root, "rev-parse", "--git-path", "info/exclude").strip())
+        if not exclude.is_absolute():
+            exclude = self.root / exclude
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        with exclude.open("a") as handle:
+            handle.write("\n".join(["", "# crew's records", *[f"/{name}" for name in RECORDS],
+                                    "/workspace.json", ""]))
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def resolve(self, path: str) -> Path:
+        """The real path of `path` inside the workspace; WorkspaceEscape if it leaves it."""
+        if not path or not path.strip():
+            raise WorkspaceEscape("a path is needed, relative to the workspace (e.g. src/app.py)")
+        candidate = Path(path.strip())
+        if candidate.is_absolute():
+            raise WorkspaceEscape(f"{path}: absolute paths are not allowed; use a path relative to the workspace")
+        if ".." in candidate.parts:
+            raise WorkspaceEscape(f"{path}: '..' is not allowed; stay inside the workspace")
+        if candidate.parts and candidate.parts[0] == ".git":
+            raise WorkspaceEscape(f"{path}: the .git folder is off limits")
+        full = (self.root / candidate).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise WorkspaceEscape(f"{path}: it leads outside the workspace (symlink)")
+        if full.name in RECORDS and full.parent == self.root:
+            raise WorkspaceEscape(f"{path}: that name is reserved for crew's records")
+        return full
+
+    # -- records ---------------------------------------------------------------------------
+
+    def write_json(self, name: str, data: Any) -> None:
+        tmp = self.root / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self.root / name)
+
+    def write_patch(self) -> Path:
+        """All changes since the initial commit, as a git diff that applies to it."""
+        git(self.root, "add", "-A")
+        diff = git(self.root, "diff", "--cached", "--binary", self.base)
+        target = self.root / "crew.patch"
+        target.write_text(diff)
+        return target
+
+    def files(self) -> list[str]:
+        listed = git(self.root, "ls-files", "--cached", "--others", "--exclude-standard")
+        return sorted(line for line in listed.splitlines() if line)
