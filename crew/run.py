@@ -24,6 +24,7 @@ from autogen_agentchat.messages import (
     ToolCallExecutionEvent,
     ToolCallRequestEvent,
 )
+from autogen_core import CancellationToken
 
 from crew.errors import CrewError, InputError
 from crew.events import (
@@ -41,7 +42,7 @@ from crew.memory import resolve_budget
 from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
 from crew.settings import Role, Settings
-from crew.team import NAMES, ROLE_OF, approved, build_team
+from crew.team import NAMES, ROLE_OF, Team, approved, build_team
 from crew.workspace import Workspace
 
 MAX_SPEC_BYTES = 1_000_000
@@ -181,12 +182,18 @@ async def run_spec(
             await team.chat.load_state(json.loads(state_file.read_text()))
         elif task is not None:
             records.take(_task_message(task))
+        token = CancellationToken()
+        consuming = asyncio.ensure_future(_consume(team, task if resume is None else None, records, token))
         try:
-            async for item in team.chat.run_stream(task=task if resume is None else None):
-                if isinstance(item, TaskResult):
-                    stop_reason = _stop_reason(item, records.approved)
-                elif not (task is not None and isinstance(item, BaseChatMessage) and item.source == "user"):
-                    records.take(item)
+            # Shielded: on Ctrl-C the team's stream must not be cancelled first, or AutoGen waits
+            # for the agent's whole generation before it stops. Cut the model calls, then stop it.
+            stop_reason = await asyncio.shield(consuming)
+        except asyncio.CancelledError:
+            token.cancel()
+            await team.close()
+            consuming.cancel()
+            await asyncio.gather(consuming, return_exceptions=True)
+            raise
         except RuntimeError as exc:
             failure = team.failure()
             raise (failure or CrewError(f"an agent failed: {exc}")) from None
@@ -207,6 +214,17 @@ async def run_spec(
         records.close()
         await manager.aclose()
     return Outcome(workspace, records.approved, stop_reason, records.stats)
+
+
+async def _consume(team: Team, task: str | None, records: Records, token: CancellationToken) -> str:
+    """Feed the team's stream into the records; the stop reason."""
+    stop_reason = "stopped"
+    async for item in team.chat.run_stream(task=task, cancellation_token=token):
+        if isinstance(item, TaskResult):
+            stop_reason = _stop_reason(item, records.approved)
+        elif not (task is not None and isinstance(item, BaseChatMessage) and item.source == "user"):
+            records.take(item)
+    return stop_reason
 
 
 def _task_message(task: str) -> BaseChatMessage:

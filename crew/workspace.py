@@ -83,7 +83,9 @@ class Workspace:
     def open(cls, root: Path) -> Workspace:
         meta = root / "workspace.json"
         if not meta.is_file():
-            raise WorkspaceError(f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>")
+            raise WorkspaceError(
+                f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>"
+            )
         base = json.loads(meta.read_text())["base"]
         return cls(root.resolve(), base)
 
@@ -104,7 +106,7 @@ class Workspace:
             raise WorkspaceEscape("a path is needed, relative to the workspace (e.g. src/app.py)")
         candidate = Path(path.strip())
         if candidate.is_absolute():
-            raise WorkspaceEscape(f"{path}: absolute paths are not allowed; use a path relative to the workspace")
+            raise WorkspaceEscape(f"{path}: absolute paths are not allowed; use a path inside the workspace")
         if ".." in candidate.parts:
             raise WorkspaceEscape(f"{path}: '..' is not allowed; stay inside the workspace")
         if candidate.parts and candidate.parts[0] == ".git":

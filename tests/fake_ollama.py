@@ -554,12 +554,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self._done(name, "unload", generate))
             return
         options = dict(body.get("options") or {})
+        self._record: dict[str, Any] = {}
         if not empty:
-            self.fake.chats.append({
+            self._record = {
                 "model": name, "options": options, "think": body.get("think"),
                 "tools": body.get("tools") or [], "keep_alive": body.get("keep_alive"),
                 "messages": messages, "stream": body.get("stream", True),
-            })
+            }
+            self.fake.chats.append(self._record)
         started = time.monotonic()
         runner = self.fake.acquire(fake_model, options, keep_alive)
         try:
@@ -588,6 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _stats(self, reply: FakeReply, messages: list[Any], load_ns: int) -> dict[str, Any]:
         prompt_tokens = max(1, sum(len(str(m.get("content", ""))) for m in messages) // 4)
         eval_tokens = max(1, len(_pieces(reply.content, reply.chunks)) + len(_pieces(reply.thinking, None)))
+        self._record.update(prompt_eval_count=prompt_tokens, eval_count=eval_tokens)
         return {
             "total_duration": load_ns + 2_000_000, "load_duration": load_ns,
             "prompt_eval_count": prompt_tokens, "prompt_eval_duration": 1_000_000,

@@ -1,0 +1,251 @@
+"""`crew run`: the team on a spec against the fake server, judged by its records and the workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crew.cli import main
+from crew.events import Event
+from crew.memory import GB
+from crew.run import Outcome, run_spec
+from crew.settings import load_settings
+from tests.fake_ollama import FakeOllama, FakeReply
+from tests.helpers import ARCHITECT, CODER, REVIEWER, run
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = "def greet(name):\n    return f'Hello, {name}!'\n"
+
+
+def script_happy_path(fake: FakeOllama) -> None:
+    """Architect plans; Coder writes; Reviewer asks for a change; Coder edits; Reviewer approves."""
+    fake.script(ARCHITECT, FakeReply(content="1. Create hello.py with greet(name).\nNEXT: Coder"))
+    fake.script(
+        CODER,
+        FakeReply(content="", tool_calls=[{"name": "write_file",
+                                           "arguments": {"path": "hello.py", "content": HELLO}}]),
+        FakeReply(content="Wrote hello.py.\nNEXT: Reviewer"),
+        FakeReply(content="", tool_calls=[{"name": "edit_file", "arguments": {
+            "path": "hello.py", "old": "def greet(name):\n",
+            "new": 'def greet(name):\n    """Greet someone."""\n'}}]),
+        FakeReply(content="Added the docstring.\nNEXT: Reviewer"),
+    )
+    fake.script(
+        REVIEWER,
+        FakeReply(content="Please add a docstring to greet.\nNEXT: Coder", thinking="no docstring"),
+        FakeReply(content="Looks good.\nAPPROVED", thinking="fine now"),
+    )
+
+
+def write_spec(folder: Path, text: str = "Write hello.py with a greet(name) function.\n") -> Path:
+    spec = folder / "spec.md"
+    spec.write_text(text)
+    return spec
+
+
+def run_in_process(fake: FakeOllama, spec: Path | None, **kwargs: Any) -> tuple[Outcome, list[Event]]:
+    settings = load_settings(ollama_host=fake.url, memory_budget_gb=fake.capacity / GB,
+                             **kwargs.pop("settings", {}))
+    events: list[Event] = []
+    outcome = run(run_spec(settings, spec, render=events.append, **kwargs))
+    return outcome, events
+
+
+def test_end_to_end_run_as_a_subprocess(ollama: FakeOllama, clean_env: Path) -> None:
+    ollama.capacity = 60 * GB  # the architect alone, or coder and reviewer together
+    script_happy_path(ollama)
+    spec = write_spec(clean_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60")
+    result = subprocess.run([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "── Reviewer (qwen3:14b) ──" in result.stdout and "APPROVED" in result.stdout
+    assert "loading qwen3:14b" in result.stderr
+
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    assert (workspace / "hello.py").read_text() == HELLO.replace(
+        "def greet(name):\n", 'def greet(name):\n    """Greet someone."""\n')
+    # crew.patch applies cleanly to the initial commit.
+    base = json.loads((workspace / "workspace.json").read_text())["base"]
+    check = clean_env / "check"
+    subprocess.run(["git", "clone", "-q", str(workspace), str(check)], check=True)
+    subprocess.run(["git", "-C", str(check), "checkout", "-q", base], check=True)
+    subprocess.run(["git", "-C", str(check), "apply", str(workspace / "crew.patch")], check=True)
+    assert (check / "hello.py").read_text() == (workspace / "hello.py").read_text()
+
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["approved"] is True and summary["stop_reason"] == "approved"
+    assert summary["totals"]["completion_tokens"] == sum(c["eval_count"] for c in ollama.chats)
+    assert summary["totals"]["prompt_tokens"] == sum(c["prompt_eval_count"] for c in ollama.chats)
+    assert summary["agents"]["Coder"]["turns"] == 2 and summary["agents"]["Reviewer"]["turns"] == 2
+    # The fewest loads this budget allows for Architect, Coder, Reviewer, Coder, Reviewer.
+    assert ollama.load_names() == [ARCHITECT, CODER, REVIEWER]
+    assert summary["totals"]["loads"] == 3
+    assert ollama.self_evictions() == [] and ollama.option_reloads() == []
+    assert ollama.peak_used <= 60 * GB
+    transcript = (workspace / "transcript.md").read_text()
+    assert "## Reviewer" in transcript and "Please add a docstring" in transcript
+    kinds = {json.loads(line)["type"] for line in (workspace / "events.jsonl").read_text().splitlines()}
+    assert {"routing", "message", "tool_call", "model_loaded", "model_call", "run_finished"} <= kinds
+
+
+def test_with_48_gb_coder_and_reviewer_stay_together_and_the_architect_loads_only_once(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    ollama.reset(capacity=48 * GB, system_memory=96 * GB)
+    ollama.script(ARCHITECT, "Plan: edit the code.\nNEXT: Coder")
+    ollama.script(CODER, *[f"Change {i} done.\nNEXT: Reviewer" for i in range(3)])
+    ollama.script(REVIEWER, "Fix the edge case.\nNEXT: Coder", "One more fix.\nNEXT: Coder", "APPROVED")
+    outcome, events = run_in_process(ollama, write_spec(clean_env),
+                                     settings={"allow_partial_offload": True})
+    assert outcome.approved
+    assert ollama.load_names() == [ARCHITECT, CODER, REVIEWER]
+    assert [u["model"] for u in ollama.unloads] == [ARCHITECT]
+    assert [e.speaker for e in events if e.type == "routing"] == [
+        "Architect", "Coder", "Reviewer", "Coder", "Reviewer", "Coder", "Reviewer"]
+
+
+def test_a_reviewer_that_never_approves_stops_at_the_turn_limit_with_exit_code_1(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ollama.capacity = 60 * GB
+    ollama.script(REVIEWER, *["NOT APPROVED: still wrong.\nNEXT: Coder"] * 5)
+    spec = write_spec(clean_env)
+    os.environ["CREW_OLLAMA_HOST"] = ollama.url
+    os.environ["CREW_MEMORY_BUDGET_GB"] = "60"
+    assert main(["run", str(spec), "--max-turns", "4"]) == 1
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["approved"] is False and summary["stop_reason"].startswith("turn limit")
+    assert len(ollama.chats) == 4
+    assert "NOT APPROVED (turn limit" in capsys.readouterr().out
+
+
+def test_malformed_tool_calls_go_back_to_the_model_and_the_run_goes_on(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    ollama.capacity = 60 * GB
+    ollama.script(ARCHITECT, "Plan.\nNEXT: Coder")
+    ollama.script(
+        CODER,
+        FakeReply(content="", tool_calls=[{"name": "write_file", "arguments": {"path": "a.py"}}]),
+        FakeReply(content="", tool_calls=[{"name": "delete_everything", "arguments": {}}]),
+        FakeReply(content="", tool_calls=[{"name": "write_file",
+                                           "arguments": {"path": "../escape.py", "content": "x"}}]),
+        FakeReply(content="", tool_calls=[{"name": "write_file",
+                                           "arguments": {"path": "a.py", "content": "x = 1\n"}}]),
+        "Done.\nNEXT: Reviewer",
+    )
+    ollama.script(REVIEWER, "APPROVED")
+    outcome, events = run_in_process(ollama, write_spec(clean_env))
+    assert outcome.approved
+    results = [e for e in events if e.type == "tool_result"]
+    assert [r.is_error or r.content.startswith("error:") for r in results] == [True, True, True, False]
+    assert not (clean_env / "workspaces" / "escape.py").exists()
+    assert (outcome.workspace.root / "a.py").read_text() == "x = 1\n"
+    # The error text reached the model, so it could correct itself.
+    assert any("content" in m.get("content", "") for m in ollama.chats[2]["messages"] if m["role"] == "tool")
+
+
+def test_a_stream_cut_mid_answer_is_one_line_exit_2_and_the_records_are_kept(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ollama.capacity = 60 * GB
+    ollama.script(ARCHITECT, "Plan.\nNEXT: Coder")
+    ollama.script(CODER, FakeReply(content="I will now write a long answer", cut_after=3))
+    spec = write_spec(clean_env)
+    os.environ["CREW_OLLAMA_HOST"] = ollama.url
+    os.environ["CREW_MEMORY_BUDGET_GB"] = "60"
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "closed the connection mid-request (qwen3-coder:30b)" in err and "Traceback" not in err
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["stop_reason"].startswith("error: ") and summary["approved"] is False
+    assert "## Architect" in (workspace / "transcript.md").read_text()
+    assert (workspace / "state.json").is_file()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "does not exist"), (b"", "is empty"), (b"  \n", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\0\0", "is binary"), (b"\xff\xfe bad", "not UTF-8"),
+])
+def test_a_bad_spec_file_is_one_line_and_exit_code_2(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    spec = clean_env / "spec.md"
+    if content is not None:
+        spec.write_bytes(content)
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (clean_env / "workspaces").exists()
+
+
+def test_an_unwritable_workspace_is_one_line_and_exit_code_2(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (clean_env / "a-file").write_text("not a folder")
+    os.environ["CREW_OLLAMA_HOST"] = ollama.url
+    assert main(["run", str(write_spec(clean_env)), "--workspace", str(clean_env / "a-file" / "ws")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the workspace" in err and "writable --workspace" in err
+    assert ollama.chats == []
+
+
+def test_a_model_not_pulled_stops_before_the_team_starts(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ["CREW_OLLAMA_HOST"] = ollama.url
+    os.environ["CREW_CODER_MODEL"] = "qwen3-coder:480b"
+    assert main(["run", str(write_spec(clean_env))]) == 2
+    assert "`ollama pull qwen3-coder:480b`" in capsys.readouterr().err
+    assert ollama.chats == [] and ollama.loads == []
+
+
+def test_a_stopped_run_resumes_where_it_left_off(ollama: FakeOllama, clean_env: Path) -> None:
+    ollama.capacity = 60 * GB
+    script_happy_path(ollama)
+    first, _ = run_in_process(ollama, write_spec(clean_env), max_turns=2)
+    assert not first.approved and ollama.load_names()[:2] == [ARCHITECT, CODER]
+    loads_before = len(ollama.loads)
+    second, events = run_in_process(ollama, None, resume=first.workspace.root)
+    assert second.approved and second.workspace.root == first.workspace.root
+    assert len(ollama.loads) == loads_before  # the resumed run found its models resident
+    assert [e.speaker for e in events if e.type == "routing"] == ["Reviewer", "Coder", "Reviewer"]
+    # The Reviewer saw the whole conversation, including what came before the stop.
+    assert any("Create hello.py" in m["content"] for m in ollama.chats[-1]["messages"])
+
+
+def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clean_env: Path) -> None:
+    ollama.capacity = 60 * GB
+    gate = threading.Event()
+    ollama.script(ARCHITECT, FakeReply(content="A long plan", gate=gate))
+    spec = write_spec(clean_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60")
+    proc = subprocess.Popen([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert ollama.generating.wait(120), "the architect never started generating"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "crew run --resume" in err and "Traceback" not in err
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    assert json.loads((workspace / "summary.json").read_text())["stop_reason"] == "interrupted"
+    assert (workspace / "state.json").is_file()
+    assert "Write hello.py" in (workspace / "transcript.md").read_text()
