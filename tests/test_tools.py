@@ -1,0 +1,133 @@
+"""Agent tools stay inside the workspace; commands are bounded; the selector routes as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autogen_agentchat.messages import TextMessage
+
+from crew.errors import WorkspaceError, WorkspaceEscape
+from crew.residency import ResidencyManager
+from crew.team import Selector, approved, task_type
+from crew.tools import make_tools, run_in_workspace
+from crew.workspace import Workspace
+from tests.fake_ollama import FakeOllama
+from tests.helpers import CODER, REVIEWER, make_manager, run
+
+
+@pytest.fixture
+def workspace(clean_env: Path) -> Workspace:
+    return Workspace.create(clean_env / "workspaces")
+
+
+def tools(workspace: Workspace, write: bool = True, timeout: float = 30) -> dict[str, Any]:
+    return {t.__name__: t for t in make_tools(workspace, write=write, command_timeout=timeout)}
+
+
+@pytest.mark.parametrize(
+    "path", ["../outside.py", "/etc/passwd", "a/../../x", ".git/config", "", "crew.patch"]
+)
+def test_paths_outside_the_workspace_are_refused(workspace: Workspace, path: str) -> None:
+    with pytest.raises(WorkspaceEscape):
+        workspace.resolve(path)
+    result = run(tools(workspace)["write_file"](path, "x"))
+    assert result.startswith("error:")
+    assert not (workspace.root.parent / "outside.py").exists()
+
+
+def test_a_symlink_cannot_lead_out(workspace: Workspace, clean_env: Path) -> None:
+    secret = clean_env / "secret.txt"
+    secret.write_text("token")
+    (workspace.root / "link").symlink_to(clean_env)
+    assert run(tools(workspace)["read_file"]("link/secret.txt")).startswith("error:")
+    assert run(tools(workspace)["write_file"]("link/secret.txt", "pwned")).startswith("error:")
+    assert secret.read_text() == "token"
+
+
+def test_edit_file_needs_one_exact_match_and_says_how_to_fix_it(workspace: Workspace) -> None:
+    t = tools(workspace)
+    run(t["write_file"]("src/app.py", "a = 1\na = 1\nb = 2\n"))
+    assert "not found" in run(t["edit_file"]("src/app.py", "c = 3", "c = 4"))
+    assert "occurs 2 times" in run(t["edit_file"]("src/app.py", "a = 1", "a = 9"))
+    assert run(t["edit_file"]("src/app.py", "b = 2", "b = 3")) == "edited src/app.py"
+    assert (workspace.root / "src/app.py").read_text() == "a = 1\na = 1\nb = 3\n"
+    assert run(t["list_files"]()) == "src/app.py"
+
+
+def test_the_reviewer_gets_no_write_tools(workspace: Workspace) -> None:
+    assert set(tools(workspace, write=False)) == {"list_files", "read_file", "run_command"}
+
+
+def test_commands_run_in_the_workspace_without_secrets(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
+    out = run(tools(workspace)["run_command"]("pwd; env"))
+    assert out.startswith("exit code 0")
+    assert str(workspace.root) in out and "ghp_secret" not in out and "GITHUB_TOKEN" not in out
+
+
+def test_a_command_that_outlives_its_timeout_is_killed_with_its_children(workspace: Workspace) -> None:
+    pidfile = workspace.root / "child.pid"
+    out = run(run_in_workspace(workspace, f"sleep 60 & echo $! > {pidfile}; wait", timeout=0.5))
+    assert "was killed" in out
+    child = int(pidfile.read_text())
+    status = Path(f"/proc/{child}/status")
+    # Gone, or dead and waiting to be reaped by init (a zombie): not running either way.
+    assert not status.exists() or "\tZ" in status.read_text().split("State:")[1].splitlines()[0]
+
+
+def test_long_output_is_cut_to_a_bound(workspace: Workspace) -> None:
+    out = run(tools(workspace)["run_command"]("python3 -c \"print('x' * 100000)\""))
+    assert len(out) < 13_000 and "characters cut" in out
+
+
+def test_repo_mode_needs_a_git_repository(clean_env: Path) -> None:
+    (clean_env / "plain").mkdir()
+    with pytest.raises(WorkspaceError, match="is not a git repository"):
+        Workspace.create(clean_env / "workspaces", repo=clean_env / "plain")
+
+
+def test_approval_is_a_line_that_says_only_approved() -> None:
+    assert approved("Looks good.\nAPPROVED")
+    assert approved("**APPROVED**")
+    assert not approved("NOT APPROVED: tests fail")
+    assert not approved("I have not APPROVED this yet")
+
+
+def test_task_types_follow_the_seeds_routing() -> None:
+    assert task_type("Review the attached module for bugs") == "reviewer"
+    assert task_type("Implement a CSV parser") == "coder"
+    assert task_type("Design the storage layer") == "architect"
+    assert task_type("Hello there") is None
+
+
+def test_the_selector_follows_handoffs_the_workflow_and_resident_models(ollama: FakeOllama) -> None:
+    def msg(source: str, text: str) -> TextMessage:
+        return TextMessage(source=source, content=text)
+
+    async def scenario() -> None:
+        async with make_manager(ollama) as manager:
+            selector = _selector(manager)
+            assert selector.choose([msg("user", "Build a todo app")])[0] == "architect"
+            assert selector.choose([msg("user", "Fix the crash in parser.py")])[0] == "coder"
+            assert selector.choose([msg("user", "x"), msg("Architect", "Plan")])[0] == "coder"
+            assert selector.choose([msg("user", "x"), msg("Coder", "Done")])[0] == "reviewer"
+            task = msg("user", "x")
+            assert selector.choose([task, msg("Reviewer", "Rename it.\nNEXT: Coder")])[0] == "coder"
+            assert selector.choose([task, msg("Coder", "Unsure.\nNEXT: Architect")])[0] == "architect"
+            # The reviewer questions the design: open between Architect and Coder; the coder is resident.
+            async with manager.hold(CODER):
+                pass
+            role, reason = selector.choose([msg("user", "x"), msg("Reviewer", "The design is wrong.")])
+            assert role == "coder" and "resident" in reason
+
+    run(scenario())
+    assert ollama.load_names() == [CODER]  # choosing never loaded anything
+
+
+def _selector(manager: ResidencyManager) -> Selector:
+    models = {"architect": "qwen3-coder-next:q4_K_M", "coder": CODER, "reviewer": REVIEWER}
+    return Selector(manager, models, lambda event: None)  # type: ignore[arg-type]
