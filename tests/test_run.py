@@ -94,8 +94,12 @@ def test_end_to_end_run_as_a_subprocess(ollama: FakeOllama, clean_env: Path) -> 
     assert ollama.peak_used <= 60 * GB
     transcript = (workspace / "transcript.md").read_text()
     assert "## Reviewer" in transcript and "Please add a docstring" in transcript
-    kinds = {json.loads(line)["type"] for line in (workspace / "events.jsonl").read_text().splitlines()}
+    events = [json.loads(line) for line in (workspace / "events.jsonl").read_text().splitlines()]
+    kinds = {e["type"] for e in events}
     assert {"routing", "message", "tool_call", "model_loaded", "model_call", "run_finished"} <= kinds
+    # The reviewer's load was started while the coder generated (it fit beside it).
+    starts = {e["model"]: e["reason"] for e in events if e["type"] == "model_load_started"}
+    assert starts == {ARCHITECT: "requested", CODER: "requested", REVIEWER: "prefetch"}
 
 
 def test_with_48_gb_coder_and_reviewer_stay_together_and_the_architect_loads_only_once(
@@ -210,6 +214,27 @@ def test_a_model_not_pulled_stops_before_the_team_starts(
     assert main(["run", str(write_spec(clean_env))]) == 2
     assert "`ollama pull qwen3-coder:480b`" in capsys.readouterr().err
     assert ollama.chats == [] and ollama.loads == []
+
+
+def test_repo_mode_works_on_a_new_branch_of_an_existing_repository(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    repo = clean_env / "project"
+    repo.mkdir()
+    (repo / "README.md").write_text("project\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                                           "commit", "-q", "-m", "start"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    ollama.capacity = 60 * GB
+    script_happy_path(ollama)
+    outcome, _ = run_in_process(ollama, write_spec(clean_env), repo=repo)
+    assert outcome.approved
+    branch = subprocess.run(["git", "-C", str(outcome.workspace.root), "branch", "--show-current"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert branch == f"crew/{outcome.workspace.id}"
+    patch = (outcome.workspace.root / "crew.patch").read_text()
+    assert "hello.py" in patch and "README.md" not in patch and "events.jsonl" not in patch
+    assert not (repo / "hello.py").exists()  # the user's checkout is untouched
 
 
 def test_a_stopped_run_resumes_where_it_left_off(ollama: FakeOllama, clean_env: Path) -> None:
