@@ -159,17 +159,6 @@ class RunFinished(BaseEvent):
     stop_reason: str
 
 
-ResidencyEvent = Annotated[
-    ModelLoadStarted
-    | ModelLoaded
-    | ModelUnloaded
-    | ModelVanished
-    | ModelAppeared
-    | ResidencyWaiting
-    | ResidencyWarning,
-    Field(discriminator="type"),
-]
-
 Event = Annotated[
     ModelLoadStarted
     | ModelLoaded

@@ -8,6 +8,7 @@ process group, an environment without secrets, and output cut to a bound.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,19 @@ def _clip(text: str, limit: int) -> str:
     return text[: limit // 2] + f"\n... [{len(text) - limit} characters cut] ...\n" + text[-limit // 2:]
 
 
+def _escapes_as_errors(tool: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
+    """A path outside the workspace becomes an error message the model can act on."""
+
+    @functools.wraps(tool)  # keeps the signature and docstring AutoGen turns into the schema
+    async def guarded(*args: Any, **kwargs: Any) -> str:
+        try:
+            return await tool(*args, **kwargs)
+        except WorkspaceEscape as exc:
+            return f"error: {exc}"
+
+    return guarded
+
+
 def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = COMMAND_TIMEOUT_S
                ) -> list[Callable[..., Awaitable[str]]]:
     """Tool functions for an agent; without `write`, no write_file or edit_file."""
@@ -38,12 +52,10 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         files = await asyncio.to_thread(workspace.files)
         return "\n".join(files) or "(the workspace is empty)"
 
+    @_escapes_as_errors
     async def read_file(path: str) -> str:
         """Read a text file of the workspace. `path` is relative to the workspace root."""
-        try:
-            target = workspace.resolve(path)
-        except WorkspaceEscape as exc:
-            return f"error: {exc}"
+        target = workspace.resolve(path)
         if not target.is_file():
             return f"error: {path} does not exist; call list_files to see what does"
         try:
@@ -51,22 +63,18 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         except UnicodeDecodeError:
             return f"error: {path} is not a text file"
 
+    @_escapes_as_errors
     async def write_file(path: str, content: str) -> str:
         """Create or overwrite a file with `content`. `path` is relative to the workspace root."""
-        try:
-            target = workspace.resolve(path)
-        except WorkspaceEscape as exc:
-            return f"error: {exc}"
+        target = workspace.resolve(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
         return f"wrote {path} ({len(content.splitlines())} lines)"
 
+    @_escapes_as_errors
     async def edit_file(path: str, old: str, new: str) -> str:
         """Replace the exact text `old` with `new` in a file; `old` must occur exactly once."""
-        try:
-            target = workspace.resolve(path)
-        except WorkspaceEscape as exc:
-            return f"error: {exc}"
+        target = workspace.resolve(path)
         if not target.is_file():
             return f"error: {path} does not exist; use write_file to create it"
         text = target.read_text()
