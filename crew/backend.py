@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 # Compute buffers and the graph come on top of weights and KV cache; Ollama's own estimate
@@ -24,6 +25,8 @@ class Resident:
     """Bytes resident: weights, KV cache and buffers."""
     size_vram: int
     context_length: int | None = None
+    expires_at: datetime | None = None
+    """When Ollama will unload it by itself; far in the future for keep_alive -1 (crew's)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,13 @@ def _gb(n: int) -> str:
 # -- commands -------------------------------------------------------------------------------
 
 
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
     from crew.memory import resolve_budget
     from crew.ollama_backend import OllamaBackend
     from crew.settings import load_settings
@@ -72,24 +79,152 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
     running = asyncio.run(read())
     used = sum(r.size for r in running)
+    forever = datetime.now(UTC) + timedelta(days=3650)
+    models = [
+        {"name": r.name, "size": r.size, "size_vram": r.size_vram,
+         "gpu_share": round(r.size_vram / r.size, 3) if r.size else None,
+         "context_length": r.context_length, "expires_at": r.expires_at,
+         # crew loads with keep_alive -1; Ollama reports that as an expiry centuries away.
+         "kept_by_crew": bool(r.expires_at and r.expires_at > forever),
+         # This command holds nothing; pins live only inside a running crew process.
+         "pinned_by_this_process": False}
+        for r in running
+    ]
     if args.json_:
-        print(json.dumps({
-            "host": settings.ollama_host,
-            "budget": {"bytes": budget.bytes, "source": budget.source},
-            "used": used,
-            "models": [
-                {"name": r.name, "size": r.size, "size_vram": r.size_vram,
-                 "context_length": r.context_length}
-                for r in running
-            ],
-        }, indent=2))
+        _emit_json({"host": settings.ollama_host, "budget": {"bytes": budget.bytes, "source": budget.source},
+                    "used": used, "models": models})
         return EXIT_OK
-    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT")]
-    for r in running:
-        share = f"{100 * r.size_vram / r.size:.0f}%" if r.size else "-"
-        rows.append((r.name, _gb(r.size), share, str(r.context_length or "-")))
+    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "UNTIL")]
+    for m in models:
+        share = f"{100 * m['gpu_share']:.0f}%" if m["gpu_share"] is not None else "-"
+        until = "forever (crew)" if m["kept_by_crew"] else (
+            m["expires_at"].astimezone().strftime("%H:%M:%S") if m["expires_at"] else "-")
+        rows.append((m["name"], _gb(m["size"]), share, str(m["context_length"] or "-"), until))
     _table(rows)
     print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from crew.checkup import run_checkup, unreachable
+    from crew.errors import OllamaUnreachable
+    from crew.memory import resolve_budget
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    budget = resolve_budget(settings.memory_budget_gb)
+    try:
+        checkup = asyncio.run(run_checkup(settings, budget))
+    except OllamaUnreachable as exc:
+        checkup = unreachable(settings, budget, exc)
+    code = EXIT_OK if checkup.can_run else EXIT_ERROR if not checkup.reachable else EXIT_NOT_APPROVED
+    if args.json_:
+        from dataclasses import asdict
+
+        _emit_json({**asdict(checkup), "can_run": checkup.can_run, "exit_code": code})
+        return code
+    mark = {True: "ok", False: "NO", None: "?"}
+    print(f"ollama   {checkup.host}: " + (f"reachable, version {checkup.version}" if checkup.reachable
+                                          else "NOT reachable"))
+    print(f"budget   {_gb(budget.bytes)} ({budget.source})")
+    if checkup.roles:
+        rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "PULLED", "THINK", "NUM_CTX", "SIZE", "FITS")]
+        for c in checkup.roles:
+            size = c.resident_bytes or c.estimated_bytes
+            rows.append((c.role, c.model, mark[c.pulled], "yes" if c.thinking else "no", str(c.num_ctx),
+                         _gb(size) if size else "-", mark[c.fits_alone]))
+        print()
+        _table(rows)
+        together = ["+".join(s) for s in checkup.co_resident] or ["none: every switch loads"]
+        print(f"\nresident together: {', '.join(together)}")
+    for warning in checkup.warnings:
+        print(f"warning: {warning}")
+    for problem in checkup.problems:
+        print(f"problem: {problem}")
+    print("\nthe team can run" if checkup.can_run else "\nthe team cannot run until the problems are fixed")
+    return code
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from crew.checkup import run_checkup
+    from crew.memory import resolve_budget
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    checkup = asyncio.run(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
+    routing = {role: list(words) for role, words in _task_types().items()}
+    if args.json_:
+        from dataclasses import asdict
+
+        _emit_json({"roles": [asdict(c) for c in checkup.roles], "task_routing": routing})
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "ESTIMATED", "LEARNED", "CAPABILITIES")]
+    for c in checkup.roles:
+        rows.append((c.role, c.model, str(c.num_ctx), _gb(c.estimated_bytes) if c.estimated_bytes else "-",
+                     _gb(c.resident_bytes) if c.resident_bytes else "-", ",".join(c.capabilities) or "-"))
+    _table(rows)
+    print()
+    _table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])
+    return EXIT_OK
+
+
+def _task_types() -> dict[str, tuple[str, ...]]:
+    # The seed's routing table; it lives with the team, which imports AutoGen, so it is copied
+    # here for the fast commands and kept equal by a test.
+    return {
+        "architect": ("plan", "design", "architecture", "requirements", "strategy"),
+        "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
+        "reviewer": ("review", "test", "validate", "debug"),
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from crew.checkup import make_plan
+    from crew.memory import resolve_budget
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    plan = asyncio.run(make_plan(settings, resolve_budget(settings.memory_budget_gb)))
+    if args.json_:
+        from dataclasses import asdict
+
+        _emit_json(asdict(plan))
+        return EXIT_OK
+    print(f"budget {_gb(plan.budget.bytes)} ({plan.budget.source})")
+    together = ["+".join(s) for s in plan.co_resident] or ["none"]
+    print(f"roles resident together: {', '.join(together)}")
+    print(f"typical run: {' -> '.join(plan.sequence)}")
+    print(f"expected loads: {len(plan.loads)} ({', '.join(plan.loads)})")
+    for role, ctx in plan.max_num_ctx_together.items():
+        print(f"largest {role} num_ctx keeping coder+reviewer together: {ctx if ctx else 'none fits'}")
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from crew.history import find_run, list_runs, read_run
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    if args.action == "show":
+        folder = find_run(settings.workspaces_dir, args.run_id or "")
+        record = read_run(folder)
+        summary = folder / "summary.json"
+        data = json.loads(summary.read_text()) if record.complete else asdict(record)
+        _emit_json(data)
+        return EXIT_OK
+    runs = list_runs(settings.workspaces_dir)
+    if args.json_:
+        _emit_json([asdict(r) for r in runs])
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [("ID", "SPEC", "STARTED", "SECONDS", "VERDICT", "LOADS", "TOKENS")]
+    for r in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else "-"
+        rows.append((r.id, r.spec or "-", started, f"{r.seconds:.0f}" if r.seconds is not None else "-",
+                     r.verdict or "incomplete", str(r.loads if r.loads is not None else "-"),
+                     str(r.tokens if r.tokens is not None else "-")))
+    _table(rows)
     return EXIT_OK
 
 
@@ -258,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, help="stop after this many agent turns")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
     p = add("ps", cmd_ps, "show the models resident in Ollama against the memory budget")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("doctor", cmd_doctor, "check Ollama, the models, and whether the team fits in memory")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("models", cmd_models, "the role catalog with sizes and capabilities, and task routing")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("plan", cmd_plan, "the residency plan: roles resident together, loads of a typical run")
+    p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("runs", cmd_runs, "past runs in the workspaces folder, newest first; `runs show ID`")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("run_id", nargs="?", help="the run to show")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
     p = add("config", cmd_config, "show the effective settings (environment + crew.toml)")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")

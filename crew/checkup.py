@@ -1,0 +1,220 @@
+"""What crew can tell before a run: is Ollama there, are the models, do they fit, and how.
+
+Backs `crew doctor`, `crew models` and `crew plan`. The residency plan is computed by the real
+ResidencyManager driven through an in-memory backend, so it shows what crew will do rather
+than a second copy of its policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crew.backend import ModelFacts, Resident
+from crew.errors import CrewError, ModelNotPulled, OllamaUnreachable
+from crew.memory import GB, MemoryBudget
+from crew.ollama_backend import OllamaBackend
+from crew.residency import ResidencyManager
+from crew.settings import ROLES, Role, Settings
+
+# The speaker order of a typical run: a plan, then three rounds of code and review.
+TYPICAL_RUN: tuple[Role, ...] = ("architect", "coder", "reviewer", "coder", "reviewer", "coder", "reviewer")
+
+
+@dataclass
+class RoleCheck:
+    role: str
+    model: str
+    num_ctx: int
+    pulled: bool
+    capabilities: list[str] = field(default_factory=list)
+    thinking: bool = False
+    estimated_bytes: int | None = None
+    resident_bytes: int | None = None
+    """What /api/ps reports now, if the model is resident at this num_ctx."""
+    fits_alone: bool | None = None
+    fix: str | None = None
+
+
+@dataclass
+class Checkup:
+    host: str
+    reachable: bool
+    version: str | None
+    budget: MemoryBudget
+    roles: list[RoleCheck]
+    co_resident: list[list[str]]
+    """Sets of two or more roles whose models fit in the budget together."""
+    warnings: list[str]
+    problems: list[str]
+
+    @property
+    def can_run(self) -> bool:
+        return self.reachable and not self.problems
+
+
+async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
+    """Ask Ollama about every role; raises OllamaUnreachable when it does not answer."""
+    backend = OllamaBackend(settings.ollama_host)
+    try:
+        version = await backend.version()
+        running = {r.name: r for r in await backend.running()}
+        checks = [await _check_role(backend, settings, role, budget, running) for role in ROLES]
+    finally:
+        await backend.aclose()
+    problems = [f"{c.role}: {c.fix}" for c in checks if c.fix]
+    warnings = _mac_warnings(checks, budget)
+    return Checkup(settings.ollama_host, True, version, budget, checks,
+                   co_resident_sets(checks, budget), warnings, problems)
+
+
+async def _check_role(
+    backend: OllamaBackend, settings: Settings, role: Role, budget: MemoryBudget,
+    running: Mapping[str, Resident],
+) -> RoleCheck:
+    rs = settings.role(role)
+    check = RoleCheck(role, rs.model, rs.num_ctx, pulled=False)
+    try:
+        facts = await backend.inspect(rs.model)
+    except ModelNotPulled:
+        check.fix = f"{rs.model} is not pulled: run `ollama pull {rs.model}`"
+        return check
+    check.pulled = True
+    check.capabilities = sorted(facts.capabilities)
+    check.thinking = "thinking" in facts.capabilities
+    check.estimated_bytes = facts.estimate_size(rs.options())
+    resident = running.get(rs.model)
+    if resident is not None and resident.context_length in (None, _effective_ctx(facts, rs.num_ctx)):
+        check.resident_bytes = resident.size
+    size = check.resident_bytes or check.estimated_bytes
+    check.fits_alone = size <= budget.bytes
+    if not check.fits_alone and not settings.allow_partial_offload:
+        check.fix = (f"{rs.model} needs ~{size / GB:.1f} GB at num_ctx {rs.num_ctx}, over the "
+                     f"{budget.gb:.1f} GB budget: lower CREW_{role.upper()}_NUM_CTX, raise "
+                     "CREW_MEMORY_BUDGET_GB, or set CREW_ALLOW_PARTIAL_OFFLOAD=true")
+    if rs.think and not check.thinking:
+        check.fix = f"{rs.model} does not support thinking: set CREW_{role.upper()}_THINK=false"
+    return check
+
+
+def _effective_ctx(facts: ModelFacts, num_ctx: int) -> int:
+    return min(num_ctx, facts.context_length) if facts.context_length else num_ctx
+
+
+def co_resident_sets(checks: list[RoleCheck], budget: MemoryBudget) -> list[list[str]]:
+    sized = {c.role: (c.model, c.resident_bytes or c.estimated_bytes) for c in checks if c.estimated_bytes}
+    found: list[list[str]] = []
+    for r in range(len(sized), 1, -1):
+        for combo in itertools.combinations(sized, r):
+            models = {sized[role][0]: sized[role][1] or 0 for role in combo}  # a shared model counts once
+            if sum(models.values()) <= budget.bytes and not any(set(combo) <= set(f) for f in found):
+                found.append(list(combo))
+    return found
+
+
+def _mac_warnings(checks: list[RoleCheck], budget: MemoryBudget) -> list[str]:
+    if platform.system() != "Darwin":
+        return []
+    return [
+        f"{c.model} (~{(c.estimated_bytes or 0) / GB:.1f} GB) exceeds the GPU working set "
+        f"({budget.gb:.1f} GB): it would run partly on the CPU. Raise the limit with "
+        "`sudo sysctl iogpu.wired_limit_mb=<MB>`"
+        for c in checks if c.fits_alone is False
+    ]
+
+
+# -- the residency plan --------------------------------------------------------------------
+
+
+class SimulatedBackend:
+    """An in-memory backend with the sizes crew estimates; loads and unloads are instant."""
+
+    def __init__(self, facts: Mapping[str, ModelFacts]) -> None:
+        self._facts = dict(facts)
+        self._resident: dict[str, Resident] = {}
+        self.loads: list[str] = []
+
+    @property
+    def label(self) -> str:
+        return "simulation"
+
+    async def running(self) -> list[Resident]:
+        return list(self._resident.values())
+
+    async def inspect(self, model: str) -> ModelFacts:
+        return self._facts[model]
+
+    async def load(self, model: str, options: Mapping[str, Any]) -> None:
+        size = self._facts[model].estimate_size(options)
+        self._resident[model] = Resident(model, size, size, int(options.get("num_ctx") or 0) or None)
+        self.loads.append(model)
+
+    async def unload(self, model: str) -> None:
+        self._resident.pop(model, None)
+
+    async def release(self, model: str, options: Mapping[str, Any]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class Plan:
+    budget: MemoryBudget
+    co_resident: list[list[str]]
+    sequence: list[str]
+    loads: list[str]
+    """Models loaded, in order, for the typical run."""
+    max_num_ctx_together: dict[str, int | None]
+    """Largest num_ctx per role that keeps Coder and Reviewer resident together (others as set)."""
+
+
+async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
+    backend = OllamaBackend(settings.ollama_host)
+    try:
+        facts = {rs.model: await backend.inspect(rs.model) for rs in settings.roles().values()}
+    finally:
+        await backend.aclose()
+    checks = [RoleCheck(role, rs.model, rs.num_ctx, True,
+                        estimated_bytes=facts[rs.model].estimate_size(rs.options()))
+              for role, rs in settings.roles().items()]
+    simulated = SimulatedBackend(facts)
+    manager = ResidencyManager(simulated, budget, allow_partial_offload=True)
+    for rs in settings.roles().values():
+        manager.register(rs.model, rs.options())
+    try:
+        for role in TYPICAL_RUN:
+            async with manager.hold(settings.role(role).model):
+                pass
+    finally:
+        await manager.aclose()
+    return Plan(budget, co_resident_sets(checks, budget), list(TYPICAL_RUN), simulated.loads,
+                _max_ctx_together(settings, facts, budget))
+
+
+def _max_ctx_together(settings: Settings, facts: Mapping[str, ModelFacts], budget: MemoryBudget
+                      ) -> dict[str, int | None]:
+    coder, reviewer = settings.coder, settings.reviewer
+    result: dict[str, int | None] = {}
+    for role, mine, other in (("coder", coder, reviewer), ("reviewer", reviewer, coder)):
+        room = budget.bytes - facts[other.model].estimate_size(other.options())
+        low, high = 0, facts[mine.model].context_length or 262144
+        while low < high:  # the largest multiple of 1024 that still fits
+            mid = (low + high + 1) // 2
+            if facts[mine.model].estimate_size({"num_ctx": mid}) <= room:
+                low = mid
+            else:
+                high = mid - 1
+        result[role] = (low // 1024) * 1024 or None
+    return result
+
+
+def unreachable(settings: Settings, budget: MemoryBudget, error: CrewError) -> Checkup:
+    return Checkup(settings.ollama_host, False, None, budget, [], [], [], [str(error)])
+
+
+__all__ = ["Checkup", "OllamaUnreachable", "Plan", "make_plan", "run_checkup", "unreachable"]

@@ -1,0 +1,151 @@
+"""`crew doctor`, `ps`, `models`, `plan`, `runs` against the fake server in its typical states."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crew.cli import _task_types, main
+from crew.memory import GB
+from crew.team import TASK_TYPES
+from tests.fake_ollama import FakeOllama
+from tests.helpers import ARCHITECT, CODER, REVIEWER
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def crew_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    code = main([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+def env(ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> FakeOllama:
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+    return ollama
+
+
+def test_doctor_with_nothing_pulled_says_what_to_pull_and_exits_1(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.reset(models=[])
+    code, data = crew_json(capsys, "doctor")
+    assert code == 1 and data["can_run"] is False and data["reachable"] is True
+    assert data["version"] == env.version
+    assert [r["pulled"] for r in data["roles"]] == [False, False, False]
+    assert any("`ollama pull qwen3:14b`" in p for p in data["problems"])
+
+
+def test_doctor_with_all_pulled_reports_thinking_sizes_and_who_fits_together(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, data = crew_json(capsys, "doctor")
+    assert code == 0 and data["can_run"] is True and data["problems"] == []
+    roles = {r["role"]: r for r in data["roles"]}
+    assert roles["reviewer"]["thinking"] is True and roles["coder"]["thinking"] is False
+    assert all(r["fits_alone"] for r in roles.values())
+    assert data["co_resident"] == [["coder", "reviewer"]]
+    assert data["budget"] == {"bytes": 60 * GB, "source": "CREW_MEMORY_BUDGET_GB"}
+
+
+def test_doctor_refuses_a_model_over_the_budget_unless_partial_offload_is_allowed(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "48")
+    code, data = crew_json(capsys, "doctor")
+    assert code == 1 and "CREW_ARCHITECT_NUM_CTX" in data["problems"][0]
+    monkeypatch.setenv("CREW_ALLOW_PARTIAL_OFFLOAD", "true")
+    code, data = crew_json(capsys, "doctor")
+    assert code == 0 and data["roles"][0]["fits_alone"] is False
+
+
+def test_doctor_with_ollama_down_exits_2(
+    dead_host: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_OLLAMA_HOST", dead_host)
+    code, data = crew_json(capsys, "doctor")
+    assert code == 2 and data["reachable"] is False and "ollama serve" in data["problems"][0]
+
+
+def test_ps_models_and_plan_with_one_model_resident(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.preload(REVIEWER, num_ctx=32768)
+    code, ps = crew_json(capsys, "ps")
+    assert code == 0 and [m["name"] for m in ps["models"]] == [REVIEWER]
+    assert ps["used"] == env.resident()[REVIEWER] and ps["models"][0]["gpu_share"] == 1.0
+    assert ps["models"][0]["kept_by_crew"] is False  # loaded by hand, with a 5 minute expiry
+
+    code, models = crew_json(capsys, "models")
+    learned = {r["role"]: r["resident_bytes"] for r in models["roles"]}
+    assert learned == {"architect": None, "coder": None, "reviewer": env.resident()[REVIEWER]}
+    assert models["task_routing"]["reviewer"] == ["review", "test", "validate", "debug"]
+
+    code, plan = crew_json(capsys, "plan")
+    assert code == 0 and plan["loads"] == [ARCHITECT, CODER, REVIEWER]
+    assert plan["co_resident"] == [["coder", "reviewer"]]
+    coder_ctx = plan["max_num_ctx_together"]["coder"]
+    assert 32768 <= coder_ctx < 262144 and coder_ctx % 1024 == 0
+
+
+def test_plan_on_a_small_budget_expects_a_load_at_every_switch(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "30")
+    monkeypatch.setenv("CREW_ALLOW_PARTIAL_OFFLOAD", "true")
+    code, plan = crew_json(capsys, "plan")
+    assert plan["co_resident"] == []
+    assert plan["loads"] == [ARCHITECT, CODER, REVIEWER, CODER, REVIEWER, CODER, REVIEWER]
+
+
+def test_runs_lists_complete_and_broken_runs_newest_first(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = clean_env / "workspaces"
+    good, broken, partial = ws / "20261101-good", ws / "20261102-broken", ws / "20261103-partial"
+    for folder in (good, broken, partial):
+        folder.mkdir(parents=True)
+    (good / "summary.json").write_text(json.dumps({
+        "spec": "spec.md", "started": 1000.0, "seconds": 12.5, "verdict": "approved",
+        "stop_reason": "approved", "totals": {"loads": 3, "prompt_tokens": 100, "completion_tokens": 20}}))
+    (broken / "summary.json").write_text('{"spec": "x.md", "started": ')
+    os.utime(broken, (3000, 3000))
+    os.utime(partial, (2000, 2000))
+    code, runs = crew_json(capsys, "runs")
+    assert code == 0
+    assert [(r["id"], r["complete"]) for r in runs] == [
+        ("20261102-broken", False), ("20261103-partial", False), ("20261101-good", True)]
+    assert "broken or partial" in runs[0]["problem"] and "no summary.json" in runs[1]["problem"]
+    assert runs[2]["loads"] == 3 and runs[2]["tokens"] == 120 and runs[2]["verdict"] == "approved"
+    assert main(["runs", "show", "20261101-good"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "approved"
+
+
+def test_runs_show_an_unknown_id_is_one_line_and_exit_2(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runs", "show", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no run 'nope'" in err and "`crew runs`" in err and err.count("\n") == 1
+
+
+def test_the_routing_table_shown_is_the_one_the_team_uses() -> None:
+    assert _task_types() == dict(TASK_TYPES)
+
+
+def test_operating_commands_do_not_import_autogen(env: FakeOllama) -> None:
+    code = ("import sys; from crew.cli import main\n"
+            "for c in (['ps'], ['doctor'], ['models'], ['plan'], ['runs'], ['--help']):\n"
+            "    try: main(c)\n    except SystemExit: pass\n"
+            "print('AUTOGEN' if any(m.startswith('autogen') for m in sys.modules) else 'CLEAN')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "CLEAN", result.stderr
