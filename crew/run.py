@@ -170,6 +170,7 @@ async def run_spec(
     manager = ResidencyManager(
         OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after), budget,
         allow_partial_offload=settings.allow_partial_offload, load_timeout=settings.load_timeout_s,
+        reconcile_ttl=settings.reconcile_ttl_s,
     )
     manager.subscribe(records.emit)
     stop_reason = "error"

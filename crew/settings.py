@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     allow_partial_offload: bool = False
     """Let a model larger than the budget run alone, split between GPU and CPU (slow)."""
     load_timeout_s: float = Field(300.0, gt=0)
+    reconcile_ttl_s: float = Field(0.0, ge=0)
+    """How long a read of /api/ps may be trusted for a request to a resident model. 0 reads it
+    before every request (~2 ms each); loads and evictions always read it fresh."""
     keep_alive_after: str | float = "5m"
     """What keep_alive crew leaves its models with when it exits (Ollama's syntax)."""
     workspaces_dir: Path = Path("workspaces")

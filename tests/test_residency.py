@@ -457,3 +457,29 @@ def test_closing_hands_models_back_to_ollamas_expiry_without_unloading(ollama: F
     assert REVIEWER in ollama.resident()
     assert ollama.runners[REVIEWER].keep_alive == 300.0
     assert ollama.unloads == [] and ollama.option_reloads() == []
+
+
+def test_a_reconcile_ttl_spares_reads_for_resident_models_but_never_for_loads(ollama: FakeOllama) -> None:
+    def ps_reads() -> int:
+        return sum(1 for r in ollama.requests if r["path"] == "/api/ps")
+
+    async def scenario() -> tuple[int, int]:
+        async with make_manager(ollama, reconcile_ttl=60.0) as manager:
+            async with manager.hold(REVIEWER):
+                pass
+            before = ps_reads()
+            for _ in range(5):
+                async with manager.hold(REVIEWER):
+                    pass
+            resident_reads = ps_reads() - before
+            ollama.preload(ARCHITECT, num_ctx=4096)  # appears behind crew's back
+            before = ps_reads()
+            async with manager.hold(CODER):  # a load: must read, and so must see the architect
+                pass
+            return resident_reads, ps_reads() - before
+
+    resident_reads, load_reads = run(scenario())
+    assert resident_reads == 0
+    assert load_reads >= 1
+    assert ARCHITECT in [u["model"] for u in ollama.unloads]  # counted, then evicted for room
+    assert ollama.self_evictions() == []
