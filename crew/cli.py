@@ -256,6 +256,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from crew.settings import load_settings
 
     settings = load_settings()
+    if args.ci:
+        # Same spec, same models, same answers: temperature 0 and a fixed seed for every role.
+        for role, rs in settings.roles().items():
+            setattr(settings, role, rs.model_copy(update={"temperature": 0.0, "seed": rs.seed or 0}))
     renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
     try:
         outcome = asyncio.run(run_spec(
@@ -269,6 +273,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if not args.json_:
         _print_summary(outcome)
+    if args.out is not None:
+        _export_run(outcome, args.out)
+    return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
+
+
+def _export_run(outcome: Any, out: Path) -> None:
+    """crew.patch, summary.json and review.md (the Reviewer's last word) into `out`."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = outcome.workspace.root
+    for name in ("crew.patch", "summary.json"):
+        shutil.copyfile(root / name, out / name)
+    reviews = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+    last = next((e["content"] for e in reversed(reviews)
+                 if e["type"] == "message" and e["source"] == "Reviewer"), "_The Reviewer did not speak._")
+    head = "✅ **Approved**" if outcome.approved else f"❌ **Not approved** ({outcome.stop_reason})"
+    (out / "review.md").write_text(f"## crew run: {head}\n\n{last}\n")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from crew.review import read_diff, review_diff, write_outputs
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=lambda: sys.stdin.buffer.read())
+    renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
+    outcome = asyncio.run(review_diff(settings, diff, renderer))
+    write_outputs(outcome, args.out)
+    print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
+          f"finding(s); {args.out / 'review.md'}", file=sys.stderr)
     return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
 
 
@@ -391,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, help="work on a new branch of this git repository")
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the run in WORKSPACE")
     p.add_argument("--max-turns", type=int, help="stop after this many agent turns")
+    p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
+    p.add_argument("--ci", action="store_true",
+                   help="deterministic options (temperature 0, fixed seed); use with --out")
+    p.add_argument("--out", type=Path, help="also write crew.patch, summary.json and review.md here")
+    p = add("review", cmd_review, "review a patch: review.md for the pull request, review.json, verdict")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--diff", metavar="FILE", help="the diff to review, or - for stdin")
+    source.add_argument("--base", metavar="REF", help="review `git diff REF` of --repo")
+    p.add_argument("--repo", type=Path, help="the git repository for --base (default: here)")
+    p.add_argument("--out", type=Path, default=Path("."), help="where review.md and review.json go")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
     p = add("ps", cmd_ps, "show the models resident in Ollama against the memory budget")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")

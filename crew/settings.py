@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     """Token budget of a run (prompt + completion, all agents)."""
     max_tool_iterations: int = Field(8, ge=1)
     command_timeout_s: float = Field(120.0, gt=0)
+    review_architect_lines: int = Field(400, ge=1)
+    """`crew review` asks the Architect too when a diff has more lines than this."""
 
     architect: ArchitectSettings = ArchitectSettings()
     coder: CoderSettings = CoderSettings()

@@ -129,11 +129,16 @@ class Team:
             await client.close()
 
 
-def load_prompt(settings: Settings, role: Role) -> str:
+def load_prompt_file(settings: Settings, name: str) -> str:
+    """prompts/<name>.md, or the user's copy in CREW_PROMPTS_DIR."""
     for folder in (settings.prompts_dir, PROMPTS_DIR):
-        if folder is not None and (folder / f"{role}.md").is_file():
-            return (folder / f"{role}.md").read_text()
-    raise SettingsError(f"no prompt for {role}: put {role}.md in CREW_PROMPTS_DIR or reinstall crew")
+        if folder is not None and (folder / f"{name}.md").is_file():
+            return (folder / f"{name}.md").read_text()
+    raise SettingsError(f"no prompt {name}.md: put it in CREW_PROMPTS_DIR or reinstall crew")
+
+
+def load_prompt(settings: Settings, role: Role) -> str:
+    return load_prompt_file(settings, role)
 
 
 async def build_team(
