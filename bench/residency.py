@@ -30,7 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crew.backend import ModelFacts, Resident  # noqa: E402
+from crew.backend import ESTIMATE_MARGIN, ModelFacts  # noqa: E402
+from crew.checkup import SimulatedBackend  # noqa: E402
 from crew.memory import GB, MemoryBudget  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
 
@@ -87,38 +88,17 @@ def traces() -> dict[str, list[Request]]:
 # -- crew: the real manager, in scaled time ----------------------------------------------------
 
 
-class TimedBackend:
-    """In-memory backend whose loads take size / bandwidth (scaled)."""
+class TimedBackend(SimulatedBackend):
+    """crew plan's in-memory backend, with loads that take size / bandwidth (scaled)."""
 
     def __init__(self, scale: float) -> None:
+        # No KV cache and the estimate's margin taken out: the estimate is exactly SIZES.
+        super().__init__({m: ModelFacts(m, round(size / ESTIMATE_MARGIN)) for m, size in SIZES.items()})
         self.scale = scale
-        self.resident: dict[str, int] = {}
-        self.loads: list[str] = []
-        self.peak_over = 0
-
-    @property
-    def label(self) -> str:
-        return "bench"
-
-    async def running(self) -> list[Resident]:
-        return [Resident(m, s, s, 32768) for m, s in self.resident.items()]
-
-    async def inspect(self, model: str) -> ModelFacts:
-        return ModelFacts(model, int(SIZES[model] / 1.05), context_length=262144)
 
     async def load(self, model: str, options: Mapping[str, Any]) -> None:
         await asyncio.sleep(SIZES[model] / SIM_BANDWIDTH * self.scale)
-        self.resident[model] = SIZES[model]
-        self.loads.append(model)
-
-    async def unload(self, model: str) -> None:
-        self.resident.pop(model, None)
-
-    async def release(self, model: str, options: Mapping[str, Any]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+        await super().load(model, options)
 
 
 async def run_crew_policy(trace: list[Request], budget: int, scale: float) -> Result:
@@ -129,7 +109,8 @@ async def run_crew_policy(trace: list[Request], budget: int, scale: float) -> Re
     result = Result()
 
     def check(_: object) -> None:
-        if len(backend.resident) > 1 and sum(backend.resident.values()) > budget:
+        resident = backend.resident_bytes()
+        if len(resident) > 1 and sum(resident.values()) > budget:
             result.overruns += 1
 
     manager.subscribe(check)

@@ -141,6 +141,9 @@ class SimulatedBackend:
     def label(self) -> str:
         return "simulation"
 
+    def resident_bytes(self) -> dict[str, int]:
+        return {name: r.size for name, r in self._resident.items()}
+
     async def running(self) -> list[Resident]:
         return list(self._resident.values())
 
