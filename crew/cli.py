@@ -293,6 +293,23 @@ def _export_run(outcome: Any, out: Path) -> None:
     (out / "review.md").write_text(f"## crew run: {head}\n\n{last}\n")
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from crew.chat import chat_session
+    from crew.settings import load_settings
+
+    settings = load_settings()
+    renderer = TerminalRenderer(settings)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    root = asyncio.run(chat_session(settings, args.spec, render=renderer, write=write,
+                                    resume=args.resume, workspace_path=args.workspace))
+    print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     from crew.review import read_diff, review_diff, write_outputs
     from crew.settings import load_settings
@@ -430,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", action="store_true",
                    help="deterministic options (temperature 0, fixed seed); use with --out")
     p.add_argument("--out", type=Path, help="also write crew.patch, summary.json and review.md here")
+    p = add("chat", cmd_chat, "join the team in the terminal: talk, @address an agent, /ps /diff /undo")
+    p.add_argument("spec", nargs="?", type=Path, help="a spec to start from (optional)")
+    p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the chat in WORKSPACE")
+    p.add_argument("--workspace", type=Path, help="where to work (default: workspaces/<id>)")
     p = add("review", cmd_review, "review a patch: review.md for the pull request, review.json, verdict")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--diff", metavar="FILE", help="the diff to review, or - for stdin")

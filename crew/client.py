@@ -248,6 +248,11 @@ class RoutedOllamaClient(ChatCompletionClient):
     async def close(self) -> None:
         await self._client._client.aclose()
 
+    async def interrupt(self) -> None:
+        """Cut any request in flight (its hold is released); later requests use a new connection."""
+        old, self._client = self._client, make_client(self._host, read_timeout=self._settings.timeout_s)
+        await old._client.aclose()
+
     def actual_usage(self) -> RequestUsage:
         return self._last
 

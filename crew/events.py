@@ -106,6 +106,8 @@ class RoutingDecision(BaseEvent):
     type: Literal["routing"] = "routing"
     speaker: str
     reason: str
+    after: str | None = None
+    """Id of the message the decision answers."""
 
 
 class AgentMessage(BaseEvent):

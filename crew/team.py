@@ -50,7 +50,11 @@ TASK_TYPES: dict[Role, tuple[str, ...]] = {
     "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
     "reviewer": ("review", "test", "validate", "debug"),
 }
-_HANDOFF = re.compile(r"(?im)^\W*(?:next|handoff)\W*:?\s*(architect|coder|reviewer)\b")
+_HANDOFF = re.compile(r"(?im)^\W*(?:next|handoff)\W*:?\s*(architect|coder|reviewer|you)\b")
+_MENTION = re.compile(r"(?i)(?<![\w@])@(architect|coder|reviewer)\b")
+HUMAN = "You"
+# In a chat, the person gets the floor after this many agent turns in a row.
+MAX_AGENT_STREAK = 6
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 
@@ -71,32 +75,56 @@ def task_type(text: str) -> Role | None:
 class Selector:
     """The selector_func: who speaks next, with the reason recorded as an event."""
 
-    def __init__(self, manager: ResidencyManager, models: dict[Role, str], emit: Callable[[Event], None]):
+    def __init__(self, manager: ResidencyManager, models: dict[Role, str], emit: Callable[[Event], None],
+                 *, human: bool = False):
         self._manager = manager
         self._models = models
         self._emit = emit
+        self._human = human
 
     def __call__(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
         role, reason = self.choose(thread)
-        self._emit(RoutingDecision(speaker=NAMES[role], reason=reason))
-        log.info("[ROUTING] next=%s model=%s | %s", NAMES[role], self._models[role], reason)
-        return NAMES[role]
+        name = HUMAN if role == "human" else NAMES[role]
+        last = next((m for m in reversed(thread) if isinstance(m, BaseChatMessage)), None)
+        self._emit(RoutingDecision(speaker=name, reason=reason, after=last.id if last else None))
+        model = self._models.get(role, "-")
+        log.info("[ROUTING] next=%s model=%s | %s", name, model, reason)
+        return name
 
-    def choose(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> tuple[Role, str]:
+    def choose(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> tuple[Any, str]:
         chat = [m for m in thread if isinstance(m, BaseChatMessage)]
         last = chat[-1]
         text = last.to_text()
         source = ROLE_OF.get(last.source)
+        if self._human and last.source == HUMAN:
+            mention = _MENTION.findall(text)
+            if mention:
+                target: Role = mention[0].lower()
+                return target, f"the person addressed {NAMES[target]}"
         handoff = _HANDOFF.findall(text)
         if handoff and handoff[-1].lower() != source:
-            target: Role = handoff[-1].lower()
-            return target, f"{last.source} handed off to {NAMES[target]}"
+            wanted = handoff[-1].lower()
+            if wanted == "you":
+                if self._human:
+                    return "human", f"{last.source} asked the person"
+            else:
+                return wanted, f"{last.source} handed off to {NAMES[wanted]}"
         if source is None:
-            kind = task_type(text) if len(chat) == 1 else None
+            kind = task_type(text)
             if kind is not None and kind != "architect":
-                return kind, f"the task is of type '{kind}' work"
-            return "architect", "a new task starts with a plan"
+                return kind, f"the request is of type '{kind}' work"
+            return "architect", "a new request starts with a plan"
+        if self._human:
+            streak = 0
+            for message in reversed(chat):
+                if message.source not in ROLE_OF:
+                    break
+                streak += 1
+            if streak >= MAX_AGENT_STREAK:
+                return "human", f"{streak} agent turns in a row: the person's turn"
         if source == "reviewer":
+            if self._human and approved(text):
+                return "human", "the Reviewer approved: the person's turn"
             kind = task_type(text)
             if kind == "architect":
                 return self._prefer_resident(["architect", "coder"], "the review questions the design")
@@ -148,6 +176,7 @@ async def build_team(
     emit: Callable[[Event], None],
     *,
     max_turns: int | None = None,
+    human: ChatAgent | None = None,
 ) -> Team:
     """Check every role's model with the backend, then assemble the team."""
     models = {role: rs.model for role, rs in settings.roles().items()}
@@ -181,16 +210,19 @@ async def build_team(
         for role in ROLES
     ]
     turns = max_turns or settings.max_turns
-    termination: TerminationCondition = FunctionalTermination(_reviewer_approved) | TimeoutTermination(
-        settings.max_seconds
-    )
-    termination = termination | MaxMessageTermination(turns * 50)  # tool events count as messages too
+    if human is not None:
+        agents.append(human)
+        # A chat ends when the person says so; limits apply per request, not to the session.
+        done: TerminationCondition = FunctionalTermination(_person_quit)
+    else:
+        done = FunctionalTermination(_reviewer_approved) | TimeoutTermination(settings.max_seconds)
+    termination = done | MaxMessageTermination(turns * 50)  # tool events count as messages too
     if settings.max_tokens:
         termination = termination | TokenUsageTermination(max_total_token=settings.max_tokens)
     chat = SelectorGroupChat(
         agents,
         model_client=clients["reviewer"],  # never called: the selector function always answers
-        selector_func=Selector(manager, models, emit),
+        selector_func=Selector(manager, models, emit, human=human is not None),
         termination_condition=termination,
         max_turns=turns,
         allow_repeated_speaker=True,
@@ -205,6 +237,11 @@ def _tools_for(role: Role, workspace: Workspace, settings: Settings) -> list[Cal
     if role == "architect":  # reads, plans; runs nothing
         return [t for t in tools if t.__name__ in ("list_files", "read_file")]
     return list(tools)
+
+
+def _person_quit(messages: Sequence[Any]) -> bool:
+    return any(isinstance(m, BaseChatMessage) and m.source == HUMAN and m.to_text().strip() == "/quit"
+               for m in messages)
 
 
 def _reviewer_approved(messages: Sequence[Any]) -> bool:

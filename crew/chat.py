@@ -1,0 +1,311 @@
+"""`crew chat`: a person joins the team as a participant, in a terminal.
+
+The person is an AutoGen UserProxyAgent ("You") in the same SelectorGroupChat. The selector
+gives them the floor when the Reviewer approves, when an agent writes `NEXT: You`, or after
+a streak of agent turns; `@coder ...` addresses one agent. Slash commands are answered
+locally and never reach the models. Ctrl-C during an agent's turn cuts that turn and gives
+the person the floor; Ctrl-C at the prompt, `/quit` or the end of input ends the session with
+its state saved (`crew chat --resume workspaces/<id>`).
+
+Agent edits are committed after each turn, so `/undo` can take back the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autogen_agentchat.agents import UserProxyAgent
+from autogen_agentchat.base import TaskResult
+from autogen_agentchat.messages import BaseChatMessage
+from autogen_core import CancellationToken
+
+from crew.errors import CrewError, WorkspaceError
+from crew.events import Event, RoutingDecision, RunStarted
+from crew.memory import GB, resolve_budget
+from crew.ollama_backend import OllamaBackend
+from crew.residency import ResidencyManager
+from crew.run import Records, read_spec
+from crew.settings import Settings
+from crew.team import HUMAN, NAMES, Team, build_team
+from crew.workspace import Workspace, git
+
+PROMPT = "you> "
+HELP = "/ps /models /diff /undo /save /quit — or write to the team; @coder addresses one agent"
+
+
+class LineReader:
+    """Lines of standard input, read by a daemon thread so nothing blocks the event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in sys.stdin:
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\n"))
+        self._loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+    async def readline(self) -> str | None:
+        return await self._lines.get()
+
+
+class ChatSession:
+    def __init__(self, settings: Settings, workspace: Workspace, manager: ResidencyManager,
+                 records: Records, write: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.workspace = workspace
+        self.manager = manager
+        self.records = records
+        self.write = write
+        self.team: Team | None = None
+        self.reader: LineReader | None = None
+        self.at_prompt = False
+        self.quit = asyncio.Event()
+        self.token: CancellationToken | None = None
+        # The person's turn starts only once everything said before it is on the screen: the
+        # selector hands over while the team's output stream may still hold that message.
+        self.turn_after: str | None = None
+        self.shown: set[str] = set()
+        self.shown_changed = asyncio.Event()
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, RoutingDecision) and event.speaker == HUMAN:
+            self.turn_after = event.after
+
+    def mark_shown(self, message_id: str) -> None:
+        self.shown.add(message_id)
+        self.shown_changed.set()
+        self.shown_changed = asyncio.Event()
+
+    def say(self, text: str) -> None:
+        self.write(text + "\n")
+
+    # -- the person's turn ------------------------------------------------------------------
+
+    async def ask(self, prompt: str = "", token: CancellationToken | None = None) -> str:
+        """The input_func of the person: slash commands are handled here until a message comes."""
+        assert self.reader is not None
+        while self.turn_after is not None and self.turn_after not in self.shown:
+            await self.shown_changed.wait()
+        self.turn_after = None
+        self._prefetch_likely_next()
+        while True:
+            self.write(PROMPT)
+            self.at_prompt = True
+            line_task = asyncio.ensure_future(self.reader.readline())
+            quit_task = asyncio.ensure_future(self.quit.wait())
+            done, _ = await asyncio.wait({line_task, quit_task}, return_when=asyncio.FIRST_COMPLETED)
+            quit_task.cancel()
+            self.at_prompt = False
+            line = line_task.result() if line_task in done else None
+            if line_task not in done:
+                line_task.cancel()
+            if line is None:  # end of input or Ctrl-C at the prompt
+                self.write("\n")
+                return "/quit"
+            line = line.strip()
+            if not line:
+                continue
+            if line == "/quit":
+                return line
+            if line.startswith("/"):
+                await self.command(line)
+                continue
+            return line
+
+    def _prefetch_likely_next(self) -> None:
+        # While the person types, the Architect (who takes new requests) may load into free room.
+        task = asyncio.ensure_future(self.manager.prefetch(self.settings.architect.model))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def command(self, line: str) -> None:
+        name = line.split()[0]
+        handlers = {"/ps": self.cmd_ps, "/models": self.cmd_models, "/diff": self.cmd_diff,
+                    "/undo": self.cmd_undo, "/save": self.cmd_save, "/help": self.cmd_help}
+        handler = handlers.get(name)
+        if handler is None:
+            self.say(f"unknown command {name}: {HELP}")
+            return
+        await handler()
+
+    async def cmd_help(self) -> None:
+        self.say(HELP)
+
+    async def cmd_ps(self) -> None:
+        snapshot = await self.manager.refresh()
+        for slot in snapshot.slots:
+            pinned = f", pinned x{slot.pins}" if slot.pins else ""
+            self.say(f"  {slot.name:<28} {slot.bytes / GB:6.1f} GB  {slot.state}{pinned}")
+        budget = snapshot.budget
+        self.say(f"  {snapshot.used / GB:.1f} of {budget.gb:.1f} GB budget ({budget.source})")
+
+    async def cmd_models(self) -> None:
+        for role, rs in self.settings.roles().items():
+            self.say(f"  {NAMES[role]:<10} {rs.model:<28} num_ctx {rs.num_ctx}")
+
+    async def cmd_diff(self) -> None:
+        diff = await asyncio.to_thread(self._diff)
+        self.say(diff or "  (no changes yet)")
+
+    def _diff(self) -> str:
+        git(self.workspace.root, "add", "-A")
+        return git(self.workspace.root, "diff", "--cached", self.workspace.base)
+
+    async def cmd_undo(self) -> None:
+        log = git(self.workspace.root, "log", "-1", "--format=%H %s").strip()
+        if not log or " crew turn: " not in f" {log.split(' ', 1)[1]}":
+            self.say("  nothing to undo: no agent edit since the start")
+            return
+        git(self.workspace.root, "reset", "-q", "--hard", "HEAD~1")
+        self.say(f"  undone: {log.split(' ', 1)[1]}")
+
+    async def cmd_save(self) -> None:
+        await self.save()
+        self.say(f"  saved to {self.workspace.root / 'state.json'}")
+
+    async def save(self) -> None:
+        if self.team is not None:
+            self.workspace.write_json("state.json", await self.team.chat.save_state())
+
+    # -- the agents' turns ------------------------------------------------------------------
+
+    def commit_turn(self, source: str) -> None:
+        if source in NAMES.values():
+            try:
+                git(self.workspace.root, "add", "-A")
+                if git(self.workspace.root, "status", "--porcelain").strip():
+                    git(self.workspace.root, "commit", "-q", "-m", f"crew turn: {source}")
+            except WorkspaceError as exc:
+                self.say(f"  (could not record {source}'s edits for /undo: {exc})")
+
+    def on_sigint(self) -> None:
+        if self.at_prompt or self.token is None:
+            self.quit.set()
+        else:
+            self.say("\ninterrupted: your turn")
+            self.token.cancel()
+            if self.team is not None:  # cut the model call in flight, or the turn runs to its end
+                for client in self.team.clients.values():
+                    asyncio.ensure_future(client.interrupt())
+
+    async def run(self, first: str | None) -> str:
+        """Run rounds until the person quits; the stop reason."""
+        assert self.team is not None
+        task = first
+        while not self.quit.is_set():
+            self.token = CancellationToken()
+            try:
+                quit_now = await self._round(task, self.token)
+            except (asyncio.CancelledError, RuntimeError):
+                if not self.token.is_cancelled():
+                    raise
+                for client in self.team.clients.values():
+                    client.failure = None
+                quit_now = False
+            finally:
+                self.token = None
+            if quit_now:
+                return "the person quit"
+            task = await self.ask()
+            if task == "/quit":
+                return "the person quit"
+        return "the person quit"
+
+    async def _round(self, task: str | None, token: CancellationToken) -> bool:
+        assert self.team is not None
+        async for item in self.team.chat.run_stream(task=task, cancellation_token=token):
+            if isinstance(item, TaskResult):
+                said_quit = any(isinstance(m, BaseChatMessage) and m.source == HUMAN
+                                and m.to_text().strip() == "/quit" for m in item.messages)
+                return said_quit or self.quit.is_set()
+            if isinstance(item, BaseChatMessage) and item.source == "user":
+                self.records.take(_as_person(item))
+                self.mark_shown(item.id)
+                continue
+            self.records.take(item)
+            if isinstance(item, BaseChatMessage):
+                await asyncio.to_thread(self.commit_turn, item.source)
+                self.mark_shown(item.id)
+        return False
+
+
+def _as_person(item: BaseChatMessage) -> BaseChatMessage:
+    from autogen_agentchat.messages import TextMessage
+
+    return TextMessage(source=HUMAN, content=item.to_text())
+
+
+async def chat_session(
+    settings: Settings, spec: Path | None, *, render: Callable[[Event], None],
+    write: Callable[[str], None], resume: Path | None = None, workspace_path: Path | None = None,
+) -> Path:
+    first = read_spec(spec) if spec is not None else None
+    workspace = Workspace.open(resume) if resume is not None else await asyncio.to_thread(
+        Workspace.create, settings.workspaces_dir, path=workspace_path)
+    models = {role: rs.model for role, rs in settings.roles().items()}
+    records = Records(workspace, render, models)
+    records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
+    manager = ResidencyManager(
+        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after),
+        resolve_budget(settings.memory_budget_gb), allow_partial_offload=settings.allow_partial_offload,
+        load_timeout=settings.load_timeout_s, reconcile_ttl=settings.reconcile_ttl_s,
+    )
+    started = time.time()
+    session = ChatSession(settings, workspace, manager, records, write)
+
+    def emit(event: Event) -> None:
+        session.observe(event)
+        records.emit(event)
+
+    manager.subscribe(emit)
+    session.reader = LineReader()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, session.on_sigint)
+    stop_reason = "error"
+    try:
+        human = UserProxyAgent(HUMAN, description="The person using crew.", input_func=session.ask)
+        session.team = await build_team(settings, manager, workspace, emit, human=human)
+        state = workspace.root / "state.json"
+        if resume is not None and state.is_file():
+            await session.team.chat.load_state(json.loads(state.read_text()))
+        session.say(f"crew chat in {workspace.root}. {HELP}")
+        if first is None and resume is None:
+            first = await session.ask()
+            if first == "/quit":
+                stop_reason = "the person quit"
+                return workspace.root
+        try:
+            stop_reason = await session.run(first)
+        except RuntimeError as exc:
+            failure = session.team.failure()
+            raise (failure or CrewError(f"an agent failed: {exc}")) from None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await session.save()
+        if session.team is not None:
+            await session.team.close()
+        await asyncio.to_thread(workspace.write_patch)
+        stats = records.stats.values()
+        workspace.write_json("summary.json", {
+            "id": workspace.id, "mode": "chat", "spec": str(spec) if spec else None,
+            "started": started, "seconds": round(time.time() - started, 3), "verdict": "chat",
+            "approved": records.approved, "stop_reason": stop_reason,
+            "agents": {name: vars(s) for name, s in records.stats.items()},
+            "totals": {"prompt_tokens": sum(s.prompt_tokens for s in stats),
+                       "completion_tokens": sum(s.completion_tokens for s in stats),
+                       "loads": sum(s.loads for s in stats)},
+        })
+        records.close()
+        await manager.aclose()
+    return workspace.root
+
+
+__all__ = ["chat_session"]
