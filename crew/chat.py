@@ -28,12 +28,11 @@ from autogen_core import CancellationToken
 
 from crew.errors import CrewError, WorkspaceError
 from crew.events import Event, RoutingDecision, RunStarted
-from crew.memory import GB, resolve_budget
-from crew.ollama_backend import OllamaBackend
+from crew.memory import GB
 from crew.residency import ResidencyManager
-from crew.run import Records, read_spec
+from crew.run import Records, read_spec, summary_of
 from crew.settings import Settings
-from crew.team import HUMAN, NAMES, Team, build_team
+from crew.team import HUMAN, NAMES, Team, build_team, make_manager
 from crew.workspace import Workspace, git
 
 PROMPT = "you> "
@@ -253,11 +252,7 @@ async def chat_session(
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
-    manager = ResidencyManager(
-        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after),
-        resolve_budget(settings.memory_budget_gb), allow_partial_offload=settings.allow_partial_offload,
-        load_timeout=settings.load_timeout_s, reconcile_ttl=settings.reconcile_ttl_s,
-    )
+    manager = make_manager(settings)
     started = time.time()
     session = ChatSession(settings, workspace, manager, records, write)
 
@@ -293,16 +288,8 @@ async def chat_session(
         if session.team is not None:
             await session.team.close()
         await asyncio.to_thread(workspace.write_patch)
-        stats = records.stats.values()
-        workspace.write_json("summary.json", {
-            "id": workspace.id, "mode": "chat", "spec": str(spec) if spec else None,
-            "started": started, "seconds": round(time.time() - started, 3), "verdict": "chat",
-            "approved": records.approved, "stop_reason": stop_reason,
-            "agents": {name: vars(s) for name, s in records.stats.items()},
-            "totals": {"prompt_tokens": sum(s.prompt_tokens for s in stats),
-                       "completion_tokens": sum(s.completion_tokens for s in stats),
-                       "loads": sum(s.loads for s in stats)},
-        })
+        workspace.write_json("summary.json",
+                             summary_of(workspace, records, stop_reason, started, spec, mode="chat"))
         records.close()
         await manager.aclose()
     return workspace.root

@@ -21,11 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 from crew.client import RoutedOllamaClient
 from crew.errors import InputError
 from crew.events import Event
-from crew.memory import resolve_budget
-from crew.ollama_backend import OllamaBackend
-from crew.residency import ResidencyManager
 from crew.settings import Role, Settings
-from crew.team import approved, load_prompt_file
+from crew.team import approved, load_prompt_file, make_manager
 
 MAX_DIFF_BYTES = 2_000_000
 
@@ -114,12 +111,7 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
         return ReviewOutcome(True, "The diff is empty: nothing to review.", [], [], 0)
     extra: list[Role] = ["architect"] if lines > settings.review_architect_lines else []
     roles: list[Role] = ["reviewer", *extra]
-    budget = resolve_budget(settings.memory_budget_gb)
-    manager = ResidencyManager(
-        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after), budget,
-        allow_partial_offload=settings.allow_partial_offload, load_timeout=settings.load_timeout_s,
-        reconcile_ttl=settings.reconcile_ttl_s,
-    )
+    manager = make_manager(settings)
     manager.subscribe(render)
     verdicts: list[tuple[str, Verdict | None, str]] = []
     try:

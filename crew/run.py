@@ -38,11 +38,8 @@ from crew.events import (
     ToolCall,
     ToolResult,
 )
-from crew.memory import resolve_budget
-from crew.ollama_backend import OllamaBackend
-from crew.residency import ResidencyManager
 from crew.settings import Role, Settings
-from crew.team import NAMES, ROLE_OF, Team, approved, build_team
+from crew.team import NAMES, ROLE_OF, Team, approved, build_team, make_manager
 from crew.workspace import Workspace
 
 MAX_SPEC_BYTES = 1_000_000
@@ -166,12 +163,7 @@ async def run_spec(
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
-    budget = resolve_budget(settings.memory_budget_gb)
-    manager = ResidencyManager(
-        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after), budget,
-        allow_partial_offload=settings.allow_partial_offload, load_timeout=settings.load_timeout_s,
-        reconcile_ttl=settings.reconcile_ttl_s,
-    )
+    manager = make_manager(settings)
     manager.subscribe(records.emit)
     stop_reason = "error"
     started = time.time()
@@ -211,7 +203,7 @@ async def run_spec(
         await asyncio.to_thread(workspace.write_patch)
         finished = RunFinished(approved=records.approved, stop_reason=stop_reason)
         records.emit(finished)
-        workspace.write_json("summary.json", _summary(workspace, records, stop_reason, started, spec))
+        workspace.write_json("summary.json", summary_of(workspace, records, stop_reason, started, spec))
         records.close()
         await manager.aclose()
     return Outcome(workspace, records.approved, stop_reason, records.stats)
@@ -251,12 +243,15 @@ async def _save_state(team: Any, workspace: Workspace) -> None:
         (workspace.root / "state.error.txt").write_text(f"could not save team state: {exc}\n")
 
 
-def _summary(
-    workspace: Workspace, records: Records, stop_reason: str, started: float, spec: Path | None
+def summary_of(
+    workspace: Workspace, records: Records, stop_reason: str, started: float, spec: Path | None,
+    mode: str = "run",
 ) -> dict[str, Any]:
+    """What summary.json holds for a run or a chat; `crew runs` reads it back."""
     agents = {name: vars(stats) for name, stats in records.stats.items()}
     return {
         "id": workspace.id,
+        "mode": mode,
         "spec": str(spec) if spec else None,
         "started": started,
         "seconds": round(time.time() - started, 3),

@@ -33,6 +33,8 @@ from autogen_agentchat.teams import SelectorGroupChat
 from crew.client import RoutedOllamaClient
 from crew.errors import CrewError, SettingsError
 from crew.events import Event, RoutingDecision
+from crew.memory import resolve_budget
+from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
 from crew.settings import ROLES, Role, Settings
 from crew.tools import make_tools
@@ -155,6 +157,17 @@ class Team:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+
+
+def make_manager(settings: Settings) -> ResidencyManager:
+    """The process's residency manager for the configured Ollama host and budget."""
+    return ResidencyManager(
+        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after),
+        resolve_budget(settings.memory_budget_gb),
+        allow_partial_offload=settings.allow_partial_offload,
+        load_timeout=settings.load_timeout_s,
+        reconcile_ttl=settings.reconcile_ttl_s,
+    )
 
 
 def load_prompt_file(settings: Settings, name: str) -> str:
