@@ -30,7 +30,7 @@ from crew.errors import CrewError, WorkspaceError
 from crew.events import Event, RoutingDecision, RunStarted
 from crew.memory import GB
 from crew.residency import ResidencyManager
-from crew.run import Records, read_spec, summary_of
+from crew.run import Records, message_ids, read_spec, summary_of
 from crew.settings import Settings
 from crew.team import HUMAN, NAMES, Team, build_team, make_manager
 from crew.workspace import Workspace, git
@@ -227,6 +227,7 @@ class ChatSession:
                 return said_quit or self.quit.is_set()
             if isinstance(item, BaseChatMessage) and item.source == "user":
                 self.records.take(_as_person(item))
+                self.records.release(item.id)
                 self.mark_shown(item.id)
                 continue
             self.records.take(item)
@@ -270,7 +271,11 @@ async def chat_session(
         session.team = await build_team(settings, manager, workspace, emit, human=human)
         state = workspace.root / "state.json"
         if resume is not None and state.is_file():
-            await session.team.chat.load_state(json.loads(state.read_text()))
+            saved = json.loads(state.read_text())
+            await session.team.chat.load_state(saved)
+            for message_id in message_ids(saved):
+                records.release(message_id)
+                session.mark_shown(message_id)
         session.say(f"crew chat in {workspace.root}. {HELP}")
         if first is None and resume is None:
             first = await session.ask()

@@ -32,6 +32,7 @@ from crew.events import (
     Event,
     ModelCall,
     ModelLoaded,
+    RoutingDecision,
     RunFinished,
     RunStarted,
     StreamChunk,
@@ -97,8 +98,15 @@ class Records:
             self._roles_of_model[model].append(NAMES[role])
         self.stats: dict[str, AgentStats] = {name: AgentStats() for name in NAMES.values()}
         self.approved = False
+        # The selector decides as soon as an agent's reply is complete, while the team's output
+        # stream may still hold that reply: a decision waits until its message is recorded.
+        self._taken: set[str] = set()
+        self._held: list[RoutingDecision] = []
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, RoutingDecision) and event.after and event.after not in self._taken:
+            self._held.append(event)
+            return
         if not isinstance(event, StreamChunk):
             self._events.write(event.model_dump_json() + "\n")
         if isinstance(event, ModelCall):
@@ -133,8 +141,19 @@ class Records:
                     self.approved = True
             self.emit(AgentMessage(source=item.source, content=text))
             self._transcript.write(f"## {item.source}\n\n{text}\n\n")
+            self.release(item.id)
+
+    def release(self, message_id: str) -> None:
+        """The message is recorded: emit the routing decisions that answer it."""
+        self._taken.add(message_id)
+        ready = [e for e in self._held if e.after == message_id]
+        self._held = [e for e in self._held if e.after != message_id]
+        for event in ready:
+            self.emit(event)
 
     def close(self) -> None:
+        for event in self._held:  # decisions whose message never came (an interrupted run)
+            self._events.write(event.model_dump_json() + "\n")
         self._events.close()
         self._transcript.close()
 
@@ -172,7 +191,10 @@ async def run_spec(
         team = await build_team(settings, manager, workspace, records.emit, max_turns=max_turns)
         state_file = workspace.root / "state.json"
         if resume is not None and state_file.is_file():
-            await team.chat.load_state(json.loads(state_file.read_text()))
+            state = json.loads(state_file.read_text())
+            await team.chat.load_state(state)
+            for message_id in message_ids(state):  # said before: decisions about them may go out
+                records.release(message_id)
         elif task is not None:
             records.take(_task_message(task))
         token = CancellationToken()
@@ -215,9 +237,21 @@ async def _consume(team: Team, task: str | None, records: Records, token: Cancel
     async for item in team.chat.run_stream(task=task, cancellation_token=token):
         if isinstance(item, TaskResult):
             stop_reason = _stop_reason(item, records.approved)
-        elif not (task is not None and isinstance(item, BaseChatMessage) and item.source == "user"):
+        elif task is not None and isinstance(item, BaseChatMessage) and item.source == "user":
+            records.release(item.id)  # the task, recorded already; decisions about it may go out
+        else:
             records.take(item)
     return stop_reason
+
+
+def message_ids(state: Any) -> list[str]:
+    """Ids of the chat messages held in a saved team state (any depth)."""
+    if isinstance(state, dict):
+        own = [state["id"]] if isinstance(state.get("id"), str) and "source" in state else []
+        return own + [i for value in state.values() for i in message_ids(value)]
+    if isinstance(state, list):
+        return [i for value in state for i in message_ids(value)]
+    return []
 
 
 def _task_message(task: str) -> BaseChatMessage:

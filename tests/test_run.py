@@ -97,6 +97,10 @@ def test_end_to_end_run_as_a_subprocess(ollama: FakeOllama, clean_env: Path) -> 
     events = [json.loads(line) for line in (workspace / "events.jsonl").read_text().splitlines()]
     kinds = {e["type"] for e in events}
     assert {"routing", "message", "tool_call", "model_loaded", "model_call", "run_finished"} <= kinds
+    # Each routing decision is recorded after the message it answers.
+    flow = [e.get("source") or "-> " + e["speaker"] for e in events if e["type"] in ("message", "routing")]
+    assert flow == ["user", "-> Architect", "Architect", "-> Coder", "Coder", "-> Reviewer", "Reviewer",
+                    "-> Coder", "Coder", "-> Reviewer", "Reviewer"]
     # The reviewer's load was started while the coder generated (it fit beside it).
     starts = {e["model"]: e["reason"] for e in events if e["type"] == "model_load_started"}
     assert starts == {ARCHITECT: "requested", CODER: "requested", REVIEWER: "prefetch"}
