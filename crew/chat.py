@@ -32,7 +32,7 @@ from crew.memory import GB
 from crew.residency import ResidencyManager
 from crew.run import Records, message_ids, read_spec, summary_of
 from crew.settings import Settings
-from crew.team import HUMAN, NAMES, Team, build_team, make_manager
+from crew.team import HUMAN, NAMES, Team, build_team, open_manager
 from crew.workspace import Workspace, git
 
 PROMPT = "you> "
@@ -250,10 +250,10 @@ async def chat_session(
     first = read_spec(spec) if spec is not None else None
     workspace = Workspace.open(resume) if resume is not None else await asyncio.to_thread(
         Workspace.create, settings.workspaces_dir, path=workspace_path)
+    manager = await open_manager(settings)  # may point roles at the embedded model
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
-    manager = make_manager(settings)
     started = time.time()
     session = ChatSession(settings, workspace, manager, records, write)
 

@@ -251,11 +251,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from crew.run import run_spec
+def _settings_for(args: argparse.Namespace) -> Any:
     from crew.settings import load_settings
 
-    settings = load_settings()
+    overrides = {"backend": args.backend} if getattr(args, "backend", None) else {}
+    return load_settings(**overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from crew.run import run_spec
+
+    settings = _settings_for(args)
     if args.ci:
         # Same spec, same models, same answers: temperature 0 and a fixed seed for every role.
         for role, rs in settings.roles().items():
@@ -295,9 +301,8 @@ def _export_run(outcome: Any, out: Path) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from crew.chat import chat_session
-    from crew.settings import load_settings
 
-    settings = load_settings()
+    settings = _settings_for(args)
     renderer = TerminalRenderer(settings)
 
     def write(text: str) -> None:
@@ -312,9 +317,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     from crew.review import read_diff, review_diff, write_outputs
-    from crew.settings import load_settings
 
-    settings = load_settings()
+    settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=lambda: sys.stdin.buffer.read())
     renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
     outcome = asyncio.run(review_diff(settings, diff, renderer))
@@ -352,8 +356,7 @@ class TerminalRenderer:
 
     def __init__(self, settings: Any) -> None:
         self.workspace: str | None = None
-        self._models = {name: settings.role(role).model for role, name in
-                        (("architect", "Architect"), ("coder", "Coder"), ("reviewer", "Reviewer"))}
+        self._settings = settings  # read at each header: the backend may change a role's model
         self._speaking: str | None = None
         self._midline = False
         self._streamed_for: str | None = None
@@ -361,7 +364,8 @@ class TerminalRenderer:
     def _header(self, source: str) -> None:
         if self._speaking != source:
             self._end_line()
-            model = self._models.get(source)
+            role = source.lower()
+            model = self._settings.role(role).model if role in ("architect", "coder", "reviewer") else None
             print(f"\n── {source}{f' ({model})' if model else ''} ──", flush=True)
             self._speaking = source
 
@@ -444,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the run in WORKSPACE")
     p.add_argument("--max-turns", type=int, help="stop after this many agent turns")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
+    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+                   help="where models run (default: CREW_BACKEND or auto)")
     p.add_argument("--ci", action="store_true",
                    help="deterministic options (temperature 0, fixed seed); use with --out")
     p.add_argument("--out", type=Path, help="also write crew.patch, summary.json and review.md here")
@@ -451,12 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", type=Path, help="a spec to start from (optional)")
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the chat in WORKSPACE")
     p.add_argument("--workspace", type=Path, help="where to work (default: workspaces/<id>)")
+    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+                   help="where models run (default: CREW_BACKEND or auto)")
     p = add("review", cmd_review, "review a patch: review.md for the pull request, review.json, verdict")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--diff", metavar="FILE", help="the diff to review, or - for stdin")
     source.add_argument("--base", metavar="REF", help="review `git diff REF` of --repo")
     p.add_argument("--repo", type=Path, help="the git repository for --base (default: here)")
     p.add_argument("--out", type=Path, default=Path("."), help="where review.md and review.json go")
+    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+                   help="where models run (default: CREW_BACKEND or auto)")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
     p = add("ps", cmd_ps, "show the models resident in Ollama against the memory budget")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")

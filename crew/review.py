@@ -22,7 +22,7 @@ from crew.client import RoutedOllamaClient
 from crew.errors import InputError
 from crew.events import Event
 from crew.settings import Role, Settings
-from crew.team import approved, load_prompt_file, make_manager
+from crew.team import approved, load_prompt_file, open_manager
 
 MAX_DIFF_BYTES = 2_000_000
 
@@ -111,7 +111,7 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
         return ReviewOutcome(True, "The diff is empty: nothing to review.", [], [], 0)
     extra: list[Role] = ["architect"] if lines > settings.review_architect_lines else []
     roles: list[Role] = ["reviewer", *extra]
-    manager = make_manager(settings)
+    manager = await open_manager(settings)
     manager.subscribe(render)
     verdicts: list[tuple[str, Verdict | None, str]] = []
     try:

@@ -40,7 +40,7 @@ from crew.events import (
     ToolResult,
 )
 from crew.settings import Role, Settings
-from crew.team import NAMES, ROLE_OF, Team, approved, build_team, make_manager
+from crew.team import NAMES, ROLE_OF, Team, approved, build_team, open_manager
 from crew.workspace import Workspace
 
 MAX_SPEC_BYTES = 1_000_000
@@ -179,10 +179,10 @@ async def run_spec(
     )
     if task is not None and resume is None:
         (workspace.root / "spec.md").write_text(task)
+    manager = await open_manager(settings)  # may point roles at the embedded model
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
-    manager = make_manager(settings)
     manager.subscribe(records.emit)
     stop_reason = "error"
     started = time.time()

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     )
 
     ollama_host: str = DEFAULT_OLLAMA_HOST
+    backend: Literal["auto", "ollama", "embedded"] = "auto"
+    """auto: Ollama when it answers, else the embedded llama.cpp backend when installed."""
     memory_budget_gb: float | None = Field(None, gt=0)
     """Memory crew may fill with models, in GB (10^9 bytes). Default: from the machine."""
     allow_partial_offload: bool = False

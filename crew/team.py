@@ -30,8 +30,11 @@ from autogen_agentchat.conditions import (
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_agentchat.teams import SelectorGroupChat
 
+from crew.backend import Backend
 from crew.client import RoutedOllamaClient
-from crew.errors import CrewError, SettingsError
+from crew.embedded_backend import BUNDLED_ALIAS, INSTALL_HINT, EmbeddedBackend, embedded_available
+from crew.embedded_client import EmbeddedChatClient
+from crew.errors import BackendError, CrewError, OllamaUnreachable, SettingsError
 from crew.events import Event, RoutingDecision
 from crew.memory import resolve_budget
 from crew.ollama_backend import OllamaBackend
@@ -66,8 +69,14 @@ def approved(text: str) -> bool:
 
 
 def task_type(text: str) -> Role | None:
-    words = re.findall(r"[a-z]+", text.lower())
-    for word in words[:40]:
+    """The seed's task type, read from the request's opening words (its first line of prose).
+
+    Only the opening counts: a spec that says "write X and a test for it" is coding work,
+    not a review.
+    """
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    words = re.findall(r"[a-z]+", lines[0].lower())[:12] if lines else []
+    for word in words:
         for role, keywords in TASK_TYPES.items():
             if word in keywords:
                 return role
@@ -159,15 +168,42 @@ class Team:
             await client.close()
 
 
-def make_manager(settings: Settings) -> ResidencyManager:
-    """The process's residency manager for the configured Ollama host and budget."""
+async def open_manager(settings: Settings) -> ResidencyManager:
+    """The process's residency manager on the chosen backend (see `choose_backend`)."""
+    backend = await choose_backend(settings)
     return ResidencyManager(
-        OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after),
+        backend,
         resolve_budget(settings.memory_budget_gb),
         allow_partial_offload=settings.allow_partial_offload,
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
     )
+
+
+async def choose_backend(settings: Settings) -> Backend:
+    """Ollama if chosen or if it answers; else the embedded backend if installed; else an error.
+
+    With the embedded backend, roles still naming Ollama tags run the bundled small model.
+    """
+    if settings.backend in ("auto", "ollama"):
+        ollama = OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after)
+        if settings.backend == "ollama":
+            return ollama
+        try:
+            await ollama.version()
+            return ollama
+        except OllamaUnreachable:
+            await ollama.aclose()
+            if not embedded_available():
+                raise BackendError(
+                    f"no model backend: Ollama does not answer at {settings.ollama_host} (start it with "
+                    f"`ollama serve`) and the embedded backend is not installed ({INSTALL_HINT})"
+                ) from None
+    for role, rs in settings.roles().items():
+        if not rs.model.endswith(".gguf") and rs.model.split(":")[0] != BUNDLED_ALIAS:
+            setattr(settings, role, rs.model_copy(update={"model": BUNDLED_ALIAS,
+                                                          "num_ctx": min(rs.num_ctx, 4096)}))
+    return EmbeddedBackend()
 
 
 def load_prompt_file(settings: Settings, name: str) -> str:
@@ -205,10 +241,16 @@ async def build_team(
     clients: dict[Role, RoutedOllamaClient] = {}
     for role in ROLES:
         facts = await manager.facts(models[role])  # fails here, typed, before the team starts
-        clients[role] = RoutedOllamaClient(
-            manager, role, settings.role(role), facts, host=settings.ollama_host, emit=emit,
-            on_hold=prefetch_after(role),
-        )
+        if isinstance(manager.backend, EmbeddedBackend):
+            clients[role] = EmbeddedChatClient(
+                manager, role, settings.role(role), facts, backend=manager.backend, emit=emit,
+                on_hold=prefetch_after(role),
+            )
+        else:
+            clients[role] = RoutedOllamaClient(
+                manager, role, settings.role(role), facts, host=settings.ollama_host, emit=emit,
+                on_hold=prefetch_after(role),
+            )
     agents: list[ChatAgent | BaseTeam] = [
         AssistantAgent(
             NAMES[role],

@@ -43,3 +43,15 @@ def dead_host() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # llama-cpp-python opens os.devnull twice at import and never closes it; with warnings as
+    # errors that becomes noise after pytest's summary line. Close them once the tests are done.
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()

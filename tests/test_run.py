@@ -278,3 +278,12 @@ def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clea
     assert json.loads((workspace / "summary.json").read_text())["stop_reason"] == "interrupted"
     assert (workspace / "state.json").is_file()
     assert "Write hello.py" in (workspace / "transcript.md").read_text()
+
+
+def test_backend_ollama_with_ollama_down_is_one_line_and_exit_2(
+    dead_host: str, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ["CREW_OLLAMA_HOST"] = dead_host
+    assert main(["run", str(write_spec(clean_env)), "--backend", "ollama"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crew:")]
+    assert len(errors) == 1 and dead_host in errors[0] and "ollama serve" in errors[0]

