@@ -18,11 +18,10 @@ from typing import Any, Literal
 from autogen_core.models import SystemMessage, UserMessage
 from pydantic import BaseModel, Field, ValidationError
 
-from crew.client import RoutedOllamaClient
 from crew.errors import InputError
 from crew.events import Event
 from crew.settings import Role, Settings
-from crew.team import approved, load_prompt_file, open_manager
+from crew.team import approved, load_prompt_file, make_client, open_manager
 
 MAX_DIFF_BYTES = 2_000_000
 
@@ -118,7 +117,7 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
         for role in roles:
             rs = settings.role(role)
             facts = await manager.facts(rs.model)
-            client = RoutedOllamaClient(manager, role, rs, facts, host=settings.ollama_host, emit=render)
+            client = make_client(manager, settings, role, facts, render)
             try:
                 result = await client.create(
                     [SystemMessage(content=load_prompt_file(settings, "review")),

@@ -30,7 +30,7 @@ from autogen_agentchat.conditions import (
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_agentchat.teams import SelectorGroupChat
 
-from crew.backend import Backend
+from crew.backend import Backend, ModelFacts
 from crew.client import RoutedOllamaClient
 from crew.embedded_backend import BUNDLED_ALIAS, INSTALL_HINT, EmbeddedBackend, embedded_available
 from crew.embedded_client import EmbeddedChatClient
@@ -206,6 +206,18 @@ async def choose_backend(settings: Settings) -> Backend:
     return EmbeddedBackend()
 
 
+def make_client(
+    manager: ResidencyManager, settings: Settings, role: Role, facts: ModelFacts,
+    emit: Callable[[Event], None], *, on_hold: Callable[[], None] | None = None,
+) -> RoutedOllamaClient:
+    """The chat client for a role, on whichever backend the manager drives."""
+    if isinstance(manager.backend, EmbeddedBackend):
+        return EmbeddedChatClient(manager, role, settings.role(role), facts, backend=manager.backend,
+                                  emit=emit, on_hold=on_hold)
+    return RoutedOllamaClient(manager, role, settings.role(role), facts, host=settings.ollama_host,
+                              emit=emit, on_hold=on_hold)
+
+
 def load_prompt_file(settings: Settings, name: str) -> str:
     """prompts/<name>.md, or the user's copy in CREW_PROMPTS_DIR."""
     for folder in (settings.prompts_dir, PROMPTS_DIR):
@@ -241,16 +253,7 @@ async def build_team(
     clients: dict[Role, RoutedOllamaClient] = {}
     for role in ROLES:
         facts = await manager.facts(models[role])  # fails here, typed, before the team starts
-        if isinstance(manager.backend, EmbeddedBackend):
-            clients[role] = EmbeddedChatClient(
-                manager, role, settings.role(role), facts, backend=manager.backend, emit=emit,
-                on_hold=prefetch_after(role),
-            )
-        else:
-            clients[role] = RoutedOllamaClient(
-                manager, role, settings.role(role), facts, host=settings.ollama_host, emit=emit,
-                on_hold=prefetch_after(role),
-            )
+        clients[role] = make_client(manager, settings, role, facts, emit, on_hold=prefetch_after(role))
     agents: list[ChatAgent | BaseTeam] = [
         AssistantAgent(
             NAMES[role],
