@@ -299,13 +299,7 @@ def to_ollama_messages(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
         if isinstance(message, SystemMessage):
             out.append({"role": "system", "content": message.content})
         elif isinstance(message, UserMessage):
-            text = message.content if isinstance(message.content, str) else "\n".join(
-                part for part in message.content if isinstance(part, str)
-            )
-            # Ollama has no speaker names: say who is talking, or every agent is "the user".
-            if message.source and message.source != "user":
-                text = f"[{message.source}]\n{text}"
-            out.append({"role": "user", "content": text})
+            out.append({"role": "user", "content": user_text(message)})
         elif isinstance(message, AssistantMessage):
             if isinstance(message.content, list):
                 out.append({"role": "assistant", "content": "", "tool_calls": [
@@ -318,6 +312,19 @@ def to_ollama_messages(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
             for result in message.content:
                 out.append({"role": "tool", "content": result.content, "tool_name": result.name})
     return out
+
+
+def user_text(message: UserMessage) -> str:
+    """A user message's text, with its speaker named.
+
+    Chat templates have no speaker names: without `[Coder]` every agent is "the user".
+    """
+    text = message.content if isinstance(message.content, str) else "\n".join(
+        part for part in message.content if isinstance(part, str)
+    )
+    if message.source and message.source != "user":
+        text = f"[{message.source}]\n{text}"
+    return text
 
 
 def to_ollama_tool(tool: Tool | ToolSchema) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from crew.backend import ModelFacts
-from crew.client import RoutedOllamaClient, finish_reason, split_thinking, to_ollama_tool
+from crew.client import RoutedOllamaClient, finish_reason, split_thinking, to_ollama_tool, user_text
 from crew.embedded_backend import EmbeddedBackend
 from crew.errors import BackendError, RequestTimeout
 from crew.events import Event
@@ -150,11 +150,7 @@ def to_openai_messages(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
         if isinstance(message, SystemMessage):
             out.append({"role": "system", "content": message.content})
         elif isinstance(message, UserMessage):
-            text = message.content if isinstance(message.content, str) else "\n".join(
-                p for p in message.content if isinstance(p, str))
-            if message.source and message.source != "user":
-                text = f"[{message.source}]\n{text}"
-            out.append({"role": "user", "content": text})
+            out.append({"role": "user", "content": user_text(message)})
         elif isinstance(message, AssistantMessage):
             if isinstance(message.content, list):
                 out.append({"role": "assistant", "content": None, "tool_calls": [
