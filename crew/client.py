@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import ollama
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
     AssistantMessage,
@@ -79,9 +80,16 @@ class RoutedOllamaClient(ChatCompletionClient):
         """The last crew error a request raised (AutoGen re-raises it as a bare RuntimeError)."""
         self._options = settings.options()
         manager.register(self._model, self._options)
-        self._client = make_client(host, read_timeout=settings.timeout_s)
+        self._http: ollama.AsyncClient | None = None
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    @property
+    def _client(self) -> ollama.AsyncClient:
+        # Made on first use: a client on another backend never needs one.
+        if self._http is None:
+            self._http = make_client(self._host, read_timeout=self._settings.timeout_s)
+        return self._http
 
     @property
     def model(self) -> str:
@@ -246,12 +254,14 @@ class RoutedOllamaClient(ChatCompletionClient):
     # -- the rest of the ChatCompletionClient contract ------------------------------------
 
     async def close(self) -> None:
-        await self._client._client.aclose()
+        if self._http is not None:
+            await self._http._client.aclose()
 
     async def interrupt(self) -> None:
         """Cut any request in flight (its hold is released); later requests use a new connection."""
-        old, self._client = self._client, make_client(self._host, read_timeout=self._settings.timeout_s)
-        await old._client.aclose()
+        old, self._http = self._http, None
+        if old is not None:
+            await old._client.aclose()
 
     def actual_usage(self) -> RequestUsage:
         return self._last
