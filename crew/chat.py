@@ -23,7 +23,7 @@ from pathlib import Path
 
 from autogen_agentchat.agents import UserProxyAgent
 from autogen_agentchat.base import TaskResult
-from autogen_agentchat.messages import BaseChatMessage
+from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
 from crew.errors import CrewError, WorkspaceError
@@ -238,8 +238,6 @@ class ChatSession:
 
 
 def _as_person(item: BaseChatMessage) -> BaseChatMessage:
-    from autogen_agentchat.messages import TextMessage
-
     return TextMessage(source=HUMAN, content=item.to_text())
 
 

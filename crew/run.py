@@ -21,6 +21,7 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import (
     BaseChatMessage,
     ModelClientStreamingChunkEvent,
+    TextMessage,
     ToolCallExecutionEvent,
     ToolCallRequestEvent,
 )
@@ -255,8 +256,6 @@ def message_ids(state: Any) -> list[str]:
 
 
 def _task_message(task: str) -> BaseChatMessage:
-    from autogen_agentchat.messages import TextMessage
-
     return TextMessage(source="user", content=task)
 
 
