@@ -2,8 +2,12 @@
 
     python bench/startup.py [runs]
 
-Reports the median and worst wall time of each, side by side with `python -c pass` so the
-interpreter's own start is visible. A measurement, not a test: the machine is shared and noisy.
+Each round runs every case once, in turn, so the shared machine's noise falls on all of them
+alike. Beside crew's commands: `python -c pass` (the interpreter's own start); the floor of any
+command that reads crew's settings (`import pydantic_settings, psutil`, the stack's own import
+cost); and what `crew ps` cost when it read /api/ps through the official client (`import ollama`
+plus `ollama.AsyncClient.ps` after loading settings), so both show as ratios from the same run.
+A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fake_ollama import FakeOllama  # noqa: E402
 
-
-def timed(args: list[str], env: dict[str, str], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(args, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - started)
-    return times
+# `crew ps` as it was: the same settings and budget, then the official client's ps().
+PS_VIA_OLLAMA = """
+import asyncio
+import ollama
+from crew.memory import resolve_budget
+from crew.settings import load_settings
+settings = load_settings()
+resolve_budget(settings.memory_budget_gb)
+async def read():
+    client = ollama.AsyncClient(host=settings.ollama_host)
+    return await client.ps()
+print(asyncio.run(read()))
+"""
 
 
 def main() -> None:
@@ -37,14 +46,23 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CREW_OLLAMA_HOST": fake.url}
     cases = {
         "python -c pass": [sys.executable, "-c", "pass"],
+        "settings floor": [sys.executable, "-c", "import pydantic_settings, psutil"],
         "crew --help": [sys.executable, "-m", "crew", "--help"],
         "crew ps": [sys.executable, "-m", "crew", "ps"],
+        "ps via ollama pkg": [sys.executable, "-c", PS_VIA_OLLAMA],
     }
-    print(f"{'command':<16} {'median s':>9} {'max s':>7}  ({runs} runs)")
-    for name, args in cases.items():
-        t = timed(args, env, runs)
-        print(f"{name:<16} {statistics.median(t):>9.3f} {max(t):>7.3f}")
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, args in cases.items():
+            started = time.perf_counter()
+            subprocess.run(args, env=env, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - started)
     fake.stop()
+    base = statistics.median(times["crew ps"])
+    print(f"{'command':<18} {'median s':>9} {'max s':>7} {'/ crew ps':>10}  ({runs} rounds)")
+    for name, t in times.items():
+        median = statistics.median(t)
+        print(f"{name:<18} {median:>9.3f} {max(t):>7.3f} {median / base:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ inside the commands that run a team, so `crew --help` and `crew ps` start fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from crew import __version__
 from crew.errors import (
@@ -49,6 +48,16 @@ def exit_code(exc: BaseException) -> int:
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
 
 
+T = TypeVar("T")
+
+
+def _arun(coroutine: Coroutine[Any, Any, T]) -> T:
+    # asyncio costs ~50 ms to import here, and `crew --help` has no use for it.
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
@@ -64,23 +73,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from crew.memory import resolve_budget
-    from crew.ollama_backend import OllamaBackend
+    from crew.ollama_api import running_on
     from crew.settings import load_settings
 
     settings = load_settings()
     budget = resolve_budget(settings.memory_budget_gb)
-
-    async def read() -> list[Any]:
-        backend = OllamaBackend(settings.ollama_host)
-        try:
-            return await backend.running()
-        finally:
-            await backend.aclose()
-
-    running = asyncio.run(read())
+    running = running_on(settings.ollama_host)
     used = sum(r.size for r in running)
     forever = datetime.now(UTC) + timedelta(days=3650)
-    models = [
+    models: list[dict[str, Any]] = [
         {"name": r.name, "size": r.size, "size_vram": r.size_vram,
          "gpu_share": round(r.size_vram / r.size, 3) if r.size else None,
          "context_length": r.context_length, "expires_at": r.expires_at,
@@ -114,7 +115,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     settings = load_settings()
     budget = resolve_budget(settings.memory_budget_gb)
     try:
-        checkup = asyncio.run(run_checkup(settings, budget))
+        checkup = _arun(run_checkup(settings, budget))
     except OllamaUnreachable as exc:
         checkup = unreachable(settings, budget, exc)
     code = EXIT_OK if checkup.can_run else EXIT_ERROR if not checkup.reachable else EXIT_NOT_APPROVED
@@ -151,7 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from crew.settings import load_settings
 
     settings = load_settings()
-    checkup = asyncio.run(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
+    checkup = _arun(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
     routing = {role: list(words) for role, words in _task_types().items()}
     if args.json_:
         from dataclasses import asdict
@@ -184,7 +185,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from crew.settings import load_settings
 
     settings = load_settings()
-    plan = asyncio.run(make_plan(settings, resolve_budget(settings.memory_budget_gb)))
+    plan = _arun(make_plan(settings, resolve_budget(settings.memory_budget_gb)))
     if args.json_:
         from dataclasses import asdict
 
@@ -268,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             setattr(settings, role, rs.model_copy(update={"temperature": 0.0, "seed": rs.seed or 0}))
     renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
     try:
-        outcome = asyncio.run(run_spec(
+        outcome = _arun(run_spec(
             settings, args.spec, render=renderer, workspace_path=args.workspace, repo=args.repo,
             resume=args.resume, max_turns=args.max_turns,
         ))
@@ -309,7 +310,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    root = asyncio.run(chat_session(settings, args.spec, render=renderer, write=write,
+    root = _arun(chat_session(settings, args.spec, render=renderer, write=write,
                                     resume=args.resume, workspace_path=args.workspace))
     print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
     return EXIT_OK
@@ -321,7 +322,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=lambda: sys.stdin.buffer.read())
     renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
-    outcome = asyncio.run(review_diff(settings, diff, renderer))
+    outcome = _arun(review_diff(settings, diff, renderer))
     write_outputs(outcome, args.out)
     print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
           f"finding(s); {args.out / 'review.md'}", file=sys.stderr)

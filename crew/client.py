@@ -43,7 +43,8 @@ from pydantic import BaseModel
 from crew.backend import ModelFacts
 from crew.errors import CrewError
 from crew.events import Event, ModelCall
-from crew.ollama_backend import make_client, ollama_errors
+from crew.ollama_api import ollama_errors
+from crew.ollama_backend import make_client
 from crew.residency import ResidencyManager
 from crew.settings import RoleSettings
 

@@ -15,8 +15,8 @@
      │   └─ ResidencyDeadlock
      └─ WorkspaceError ─ WorkspaceEscape
 
-Foreign exceptions (ollama, httpx) are translated into these at one seam,
-`crew.ollama_backend.ollama_errors`. The CLI maps them to exit codes in one table.
+Foreign exceptions (ollama, httpx, urllib) are translated into these at one seam,
+`crew.ollama_api.ollama_errors`. The CLI maps them to exit codes in one table.
 """
 
 from __future__ import annotations

@@ -1,105 +1,66 @@
 """The Ollama backend: residency through Ollama's native HTTP API, via the official client.
 
-This module is also the one seam where ollama/httpx exceptions become crew errors
-(`ollama_errors`); the RoutedOllamaClient translates through it too.
+Its exceptions become crew errors at the seam in `crew.ollama_api`. `import ollama` takes
+~0.25 s here (it builds ~60 pydantic models and an HTTPS client at import), so it is imported
+only when a client is made. The manager reads `/api/ps` before every request: that read goes
+over the official client's own connection but is parsed by `ollama_api.parse_running`, the same
+parser `crew ps` uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-import ollama
 
 from crew.backend import ModelFacts, Resident, kv_bytes_per_token
-from crew.errors import (
-    BackendError,
-    CrewError,
-    ModelCapabilityError,
-    ModelNotPulled,
-    OllamaOutOfMemory,
-    OllamaUnreachable,
-    RequestTimeout,
-    StreamInterrupted,
-)
+from crew.errors import BackendError, ModelNotPulled
+from crew.ollama_api import METADATA_TIMEOUT_S, decode, normalize_model, ollama_errors, parse_running
+
+if TYPE_CHECKING:
+    import ollama
 
 log = logging.getLogger("crew.ollama")
 
 T = TypeVar("T")
 
-METADATA_TIMEOUT_S = 30.0
 UNLOAD_TIMEOUT_S = 60.0
 # Unload returns before memory is free; /api/ps is polled with a growing pause between reads.
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.25
 
 
-def normalize_model(name: str) -> str:
-    """Ollama's canonical name: `qwen3` is `qwen3:latest`."""
-    name = name.strip()
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+async def _get_json(http: httpx.AsyncClient, path: str) -> Any:
+    response = await http.get(path)
+    response.raise_for_status()
+    return decode(response.content, str(http.base_url).rstrip("/"), path)
 
 
-def translate(exc: BaseException, host: str, model: str | None = None) -> CrewError:
-    """The crew error for a foreign exception raised while talking to Ollama."""
-    what = f" ({model})" if model else ""
-    if isinstance(exc, CrewError):
-        return exc
-    if isinstance(exc, ConnectionError | httpx.ConnectError):
-        return OllamaUnreachable(host)
-    if isinstance(exc, ollama.ResponseError):
-        text = str(exc.error)
-        if exc.status_code == 404 or "not found" in text and "model" in text:
-            return ModelNotPulled(model or text, host)
-        if "does not support" in text:
-            return ModelCapabilityError(
-                f"Ollama refused a request{what}: {text}; turn the option off for that role "
-                "(e.g. CREW_REVIEWER_THINK=false)"
-            )
-        if "memory" in text:
-            return OllamaOutOfMemory(
-                f"Ollama ran out of memory{what}: {text}; lower the role's num_ctx or "
-                "CREW_MEMORY_BUDGET_GB, or close other programs"
-            )
-        if exc.status_code == 503:
-            return BackendError(f"Ollama is busy{what} (queue full): retry, or raise OLLAMA_MAX_QUEUE")
-        code = f"HTTP {exc.status_code}" if exc.status_code > 0 else "mid-answer"
-        return BackendError(f"Ollama answered with an error{what} ({code}): {text}")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return RequestTimeout(
-            f"Ollama did not answer in time{what}: raise the role's timeout_s "
-            "(e.g. CREW_CODER_TIMEOUT_S), or check the Ollama server log"
-        )
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return StreamInterrupted(
-            f"Ollama at {host} closed the connection mid-request{what}: it may have crashed or "
-            "restarted; check `ollama ps` and run again"
-        )
-    if isinstance(exc, httpx.HTTPError):
-        return BackendError(f"talking to Ollama at {host} failed{what}: {exc}")
-    raise exc
+async def read_running(http: httpx.AsyncClient) -> list[Resident]:
+    """What Ollama has resident now, read on `http` (whose base URL is the server)."""
+    return parse_running(await _get_json(http, "/api/ps"), str(http.base_url).rstrip("/"))
 
 
-@asynccontextmanager
-async def ollama_errors(host: str, model: str | None = None) -> AsyncIterator[None]:
-    """Translate ollama/httpx exceptions raised inside into crew errors."""
-    try:
-        yield
-    except (ollama.ResponseError, ConnectionError, httpx.HTTPError, TimeoutError) as exc:
-        raise translate(exc, host, model) from exc
+async def read_version(http: httpx.AsyncClient) -> str:
+    answer = await _get_json(http, "/api/version")
+    return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
+
+
+def tls_verify(host: str) -> bool:
+    # Plain-http hosts (the usual local Ollama) never use TLS; skipping the CA bundle load
+    # saves ~40 ms of start-up per client. https hosts keep full verification.
+    return not host.startswith("http://")
 
 
 def make_client(host: str, *, read_timeout: float | None = None) -> ollama.AsyncClient:
     """An ollama.AsyncClient whose connect phase fails fast and whose reads have a timeout."""
-    # Plain-http hosts (the usual local Ollama) never use TLS; skipping the CA bundle load
-    # saves ~40 ms of start-up per client. https hosts keep full verification.
-    verify = not host.startswith("http://")
-    return ollama.AsyncClient(host=host, timeout=httpx.Timeout(read_timeout, connect=5.0), verify=verify)
+    import ollama
+
+    timeout = httpx.Timeout(read_timeout, connect=5.0)
+    return ollama.AsyncClient(host=host, timeout=timeout, verify=tls_verify(host))
 
 
 class OllamaBackend:
@@ -131,25 +92,12 @@ class OllamaBackend:
                 return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
 
     async def version(self) -> str:
-        async def get() -> str:
-            response = await self._client._client.get("/api/version")
-            response.raise_for_status()
-            return str(response.json().get("version", "unknown"))
-
-        return await self._call(get)
+        return await self._call(lambda: read_version(self._client._client))
 
     async def running(self) -> list[Resident]:
-        ps = await self._call(self._client.ps)
-        return [
-            Resident(
-                name=normalize_model(m.name or m.model or ""),
-                size=int(m.size or 0),
-                size_vram=int(m.size_vram or 0),
-                context_length=m.context_length,
-                expires_at=m.expires_at,
-            )
-            for m in ps.models
-        ]
+        # Read on the official client's connection, parsed without its pydantic models: the
+        # manager reads /api/ps before every request, and this is the hot path.
+        return await self._call(lambda: read_running(self._client._client))
 
     async def inspect(self, model: str) -> ModelFacts:
         tags = await self._call(self._client.list)

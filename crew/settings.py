@@ -7,6 +7,7 @@ An invalid value becomes one `SettingsError` line that names the setting.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -87,7 +88,8 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    ollama_host: str = DEFAULT_OLLAMA_HOST
+    ollama_host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
+    """Where Ollama listens. Unset, it is OLLAMA_HOST (as the ollama CLI reads it), else localhost."""
     backend: Literal["auto", "ollama", "embedded"] = "auto"
     """auto: Ollama when it answers, else the embedded llama.cpp backend when installed."""
     memory_budget_gb: float | None = Field(None, gt=0)
@@ -124,7 +126,10 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("must be a URL such as http://127.0.0.1:11434")
         if "://" not in value:
-            value = "http://" + value
+            # Ollama's own reading of a bare host: `0.0.0.0` or `box` means port 11434, not 80.
+            authority = value.split("/", 1)[0]
+            has_port = re.search(r":\d+$", authority) and not authority.endswith("]")
+            value = "http://" + (value if has_port else authority + ":11434" + value[len(authority):])
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
         return value

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -121,6 +121,8 @@ class _Runner:
     loaded_at: float
     refs: int = 0
     expiring: bool = False
+    idle_since: float = field(default_factory=time.time)
+    """Ollama fixes expires_at when a runner goes idle; /api/ps reports it, not now + keep_alive."""
 
     @property
     def num_ctx(self) -> int:
@@ -233,15 +235,16 @@ class FakeOllama:
             self.unloads.append({"model": model, "reason": "expired", "size": runner.size})
             self._cond.notify_all()
 
-    def preload(self, model: str, num_ctx: int | None = None) -> None:
+    def preload(
+        self, model: str, num_ctx: int | None = None, keep_alive: float = DEFAULT_KEEP_ALIVE_S
+    ) -> None:
         """Someone else loaded a model (e.g. `ollama run`), with its own options."""
         fake = self.models[model]
         ctx = self._resolve_ctx(fake, num_ctx)
         with self._cond:
             size = fake.resident_size(ctx)
             self.runners[model] = _Runner(
-                fake, {"num_ctx": ctx}, size, min(size, self.capacity), DEFAULT_KEEP_ALIVE_S,
-                time.time(),
+                fake, {"num_ctx": ctx}, size, min(size, self.capacity), keep_alive, time.time(),
             )
             self._track_peak()
 
@@ -367,6 +370,7 @@ class FakeOllama:
     def release(self, runner: _Runner) -> None:
         with self._cond:
             runner.refs -= 1
+            runner.idle_since = time.time()
             if runner.expiring and runner.refs == 0:
                 self._finish_unload(runner.model.name, runner)
             self._cond.notify_all()
@@ -391,6 +395,18 @@ class _HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+# Ollama is a Go server: times are RFC 3339 with up to 9 fractional digits (trailing zeros cut)
+# in the server's local zone. The fake's zone is +02:00, so readers must not assume UTC.
+_SERVER_ZONE = timezone(timedelta(hours=2))
+
+
+def go_time(moment: datetime) -> str:
+    local = moment.astimezone(_SERVER_ZONE)
+    nanos = f"{local.microsecond:06d}417".rstrip("0")
+    zone = local.strftime("%z")
+    return local.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos}" if nanos else "") + f"{zone[:3]}:{zone[3:]}"
 
 
 def _now() -> str:
@@ -503,12 +519,12 @@ class _Handler(BaseHTTPRequestHandler):
             out = []
             for name, r in sorted(self.fake.runners.items()):
                 expires = FOREVER if r.keep_alive < 0 else (
-                    datetime.now(UTC) + timedelta(seconds=r.keep_alive)
+                    datetime.fromtimestamp(r.idle_since + r.keep_alive, UTC)
                 )
                 out.append({
                     "name": name, "model": name, "size": r.size, "digest": r.model.digest(),
                     "details": r.model.details(),
-                    "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                    "expires_at": go_time(expires),
                     "size_vram": r.size_vram, "context_length": r.num_ctx,
                 })
             return out

@@ -141,11 +141,54 @@ def test_the_routing_table_shown_is_the_one_the_team_uses() -> None:
     assert _task_types() == dict(TASK_TYPES)
 
 
-def test_operating_commands_do_not_import_autogen(env: FakeOllama) -> None:
+def test_operating_commands_do_not_import_autogen_and_ps_not_even_ollama(env: FakeOllama) -> None:
+    # `import ollama` is ~0.25 s here and httpx ~0.06 s: `crew ps` and `--help` start without them.
     code = ("import sys; from crew.cli import main\n"
-            "for c in (['ps'], ['doctor'], ['models'], ['plan'], ['runs'], ['--help']):\n"
+            "def loaded(*names): return [n for n in names if n in sys.modules]\n"
+            "for c in (['ps'], ['--help'], ['doctor'], ['models'], ['plan'], ['runs']):\n"
             "    try: main(c)\n    except SystemExit: pass\n"
-            "print('AUTOGEN' if any(m.startswith('autogen') for m in sys.modules) else 'CLEAN')")
+            "    print('after', c[0], loaded('ollama', 'httpx', 'autogen_agentchat', 'autogen_core'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "CLEAN", result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("after ")]
+    assert lines[:2] == ["after ps []", "after --help []"], result.stdout + result.stderr
+    # doctor and the rest use the official client, and still no AutoGen
+    assert lines[-1] == "after runs ['ollama', 'httpx']", result.stdout + result.stderr
+
+
+def test_ps_reads_ollamas_go_times_as_the_official_client_does(env: FakeOllama) -> None:
+    import ollama
+
+    from crew.ollama_api import running_on
+
+    env.preload(REVIEWER, num_ctx=32768)  # expires in 5 minutes
+    env.preload(CODER, num_ctx=8192, keep_alive=-1)  # as crew pins it: Ollama says year 2318
+    ours = running_on(env.url)
+    client = ollama.Client(host=env.url)
+    try:
+        official = client.ps().models
+    finally:
+        client._client.close()
+    assert [(r.name, r.size, r.size_vram, r.context_length, r.expires_at) for r in ours] == [
+        (m.name, m.size, m.size_vram, m.context_length, m.expires_at) for m in official]
+    assert all(r.expires_at is not None and r.expires_at.utcoffset() is not None for r in ours)
+
+
+def test_ps_finds_ollama_through_ollama_host_without_a_scheme(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREW_OLLAMA_HOST")
+    monkeypatch.setenv("OLLAMA_HOST", env.url.removeprefix("http://"))
+    env.preload(REVIEWER)
+    code, ps = crew_json(capsys, "ps")
+    assert code == 0 and ps["host"] == env.url and [m["name"] for m in ps["models"]] == [REVIEWER]
+
+
+def test_a_host_url_with_a_path_such_as_v1_gets_one_line_saying_to_use_the_root(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_OLLAMA_HOST", env.url + "/v1")
+    assert main(["ps"]) == 2
+    err = capsys.readouterr().err
+    assert "has no Ollama API" in err and "without /v1" in err and err.count("\n") == 1
+    assert {"method": "GET", "path": "/v1/api/ps", "body": None} in env.requests

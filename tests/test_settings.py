@@ -37,6 +37,18 @@ def test_environment_overrides_crew_toml_which_overrides_defaults(
     assert resolve_budget(settings.memory_budget_gb).bytes == 40 * GB
 
 
+def test_ollama_host_is_read_as_ollama_reads_it(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")  # what the ollama CLI uses when CREW_ is unset
+    assert load_settings().ollama_host == "http://0.0.0.0:11434"  # a bare host means 11434, not 80
+    assert load_settings(ollama_host="[::1]").ollama_host == "http://[::1]:11434"
+    assert load_settings(ollama_host="box:8080/").ollama_host == "http://box:8080"
+    assert load_settings(ollama_host="https://box.example").ollama_host == "https://box.example"
+    (clean_env / "crew.toml").write_text('ollama_host = "toml-box"\n')
+    assert load_settings().ollama_host == "http://toml-box:11434"  # crew.toml over OLLAMA_HOST
+    monkeypatch.setenv("CREW_OLLAMA_HOST", "http://crew-box:1")
+    assert load_settings().ollama_host == "http://crew-box:1"
+
+
 def test_options_are_the_same_for_preload_and_requests() -> None:
     settings = load_settings(coder={"model": "qwen3-coder:30b", "num_ctx": 16384, "seed": 7})
     assert settings.coder.options() == {"num_ctx": 16384, "temperature": 0.2, "seed": 7}
