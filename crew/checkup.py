@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crew.backend import ModelFacts, Resident
+from crew.embedded_backend import BUNDLED_ALIAS, bundled_model_path, embedded_available
 from crew.errors import CrewError, ModelNotPulled, OllamaUnreachable
 from crew.memory import GB, MemoryBudget
 from crew.ollama_backend import OllamaBackend
@@ -50,6 +51,8 @@ class Checkup:
     """Sets of two or more roles whose models fit in the budget together."""
     warnings: list[str]
     problems: list[str]
+    embedded_model: str | None = None
+    """The bundled GGUF the embedded backend would run, if it is installed."""
 
     @property
     def can_run(self) -> bool:
@@ -68,7 +71,12 @@ async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
     problems = [f"{c.role}: {c.fix}" for c in checks if c.fix]
     warnings = _mac_warnings(checks, budget)
     return Checkup(settings.ollama_host, True, version, budget, checks,
-                   co_resident_sets(checks, budget), warnings, problems)
+                   co_resident_sets(checks, budget), warnings, problems, _embedded_model())
+
+
+def _embedded_model() -> str | None:
+    path = bundled_model_path() if embedded_available() else None
+    return str(path) if path else None
 
 
 async def _check_role(
@@ -217,7 +225,15 @@ def _max_ctx_together(settings: Settings, facts: Mapping[str, ModelFacts], budge
 
 
 def unreachable(settings: Settings, budget: MemoryBudget, error: CrewError) -> Checkup:
-    return Checkup(settings.ollama_host, False, None, budget, [], [], [], [str(error)])
+    embedded = _embedded_model()
+    warnings = []
+    if embedded and settings.backend == "auto":
+        # What `crew run` will do instead; the team as configured still cannot run.
+        warnings.append(
+            f"without Ollama, `crew run` falls back to the embedded backend's {BUNDLED_ALIAS} "
+            "(135M parameters): enough to try crew, not to write real code"
+        )
+    return Checkup(settings.ollama_host, False, None, budget, [], [], warnings, [str(error)], embedded)
 
 
 __all__ = ["Checkup", "OllamaUnreachable", "Plan", "make_plan", "run_checkup", "unreachable"]

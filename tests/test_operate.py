@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -73,6 +74,15 @@ def test_doctor_with_ollama_down_exits_2(
     monkeypatch.setenv("CREW_OLLAMA_HOST", dead_host)
     code, data = crew_json(capsys, "doctor")
     assert code == 2 and data["reachable"] is False and "ollama serve" in data["problems"][0]
+    # It says what `crew run` would fall back to: the bundled GGUF, if the extra is installed.
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert data["embedded_model"] is None and data["warnings"] == []
+    else:
+        assert Path(data["embedded_model"]).stat().st_size > 50_000_000  # the real 98 MB file
+        assert "falls back to the embedded backend" in data["warnings"][0]
+    monkeypatch.setenv("CREW_BACKEND", "ollama")  # no fallback when Ollama is required
+    code, data = crew_json(capsys, "doctor")
+    assert code == 2 and data["warnings"] == []
 
 
 def test_ps_models_and_plan_with_one_model_resident(
