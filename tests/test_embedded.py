@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,23 @@ def test_the_team_runs_on_the_real_embedded_model_one_instance_at_a_time(clean_e
     loaded = [e.model for e in events if e.type == "model_loaded"]
     assert peak == 1 and len(set(loaded)) >= 2
     assert [e.evicted_for for e in events if e.type == "model_unloaded"][:1] != [None]
+
+
+def test_review_on_the_embedded_model_answers_in_the_verdict_schema(clean_env: Path, dead_host: str) -> None:
+    # Unconstrained, this model never writes the verdict JSON; the schema becomes a grammar.
+    diff = clean_env / "change.diff"
+    diff.write_text("diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n"
+                    " def add(a, b):\n-    return a + b\n+    return a - b\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "crew", "review", "--backend", "embedded", "--diff", str(diff),
+         "--out", str(clean_env / "out")],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CREW_OLLAMA_HOST": dead_host,
+             "CREW_REVIEWER_TEMPERATURE": "0", "CREW_REVIEWER_SEED": "1"},
+    )
+    review = json.loads((clean_env / "out" / "review.json").read_text())
+    assert review["notes"] == [], review  # parsed as JSON, not read from an APPROVED line
+    assert review["verdict"] in ("approved", "changes_requested") and review["reviewers"] == ["reviewer"]
+    assert result.returncode == (0 if review["approved"] else 1), result.stderr
+    # llama.cpp's own log goes to the crew.llama logger, not to the terminal.
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("llama", "ggml"))]
