@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from crew.backend import ModelFacts
 from crew.client import RoutedOllamaClient, finish_reason, split_thinking, to_ollama_tool, user_text
 from crew.embedded_backend import EmbeddedBackend
-from crew.errors import BackendError, RequestTimeout
+from crew.errors import BackendError, RequestTimeout, StreamInterrupted
 from crew.events import Event
 from crew.residency import ResidencyManager
 from crew.settings import RoleSettings
@@ -48,6 +48,9 @@ class EmbeddedChatClient(RoutedOllamaClient):
                  on_hold: Callable[[], None] | None = None) -> None:
         super().__init__(manager, role, settings, facts, host="embedded", emit=emit, on_hold=on_hold)
         self._backend = backend
+        # Bumped by interrupt()/close(); a generation started under an older value stops at its
+        # next token. A llama.cpp call cannot be cancelled from outside its thread otherwise.
+        self._epoch = 0
 
     async def create(
         self,
@@ -67,6 +70,7 @@ class EmbeddedChatClient(RoutedOllamaClient):
         }
         if self._settings.seed is not None:
             kwargs["seed"] = self._settings.seed
+        epoch = self._epoch
         if tools and tool_choice != "none":
             kwargs["tools"] = [to_ollama_tool(t) for t in tools]
             kwargs["tool_choice"] = "auto"
@@ -81,6 +85,7 @@ class EmbeddedChatClient(RoutedOllamaClient):
             self._on_hold()
             llm = self._backend.instance(self._model)
             lock = self._backend.locks[self._model]
+            kwargs["logits_processor"] = self._stop_when_interrupted(epoch, llm.token_eos())
 
             def complete() -> dict[str, Any]:
                 with lock:
@@ -100,6 +105,12 @@ class EmbeddedChatClient(RoutedOllamaClient):
                                          "finish_reason": "length"}], "usage": {}}
             except RuntimeError as exc:  # llama.cpp's own failures
                 raise BackendError(f"the embedded model failed ({self._model}): {exc}") from None
+        usage_data = response.get("usage") or {}
+        usage = RequestUsage(prompt_tokens=int(usage_data.get("prompt_tokens") or 0),
+                             completion_tokens=int(usage_data.get("completion_tokens") or 0))
+        self._account(usage, asked, started)  # tokens spent count, interrupted or not
+        if self._epoch != epoch:
+            raise StreamInterrupted(f"the {self._role}'s answer was interrupted")
         choice = response["choices"][0]
         message = choice.get("message") or {}
         content, thought = split_thinking(message.get("content") or "", None)
@@ -109,10 +120,6 @@ class EmbeddedChatClient(RoutedOllamaClient):
                          arguments=_as_text(call["function"].get("arguments")))
             for call in message.get("tool_calls") or []
         ]
-        usage_data = response.get("usage") or {}
-        usage = RequestUsage(prompt_tokens=int(usage_data.get("prompt_tokens") or 0),
-                             completion_tokens=int(usage_data.get("completion_tokens") or 0))
-        self._account(usage, asked, started)
         return CreateResult(
             finish_reason="function_calls" if calls else finish_reason(choice.get("finish_reason")),
             content=calls or content, usage=usage, cached=False, thought=thought,
@@ -138,11 +145,27 @@ class EmbeddedChatClient(RoutedOllamaClient):
 
         return whole()
 
+    def _stop_when_interrupted(self, epoch: int, eos: int) -> Any:
+        from llama_cpp import LogitsProcessorList
+
+        def check(input_ids: Any, scores: Any) -> Any:
+            # Called before every token in the worker thread, from C: an exception here would be
+            # swallowed, so an interrupted answer is ended by allowing only end-of-sequence.
+            if self._epoch != epoch:
+                scores[:] = -float("inf")
+                scores[eos] = 0.0
+            return scores
+
+        return LogitsProcessorList([check])
+
     async def close(self) -> None:
+        self._epoch += 1
         await super().close()
 
     async def interrupt(self) -> None:
-        return None  # a llama.cpp call cannot be cut; the turn ends when it returns
+        """Stop the answer in flight at its next token; later requests run normally."""
+        self._epoch += 1
+
 
 
 def _as_text(arguments: Any) -> str:

@@ -6,6 +6,7 @@ that a missing install fails instead of passing quietly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -96,3 +97,48 @@ def test_review_on_the_embedded_model_answers_in_the_verdict_schema(clean_env: P
     assert result.returncode == (0 if review["approved"] else 1), result.stderr
     # llama.cpp's own log goes to the crew.llama logger, not to the terminal.
     assert not [line for line in result.stderr.splitlines() if line.startswith(("llama", "ggml"))]
+
+
+def test_interrupt_stops_an_embedded_answer_at_its_next_token(clean_env: Path) -> None:
+    from autogen_core.models import SystemMessage, UserMessage
+
+    from crew.errors import StreamInterrupted
+    from crew.team import make_client, open_manager
+
+    settings = load_settings(backend="embedded", reviewer={"model": "smollm2", "num_ctx": 2048,
+                                                           "temperature": 0.0, "seed": 1})
+    messages = [SystemMessage(content="You write long essays."),
+                UserMessage(content="Write an essay about rivers.", source="user")]
+
+    calls: list[Event] = []
+
+    async def scenario() -> tuple[BaseException | None, str, bool]:
+        manager = await open_manager(settings)
+        facts = await manager.facts("smollm2")
+        held = asyncio.Event()
+        client = make_client(manager, settings, "reviewer", facts, calls.append, on_hold=held.set)
+        try:
+            answer = asyncio.ensure_future(client.create(messages))
+            await held.wait()  # the model is held: the generation is about to start or running
+            await client.interrupt()
+            error = None
+            try:
+                await answer
+            except StreamInterrupted as exc:
+                error = exc
+            free = manager.backend.locks["smollm2"].acquire(blocking=False)
+            if free:
+                manager.backend.locks["smollm2"].release()
+            after = await client.create(messages[:1] + [UserMessage(content="Say hi.", source="user")])
+            return error, str(after.content), free
+        finally:
+            await client.close()
+            await manager.aclose()
+
+    error, after, free = run(scenario())
+    assert isinstance(error, StreamInterrupted) and "interrupted" in str(error)
+    assert free  # the worker thread let go of the model: it is not still generating
+    assert after.strip()  # and the next request is answered normally
+    # Stopped at its first token, where the essay would have run to the 512-token bound.
+    interrupted, answered = [c for c in calls if c.type == "model_call"]
+    assert interrupted.completion_tokens <= 1 < answered.completion_tokens
