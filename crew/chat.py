@@ -248,7 +248,8 @@ async def chat_session(
     first = read_spec(spec) if spec is not None else None
     workspace = Workspace.open(resume) if resume is not None else await asyncio.to_thread(
         Workspace.create, settings.workspaces_dir, path=workspace_path)
-    manager = await open_manager(settings)  # may point roles at the embedded model
+    # May point roles at the embedded model.
+    manager = await open_manager(settings, workspace.root.name)
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
@@ -291,10 +292,12 @@ async def chat_session(
         if session.team is not None:
             await session.team.close()
         await asyncio.to_thread(workspace.write_patch)
-        workspace.write_json("summary.json",
-                             summary_of(workspace, records, stop_reason, started, spec, mode="chat"))
-        records.close()
-        await manager.aclose()
+        try:
+            await manager.aclose()  # its last events (models handed back) are recorded too
+        finally:
+            workspace.write_json("summary.json",
+                                 summary_of(workspace, records, stop_reason, started, spec, mode="chat"))
+            records.close()
     return workspace.root
 
 

@@ -72,6 +72,7 @@ def _emit_json(data: Any) -> None:
 def cmd_ps(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
+    from crew.holders import holders
     from crew.memory import resolve_budget
     from crew.ollama_api import running_on
     from crew.settings import load_settings
@@ -79,31 +80,41 @@ def cmd_ps(args: argparse.Namespace) -> int:
     settings = load_settings()
     budget = resolve_budget(settings.memory_budget_gb)
     running = running_on(settings.ollama_host)
+    kept = holders(settings.state_dir / "holders", settings.ollama_host)
     used = sum(r.size for r in running)
     forever = datetime.now(UTC) + timedelta(days=3650)
-    models: list[dict[str, Any]] = [
-        {"name": r.name, "size": r.size, "size_vram": r.size_vram,
-         "gpu_share": round(r.size_vram / r.size, 3) if r.size else None,
-         "context_length": r.context_length, "expires_at": r.expires_at,
-         # crew loads with keep_alive -1; Ollama reports that as an expiry centuries away.
-         "kept_by_crew": bool(r.expires_at and r.expires_at > forever),
-         # This command holds nothing; pins live only inside a running crew process.
-         "pinned_by_this_process": False}
-        for r in running
-    ]
+    models: list[dict[str, Any]] = []
+    for r in running:
+        holder = kept.get(r.name)
+        models.append({
+            "name": r.name, "size": r.size, "size_vram": r.size_vram,
+            "gpu_share": round(r.size_vram / r.size, 3) if r.size else None,
+            "context_length": r.context_length, "expires_at": r.expires_at,
+            # crew loads with keep_alive -1; Ollama reports that as an expiry centuries away.
+            "kept_by_crew": bool(r.expires_at and r.expires_at > forever),
+            # Known only for models a running crew loaded (Ollama does not say).
+            "since": datetime.fromtimestamp(holder.since, UTC) if holder else None,
+            "held_by": {"pid": holder.pid, "run": holder.run} if holder else None,
+        })
     if args.json_:
         _emit_json({"host": settings.ollama_host, "budget": {"bytes": budget.bytes, "source": budget.source},
                     "used": used, "models": models})
         return EXIT_OK
-    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "UNTIL")]
+    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
         share = f"{100 * m['gpu_share']:.0f}%" if m["gpu_share"] is not None else "-"
-        until = "forever (crew)" if m["kept_by_crew"] else (
-            m["expires_at"].astimezone().strftime("%H:%M:%S") if m["expires_at"] else "-")
-        rows.append((m["name"], _gb(m["size"]), share, str(m["context_length"] or "-"), until))
+        until = "forever" if m["kept_by_crew"] else _clock(m["expires_at"])
+        held = m["held_by"]
+        by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m["kept_by_crew"] else "-"
+        rows.append((m["name"], _gb(m["size"]), share, str(m["context_length"] or "-"),
+                     _clock(m["since"]), until, by))
     _table(rows)
     print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
     return EXIT_OK
+
+
+def _clock(moment: Any) -> str:
+    return moment.astimezone().strftime("%H:%M:%S") if moment else "-"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -53,6 +53,14 @@ class ModelUnloaded(BaseEvent):
     """The model whose load made room by evicting this one, if any."""
 
 
+class ModelReleased(BaseEvent):
+    """crew stopped keeping a model (at exit): it stays until the backend's own expiry."""
+
+    type: Literal["model_released"] = "model_released"
+    model: str
+    bytes: int
+
+
 class ModelVanished(BaseEvent):
     """A model crew counted as resident is gone (unloaded by someone else, or a restart)."""
 
@@ -165,6 +173,7 @@ Event = Annotated[
     ModelLoadStarted
     | ModelLoaded
     | ModelUnloaded
+    | ModelReleased
     | ModelVanished
     | ModelAppeared
     | ResidencyWaiting

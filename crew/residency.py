@@ -36,6 +36,7 @@ from crew.events import (
     ModelAppeared,
     ModelLoaded,
     ModelLoadStarted,
+    ModelReleased,
     ModelUnloaded,
     ModelVanished,
     ResidencyWaiting,
@@ -266,6 +267,7 @@ class ResidencyManager:
             for slot in list(self._slots.values()):
                 if slot.ours and slot.state == "resident" and slot.name in running:
                     await self._backend.release(slot.name, self._require_profile(slot.name))
+                    self._emit(ModelReleased(model=slot.name, bytes=slot.size))
         except CrewError as exc:
             log.debug("could not hand models back on close: %s", exc)
         finally:

@@ -110,7 +110,7 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
         return ReviewOutcome(True, "The diff is empty: nothing to review.", [], [], 0)
     extra: list[Role] = ["architect"] if lines > settings.review_architect_lines else []
     roles: list[Role] = ["reviewer", *extra]
-    manager = await open_manager(settings)
+    manager = await open_manager(settings, "crew review")
     manager.subscribe(render)
     verdicts: list[tuple[str, Verdict | None, str]] = []
     try:

@@ -180,7 +180,8 @@ async def run_spec(
     )
     if task is not None and resume is None:
         (workspace.root / "spec.md").write_text(task)
-    manager = await open_manager(settings)  # may point roles at the embedded model
+    # May point roles at the embedded model.
+    manager = await open_manager(settings, workspace.root.name)
     models = {role: rs.model for role, rs in settings.roles().items()}
     records = Records(workspace, render, models)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
@@ -224,11 +225,13 @@ async def run_spec(
             await _save_state(team, workspace)
             await team.close()
         await asyncio.to_thread(workspace.write_patch)
-        finished = RunFinished(approved=records.approved, stop_reason=stop_reason)
-        records.emit(finished)
-        workspace.write_json("summary.json", summary_of(workspace, records, stop_reason, started, spec))
-        records.close()
-        await manager.aclose()
+        try:
+            await manager.aclose()  # its last events (models handed back) are recorded too
+        finally:
+            records.emit(RunFinished(approved=records.approved, stop_reason=stop_reason))
+            workspace.write_json("summary.json",
+                                 summary_of(workspace, records, stop_reason, started, spec))
+            records.close()
     return Outcome(workspace, records.approved, stop_reason, records.stats)
 
 

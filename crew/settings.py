@@ -77,6 +77,11 @@ class ReviewerSettings(RoleSettings):
     model: str = "qwen3:14b"
 
 
+def _default_state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "crew"
+
+
 class Settings(BaseSettings):
     """Everything crew can be told. See README for each variable."""
 
@@ -103,6 +108,8 @@ class Settings(BaseSettings):
     keep_alive_after: str | float = "5m"
     """What keep_alive crew leaves its models with when it exits (Ollama's syntax)."""
     workspaces_dir: Path = Path("workspaces")
+    state_dir: Path = Field(default_factory=lambda: _default_state_dir())
+    """Where running crew processes note the models they keep, for `crew ps`."""
     prompts_dir: Path | None = None
     """A folder with architect.md / coder.md / reviewer.md that replace crew's prompts."""
     max_turns: int = Field(20, ge=1)

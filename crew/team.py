@@ -36,6 +36,7 @@ from crew.embedded_backend import BUNDLED_ALIAS, INSTALL_HINT, EmbeddedBackend, 
 from crew.embedded_client import EmbeddedChatClient
 from crew.errors import BackendError, CrewError, OllamaUnreachable, SettingsError
 from crew.events import Event, RoutingDecision
+from crew.holders import HolderRecord
 from crew.memory import resolve_budget
 from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
@@ -168,16 +169,22 @@ class Team:
             await client.close()
 
 
-async def open_manager(settings: Settings) -> ResidencyManager:
-    """The process's residency manager on the chosen backend (see `choose_backend`)."""
+async def open_manager(settings: Settings, run: str) -> ResidencyManager:
+    """The process's residency manager on the chosen backend (see `choose_backend`).
+
+    On Ollama, the models it keeps are noted for `crew ps` under `run` (see `crew.holders`).
+    """
     backend = await choose_backend(settings)
-    return ResidencyManager(
+    manager = ResidencyManager(
         backend,
         resolve_budget(settings.memory_budget_gb),
         allow_partial_offload=settings.allow_partial_offload,
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
     )
+    if isinstance(backend, OllamaBackend):
+        manager.subscribe(HolderRecord(settings.state_dir / "holders", settings.ollama_host, run))
+    return manager
 
 
 async def choose_backend(settings: Settings) -> Backend:

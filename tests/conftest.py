@@ -32,6 +32,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith(("CREW_", "OLLAMA_")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CREW_STATE_DIR", str(tmp_path / "state"))  # never the developer's
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

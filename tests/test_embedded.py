@@ -113,7 +113,7 @@ def test_interrupt_stops_an_embedded_answer_at_its_next_token(clean_env: Path) -
     calls: list[Event] = []
 
     async def scenario() -> tuple[BaseException | None, str, bool]:
-        manager = await open_manager(settings)
+        manager = await open_manager(settings, "test")
         facts = await manager.facts("smollm2")
         held = asyncio.Event()
         client = make_client(manager, settings, "reviewer", facts, calls.append, on_hold=held.set)

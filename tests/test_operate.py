@@ -16,7 +16,7 @@ from crew.cli import _task_types, main
 from crew.memory import GB
 from crew.team import TASK_TYPES
 from tests.fake_ollama import FakeOllama
-from tests.helpers import ARCHITECT, CODER, REVIEWER
+from tests.helpers import ARCHITECT, CODER, REVIEWER, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,3 +202,53 @@ def test_a_host_url_with_a_path_such_as_v1_gets_one_line_saying_to_use_the_root(
     err = capsys.readouterr().err
     assert "has no Ollama API" in err and "without /v1" in err and err.count("\n") == 1
     assert {"method": "GET", "path": "/v1/api/ps", "body": None} in env.requests
+
+
+def test_ps_names_the_crew_process_that_keeps_a_model_and_since_when(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path
+) -> None:
+    from crew.settings import load_settings
+    from crew.team import open_manager
+
+    env.preload(REVIEWER)  # loaded by someone else: Ollama's 5 minute expiry, no crew holder
+    settings = load_settings(backend="ollama")
+
+    async def scenario() -> tuple[Any, Any]:
+        manager = await open_manager(settings, "20261128-run")
+        manager.register(CODER, settings.coder.options())
+        try:
+            async with manager.hold(CODER):
+                during = crew_json(capsys, "ps")[1]
+        finally:
+            await manager.aclose()
+        return during, crew_json(capsys, "ps")[1]
+
+    during, after = run(scenario())
+    held = {m["name"]: m for m in during["models"]}
+    assert held[CODER]["held_by"] == {"pid": os.getpid(), "run": "20261128-run"}
+    assert held[CODER]["since"] is not None and held[CODER]["kept_by_crew"] is True
+    assert held[REVIEWER]["held_by"] is None and held[REVIEWER]["since"] is None
+    # Closed: the model is handed back to Ollama's expiry and the process no longer claims it.
+    released = {m["name"]: m for m in after["models"]}[CODER]
+    assert released["held_by"] is None and released["kept_by_crew"] is False
+    assert env.runners[CODER].keep_alive == 300
+    assert list((clean_env / "state" / "holders").glob("*.json")) == []
+
+
+def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path
+) -> None:
+    import time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = clean_env / "state" / "holders"
+    folder.mkdir(parents=True)
+    note = folder / f"{gone.pid}.json"
+    note.write_text(json.dumps({"pid": gone.pid, "started": time.time() - 5, "host": env.url,
+                                "run": "crashed", "models": {CODER: time.time() - 5}}))
+    (folder / "half-written.json").write_text('{"pid": ')
+    env.preload(CODER)
+    code, ps = crew_json(capsys, "ps")
+    assert code == 0 and ps["models"][0]["held_by"] is None
+    assert not note.exists() and (folder / "half-written.json").exists()

@@ -1,0 +1,110 @@
+"""Which crew processes keep which models, on disk where `crew ps` can read it.
+
+Ollama's `/api/ps` says what is resident and until when, but not since when or for whom. Each
+crew process that loads models keeps one small file, `<state_dir>/holders/<pid>.json`: the
+Ollama host, the run it serves, and when it loaded each model it keeps. The file follows the
+manager's events and is gone once the process has handed its models back. A process that died
+without cleaning up is recognised by its pid and start time, and its file is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+if TYPE_CHECKING:  # crew ps reads holder files without building the event models
+    from crew.events import Event
+
+log = logging.getLogger("crew.holders")
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    run: str
+    """What the process is doing: a workspace id, or the command."""
+    since: float
+    """When it loaded the model (Unix seconds)."""
+
+
+class HolderRecord:
+    """This process's holder file, kept up to date from the residency manager's events."""
+
+    def __init__(self, folder: Path, host: str, run: str) -> None:
+        self._folder = folder
+        self._path = folder / f"{os.getpid()}.json"
+        self._host = host
+        self._run = run
+        self._started = psutil.Process().create_time()
+        self._models: dict[str, float] = {}
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __call__(self, event: Event) -> None:
+        if event.type == "model_loaded":
+            self._models[event.model] = event.ts
+        elif event.type in ("model_unloaded", "model_vanished", "model_released"):
+            if self._models.pop(event.model, None) is None:
+                return
+        else:
+            return
+        self._write()
+
+    def _write(self) -> None:
+        # A few hundred bytes at each load or unload, seconds apart: not worth a thread. And
+        # `crew ps` is only informed by this file, so a failure to write never stops a run.
+        try:
+            if not self._models:
+                self._path.unlink(missing_ok=True)
+                return
+            self._folder.mkdir(parents=True, exist_ok=True)
+            data = {"pid": os.getpid(), "started": self._started, "host": self._host,
+                    "run": self._run, "models": self._models}
+            temporary = self._path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(data))
+            os.replace(temporary, self._path)
+        except OSError as exc:
+            log.debug("could not write %s: %s", self._path, exc)
+
+
+def holders(folder: Path, host: str) -> dict[str, Holder]:
+    """The live crew processes keeping models on `host`, by model."""
+    found: dict[str, Holder] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        data = _read(path)
+        if data is None:
+            continue
+        if not _alive(int(data["pid"]), float(data["started"])):
+            path.unlink(missing_ok=True)  # its process ended without handing its models back
+            continue
+        if data["host"] != host:
+            continue
+        for model, since in data["models"].items():
+            found[model] = Holder(int(data["pid"]), str(data["run"]), float(since))
+    return found
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and {"pid", "started", "host", "run", "models"} <= data.keys():
+            return data
+    except (OSError, ValueError):
+        pass
+    return None  # being replaced right now, or not ours: skip it, never fail `crew ps`
+
+
+def _alive(pid: int, started: float) -> bool:
+    # A pid alone can be reused by an unrelated process; its start time cannot.
+    try:
+        return bool(abs(psutil.Process(pid).create_time() - started) < 1.0)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
