@@ -1,16 +1,22 @@
 """The agents' tools, bound to one workspace.
 
 Every path goes through `Workspace.resolve`. Errors come back as text the model can act on,
-not as exceptions. `run_command` runs in the workspace with a timeout that kills its whole
-process group, an environment without secrets, and output cut to a bound.
+not as exceptions. A write or edit that would leave a Python, JSON or TOML file unparsable is
+refused with the parser's message (as SWE-agent refuses edits that fail its linter), and an edit
+whose text differs from the file only in trailing whitespace or line endings still applies.
+`run_command` runs in the workspace with a timeout that kills its whole process group, an
+environment without secrets, and output cut to a bound.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
+import json
 import os
 import signal
+import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +73,9 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
     async def write_file(path: str, content: str) -> str:
         """Create or overwrite a file with `content`. `path` is relative to the workspace root."""
         target = workspace.resolve(path)
+        broken = syntax_error(path, content)
+        if broken:
+            return f"error: not written: {broken}; fix it and write the whole file again"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
         return f"wrote {path} ({len(content.splitlines())} lines)"
@@ -77,14 +86,21 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         target = workspace.resolve(path)
         if not target.is_file():
             return f"error: {path} does not exist; use write_file to create it"
-        text = target.read_text()
-        count = text.count(old) if old else 0
-        if count == 0:
-            return (f"error: the text to replace was not found in {path}; call read_file and copy "
-                    "the exact lines, whitespace included")
-        if count > 1:
-            return f"error: the text occurs {count} times in {path}; include more lines so it is unique"
-        target.write_text(text.replace(old, new, 1))
+        try:
+            with target.open(newline="") as handle:  # keep the file's line endings as they are
+                text = handle.read()
+        except UnicodeDecodeError:
+            return f"error: {path} is not a text file"
+        edited = replace_once(text, old, new)
+        if isinstance(edited, int):
+            if edited == 0:
+                return (f"error: the text to replace was not found in {path}; call read_file and "
+                        "copy the exact lines, indentation included")
+            return f"error: the text occurs {edited} times in {path}; include more lines so it is unique"
+        broken = syntax_error(path, edited)
+        if broken and not syntax_error(path, text):  # never block the repair of a broken file
+            return f"error: not edited: the result would not parse: {broken}; {path} is unchanged"
+        target.write_text(edited, newline="")
         return f"edited {path}"
 
     async def run_command(command: str) -> str:
@@ -96,6 +112,55 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         tools += [write_file, edit_file]
     tools.append(run_command)
     return tools
+
+
+def replace_once(text: str, old: str, new: str) -> str | int:
+    """`text` with `old` replaced by `new`, or how many times `old` occurs when that is not once.
+
+    Exact first; else line by line ignoring trailing whitespace and line endings, which small
+    models get wrong most often. Indentation still has to match.
+    """
+    count = text.count(old) if old else 0
+    if count != 0 or not old.strip():
+        return text.replace(old, new, 1) if count == 1 else count
+    lines = text.splitlines(keepends=True)
+    wanted = [line.rstrip() for line in old.strip("\r\n").splitlines()]
+    starts = [i for i in range(len(lines) - len(wanted) + 1)
+              if [line.rstrip() for line in lines[i:i + len(wanted)]] == wanted]
+    if len(starts) != 1:
+        return len(starts)
+    start, end = starts[0], starts[0] + len(wanted)
+    last = lines[end - 1]
+    ending = last[len(last.rstrip("\r\n")):]
+    replacement = new.strip("\r\n") + ending if new.strip("\r\n") else ""
+    return "".join(lines[:start]) + replacement + "".join(lines[end:])
+
+
+def syntax_error(path: str, text: str) -> str | None:
+    """Why `text` does not parse as the file type `path` names, or None (also for other types)."""
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix in (".py", ".pyi"):
+            ast.parse(text, filename=path)  # parses only: nothing in the text runs
+        elif suffix == ".json" and not _jsonc(path):
+            json.loads(text)
+        elif suffix == ".toml":
+            tomllib.loads(text)
+        return None
+    except SyntaxError as exc:
+        return f"{path} line {exc.lineno}: {exc.msg}"
+    except json.JSONDecodeError as exc:
+        return f"{path} line {exc.lineno}: {exc.msg}"
+    except tomllib.TOMLDecodeError as exc:
+        return f"{path}: {exc}"
+    except (RecursionError, MemoryError, ValueError):
+        return None  # too deep or odd to check here; the tests will tell
+
+
+def _jsonc(path: str) -> bool:
+    # JSON with comments by convention: TypeScript's and VS Code's configuration files.
+    name = os.path.basename(path).lower()
+    return name.startswith(("tsconfig", "jsconfig")) or ".vscode" in path.replace("\\", "/").split("/")
 
 
 def scrubbed_env(workspace: Workspace) -> dict[str, str]:

@@ -131,3 +131,37 @@ def test_the_selector_follows_handoffs_the_workflow_and_resident_models(ollama: 
 def _selector(manager: ResidencyManager) -> Selector:
     models = {"architect": "qwen3-coder-next:q4_K_M", "coder": CODER, "reviewer": REVIEWER}
     return Selector(manager, models, lambda event: None)  # type: ignore[arg-type]
+
+
+def test_a_write_or_edit_that_would_not_parse_is_refused_with_the_parsers_line(
+    workspace: Workspace,
+) -> None:
+    t = tools(workspace)
+    result = run(t["write_file"]("app.py", "def f(:\n    return 1\n"))
+    assert result.startswith("error: not written") and "app.py line 1" in result
+    assert not (workspace.root / "app.py").exists()
+    assert run(t["write_file"]("app.py", "def f():\n    return 1\n")).startswith("wrote")
+    result = run(t["edit_file"]("app.py", "    return 1\n", "    return (1\n"))
+    assert result.startswith("error: not edited") and "unchanged" in result
+    assert (workspace.root / "app.py").read_text() == "def f():\n    return 1\n"
+    assert run(t["write_file"]("data.json", '{"a": 1,}')).startswith("error: not written")
+    jsonc = "{\"a\": 1, // comments are allowed here\n}"
+    assert run(t["write_file"]("tsconfig.json", jsonc)).startswith("wrote")
+    assert run(t["write_file"]("notes.txt", "def f(:")).startswith("wrote")  # not a checked type
+
+
+def test_an_already_broken_file_can_still_be_edited(workspace: Workspace) -> None:
+    (workspace.root / "half.py").write_text("def f(:\n    return 1\n")
+    assert run(tools(workspace)["edit_file"]("half.py", "def f(:", "def f(x:")) == "edited half.py"
+
+
+def test_an_edit_whose_text_differs_only_in_trailing_whitespace_still_applies(
+    workspace: Workspace,
+) -> None:
+    (workspace.root / "m.py").write_bytes(b"def f():  \r\n    return 1\r\n\r\nx = f()\r\n")
+    t = tools(workspace)
+    assert run(t["edit_file"]("m.py", "def f():\n    return 1", "def f():\n    return 2")) == "edited m.py"
+    # The file keeps its CRLF endings outside the edited lines.
+    assert (workspace.root / "m.py").read_bytes() == b"def f():\n    return 2\r\n\r\nx = f()\r\n"
+    # Indentation is not guessed: a different indent is still "not found".
+    assert "not found" in run(t["edit_file"]("m.py", "def f():\n  return 2", "pass"))
