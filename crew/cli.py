@@ -424,6 +424,11 @@ class TerminalRenderer:
             self._note(f"unloaded {event.model} ({_gb(event.bytes)}, {why})")
         elif kind in ("residency_warning",):
             self._note(f"warning: {event.message}")
+        elif kind == "context_full":
+            self._note(
+                f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
+                f"{event.num_ctx}; past it Ollama drops the oldest messages without a word. Raise "
+                f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
         elif kind == "residency_waiting":
             self._note(f"waiting for memory: {event.model} (held by {', '.join(event.blocked_by)})")
 

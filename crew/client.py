@@ -42,7 +42,7 @@ from pydantic import BaseModel
 
 from crew.backend import ModelFacts
 from crew.errors import CrewError
-from crew.events import Event, ModelCall
+from crew.events import ContextFull, Event, ModelCall
 from crew.ollama_api import ollama_errors
 from crew.ollama_backend import make_client
 from crew.residency import ResidencyManager
@@ -50,6 +50,8 @@ from crew.settings import RoleSettings
 
 # Ollama reports no tokenizer; four characters a token is the usual estimate for code and prose.
 CHARS_PER_TOKEN = 4
+# Warn at 90%: the estimate is rough, and the answer needs room too.
+CONTEXT_WARNING_SHARE = 0.9
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 
 FinishReason = Literal["stop", "length", "function_calls", "content_filter", "unknown"]
@@ -78,6 +80,7 @@ class RoutedOllamaClient(ChatCompletionClient):
         self._emit = emit or (lambda event: None)
         self._on_hold = on_hold or (lambda: None)
         self.failure: CrewError | None = None
+        self._context_warned = False
         """The last crew error a request raised (AutoGen re-raises it as a bare RuntimeError)."""
         self._options = settings.options()
         manager.register(self._model, self._options)
@@ -117,6 +120,7 @@ class RoutedOllamaClient(ChatCompletionClient):
         }
         # Runner options must match the preload, or Ollama reloads: never let a caller change them.
         request["options"]["num_ctx"] = self._options["num_ctx"]
+        self._check_context(messages, tools)
         if tools:
             request["tools"] = [to_ollama_tool(tool) for tool in tools]
         think = self._think()
@@ -127,6 +131,14 @@ class RoutedOllamaClient(ChatCompletionClient):
         elif isinstance(json_output, type) and issubclass(json_output, BaseModel):
             request["format"] = json_output.model_json_schema()
         return request
+
+    def _check_context(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]) -> None:
+        """Warn once when the conversation nears num_ctx: Ollama truncates it without a word."""
+        num_ctx = int(self._options["num_ctx"])
+        tokens = self.count_tokens(messages, tools=tools)
+        if tokens >= CONTEXT_WARNING_SHARE * num_ctx and not self._context_warned:
+            self._context_warned = True
+            self._emit(ContextFull(role=self._role, model=self._model, tokens=tokens, num_ctx=num_ctx))
 
     def _think(self) -> bool | None:
         supported = "thinking" in self._facts.capabilities

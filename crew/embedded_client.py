@@ -62,6 +62,7 @@ class EmbeddedChatClient(RoutedOllamaClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
+        self._check_context(messages, tools)
         kwargs: dict[str, Any] = {
             "messages": to_openai_messages(messages),
             "temperature": self._settings.temperature,

@@ -108,6 +108,17 @@ class ModelCall(BaseEvent):
     """Time spent waiting for the model to become resident (loads, evictions, queueing)."""
 
 
+class ContextFull(BaseEvent):
+    """A role's conversation nears its num_ctx: past it, Ollama silently drops the oldest messages."""
+
+    type: Literal["context_full"] = "context_full"
+    role: str
+    model: str
+    tokens: int
+    """Estimated tokens of the request (messages and tool schemas, 4 characters a token)."""
+    num_ctx: int
+
+
 class RoutingDecision(BaseEvent):
     """The team chose who speaks next, and why."""
 
@@ -179,6 +190,7 @@ Event = Annotated[
     | ResidencyWaiting
     | ResidencyWarning
     | ModelCall
+    | ContextFull
     | RoutingDecision
     | AgentMessage
     | ToolCall

@@ -580,6 +580,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.chats.append(self._record)
         started = time.monotonic()
         runner = self.fake.acquire(fake_model, options, keep_alive)
+        self._num_ctx = runner.num_ctx
         try:
             load_ns = int((time.monotonic() - started) * 1e9)
             if empty:
@@ -606,7 +607,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _stats(self, reply: FakeReply, messages: list[Any], load_ns: int) -> dict[str, Any]:
         prompt_tokens = max(1, sum(len(str(m.get("content", ""))) for m in messages) // 4)
         eval_tokens = max(1, len(_pieces(reply.content, reply.chunks)) + len(_pieces(reply.thinking, None)))
-        self._record.update(prompt_eval_count=prompt_tokens, eval_count=eval_tokens)
+        # Ollama fits a prompt longer than num_ctx by dropping the oldest messages, silently.
+        truncated = prompt_tokens > self._num_ctx
+        prompt_tokens = min(prompt_tokens, self._num_ctx)
+        self._record.update(prompt_eval_count=prompt_tokens, eval_count=eval_tokens, truncated=truncated)
         return {
             "total_duration": load_ns + 2_000_000, "load_duration": load_ns,
             "prompt_eval_count": prompt_tokens, "prompt_eval_duration": 1_000_000,

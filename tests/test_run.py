@@ -287,3 +287,22 @@ def test_backend_ollama_with_ollama_down_is_one_line_and_exit_2(
     assert main(["run", str(write_spec(clean_env)), "--backend", "ollama"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crew:")]
     assert len(errors) == 1 and dead_host in errors[0] and "ollama serve" in errors[0]
+
+
+def test_a_conversation_past_a_roles_num_ctx_is_warned_about_before_ollama_truncates_it(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    ollama.capacity = 60 * GB
+    plan = "Plan:\n" + "".join(f"{i}. Write function f{i} with care and a test.\n" for i in range(300))
+    ollama.script(ARCHITECT, plan + "NEXT: Coder")
+    ollama.script(CODER, "Done.\nNEXT: Reviewer")
+    ollama.script(REVIEWER, "APPROVED")
+    outcome, events = run_in_process(ollama, write_spec(clean_env), settings={"coder": {"num_ctx": 2048}})
+    assert outcome.approved
+    truncated = {c["model"] for c in ollama.chats if c.get("truncated")}
+    assert truncated == {CODER}  # Ollama dropped the Coder's oldest messages, and only those
+    warnings = [e for e in events if e.type == "context_full"]
+    assert [(w.role, w.num_ctx) for w in warnings] == [("coder", 2048)]
+    assert warnings[0].tokens >= 2048
+    kinds = [(e.type, getattr(e, "role", None)) for e in events]
+    assert kinds.index(("context_full", "coder")) < kinds.index(("model_call", "coder"))
