@@ -322,7 +322,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     root = _arun(chat_session(settings, args.spec, render=renderer, write=write,
-                                    resume=args.resume, workspace_path=args.workspace))
+                              resume=args.resume, workspace_path=args.workspace))
     print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
     return EXIT_OK
 
@@ -427,7 +427,7 @@ class TerminalRenderer:
         elif kind == "context_full":
             self._note(
                 f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
-                f"{event.num_ctx}; past it Ollama drops the oldest messages without a word. Raise "
+                f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
                 f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
         elif kind == "residency_waiting":
             self._note(f"waiting for memory: {event.model} (held by {', '.join(event.blocked_by)})")

@@ -80,8 +80,8 @@ class RoutedOllamaClient(ChatCompletionClient):
         self._emit = emit or (lambda event: None)
         self._on_hold = on_hold or (lambda: None)
         self.failure: CrewError | None = None
-        self._context_warned = False
         """The last crew error a request raised (AutoGen re-raises it as a bare RuntimeError)."""
+        self._context_warned = False
         self._options = settings.options()
         manager.register(self._model, self._options)
         self._http: ollama.AsyncClient | None = None

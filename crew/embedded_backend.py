@@ -107,11 +107,11 @@ class EmbeddedBackend:
         self.locks[model] = threading.Lock()
 
     def _construct(self, path: Path, num_ctx: int, seed: Any) -> tuple[Any, int]:
-        Llama = llama_class()  # noqa: N806 - the library's class
-
-        llm = Llama(model_path=str(path), n_ctx=num_ctx, n_threads=self._threads or os.cpu_count(),
-                    seed=int(seed) if seed is not None else 0xFFFFFFFF, verbose=False,
-                    chat_format="chatml-function-calling")
+        llm = llama_class()(
+            model_path=str(path), n_ctx=num_ctx, n_threads=self._threads or os.cpu_count(),
+            seed=int(seed) if seed is not None else 0xFFFFFFFF, verbose=False,
+            chat_format="chatml-function-calling",
+        )
         return llm, held_bytes(llm)
 
     async def unload(self, model: str) -> None:
@@ -175,9 +175,7 @@ def held_bytes(llm: Any) -> int:
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    Llama = llama_class()  # noqa: N806 - the library's class
-
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = llama_class()(model_path=str(path), vocab_only=True, verbose=False)
     try:
         return dict(llm.metadata)
     finally:

@@ -1,7 +1,7 @@
 """Which crew processes keep which models, on disk where `crew ps` can read it.
 
 Ollama's `/api/ps` says what is resident and until when, but not since when or for whom. Each
-crew process that loads models keeps one small file, `<state_dir>/holders/<pid>.json`: the
+crew process that loads models keeps a small file, `<state_dir>/holders/<pid>-<n>.json`: the
 Ollama host, the run it serves, and when it loaded each model it keeps. The file follows the
 manager's events and is gone once the process has handed its models back. A process that died
 without cleaning up is recognised by its pid and start time, and its file is removed.
@@ -38,15 +38,12 @@ class HolderRecord:
 
     def __init__(self, folder: Path, host: str, run: str) -> None:
         self._folder = folder
-        self._path = folder / f"{os.getpid()}.json"
+        # One file per manager: a process normally has one, but two must not overwrite each other.
+        self._path = folder / f"{os.getpid()}-{id(self):x}.json"
         self._host = host
         self._run = run
         self._started = psutil.Process().create_time()
         self._models: dict[str, float] = {}
-
-    @property
-    def path(self) -> Path:
-        return self._path
 
     def __call__(self, event: Event) -> None:
         if event.type == "model_loaded":
