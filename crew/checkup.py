@@ -16,6 +16,7 @@ from typing import Any
 from crew.backend import ModelFacts, Resident
 from crew.embedded_backend import BUNDLED_ALIAS, bundled_model_path, embedded_available
 from crew.errors import CrewError, ModelNotPulled, OllamaUnreachable
+from crew.measured import Measurements
 from crew.memory import GB, MemoryBudget
 from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
@@ -36,6 +37,8 @@ class RoleCheck:
     estimated_bytes: int | None = None
     resident_bytes: int | None = None
     """What /api/ps reports now, if the model is resident at this num_ctx."""
+    measured_bytes: int | None = None
+    """What it took when crew last loaded it at this num_ctx (see `crew.measured`)."""
     fits_alone: bool | None = None
     fix: str | None = None
 
@@ -97,7 +100,10 @@ async def _check_role(
     resident = running.get(rs.model)
     if resident is not None and resident.context_length in (None, _effective_ctx(facts, rs.num_ctx)):
         check.resident_bytes = resident.size
-    size = check.resident_bytes or check.estimated_bytes
+    measured = Measurements(settings.state_dir, settings.ollama_host).recall(
+        rs.model, rs.num_ctx, facts.file_size)
+    check.measured_bytes = measured.bytes if measured else None
+    size = check.resident_bytes or check.measured_bytes or check.estimated_bytes
     check.fits_alone = size <= budget.bytes
     if not check.fits_alone and not settings.allow_partial_offload:
         check.fix = (f"{rs.model} needs ~{size / GB:.1f} GB at num_ctx {rs.num_ctx}, over the "
@@ -113,7 +119,8 @@ def _effective_ctx(facts: ModelFacts, num_ctx: int) -> int:
 
 
 def co_resident_sets(checks: list[RoleCheck], budget: MemoryBudget) -> list[list[str]]:
-    sized = {c.role: (c.model, c.resident_bytes or c.estimated_bytes) for c in checks if c.estimated_bytes}
+    sized = {c.role: (c.model, c.resident_bytes or c.measured_bytes or c.estimated_bytes)
+             for c in checks if c.estimated_bytes}
     found: list[list[str]] = []
     for r in range(len(sized), 1, -1):
         for combo in itertools.combinations(sized, r):

@@ -172,8 +172,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "ESTIMATED", "LEARNED", "CAPABILITIES")]
     for c in checkup.roles:
+        learned = c.resident_bytes or c.measured_bytes
         rows.append((c.role, c.model, str(c.num_ctx), _gb(c.estimated_bytes) if c.estimated_bytes else "-",
-                     _gb(c.resident_bytes) if c.resident_bytes else "-", ",".join(c.capabilities) or "-"))
+                     _gb(learned) if learned else "-", ",".join(c.capabilities) or "-"))
     _table(rows)
     print()
     _table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])

@@ -42,6 +42,7 @@ from crew.events import (
     ResidencyWaiting,
     ResidencyWarning,
 )
+from crew.measured import Measurement, Measurements
 from crew.memory import GB, MemoryBudget
 
 log = logging.getLogger("crew.residency")
@@ -143,6 +144,7 @@ class ResidencyManager:
         fairness: int = DEFAULT_FAIRNESS,
         reconcile_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        measurements: Measurements | None = None,
     ) -> None:
         self._backend = backend
         self._budget = budget
@@ -151,6 +153,7 @@ class ResidencyManager:
         self._fairness = fairness
         self._reconcile_ttl = reconcile_ttl
         self._clock = clock
+        self._measurements = measurements
         self._profiles: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, ModelFacts] = {}
         self._learned_size: dict[str, int] = {}
@@ -183,6 +186,17 @@ class ResidencyManager:
                 f"{options.get('num_ctx')}); Ollama would reload it at every switch: use one"
             )
         self._profiles[model] = dict(options)
+        self._recall(model)
+
+    def _recall(self, model: str) -> None:
+        """Start from an earlier run's measurement of this model at these options, if any."""
+        facts, profile = self._facts.get(model), self._profiles.get(model)
+        if self._measurements is None or facts is None or profile is None or model in self._learned_size:
+            return
+        known = self._measurements.recall(model, int(profile.get("num_ctx") or 0), facts.file_size)
+        if known is not None:
+            self._learned_size[model] = known.bytes
+            self._learned_load_s[model] = known.load_seconds
 
     def options(self, model: str) -> dict[str, Any]:
         return dict(self._require_profile(model))
@@ -196,6 +210,7 @@ class ResidencyManager:
         """What the backend says about a model (cached); raises ModelNotPulled."""
         if model not in self._facts:
             self._facts[model] = await self._backend.inspect(model)
+            self._recall(model)
         return self._facts[model]
 
     async def expected_size(self, model: str) -> int:
@@ -525,6 +540,11 @@ class ResidencyManager:
         slot.task = None
         self._learned_size[model] = slot.size
         self._learned_load_s[model] = seconds
+        if self._measurements is not None and resident is not None:
+            self._measurements.remember(
+                model, int(self._profiles[model].get("num_ctx") or 0), self._facts[model].file_size,
+                Measurement(resident.size, seconds),
+            )
         self._emit(ModelLoaded(
             model=model, bytes=slot.size, seconds=seconds, reason=reason, partial_offload=slot.partial
         ))

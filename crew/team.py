@@ -37,6 +37,7 @@ from crew.embedded_client import EmbeddedChatClient
 from crew.errors import BackendError, CrewError, OllamaUnreachable, SettingsError
 from crew.events import Event, RoutingDecision
 from crew.holders import HolderRecord
+from crew.measured import Measurements
 from crew.memory import resolve_budget
 from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
@@ -175,14 +176,17 @@ async def open_manager(settings: Settings, run: str) -> ResidencyManager:
     On Ollama, the models it keeps are noted for `crew ps` under `run` (see `crew.holders`).
     """
     backend = await choose_backend(settings)
+    ollama = isinstance(backend, OllamaBackend)
     manager = ResidencyManager(
         backend,
         resolve_budget(settings.memory_budget_gb),
         allow_partial_offload=settings.allow_partial_offload,
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
+        # Sizes and load times from earlier runs on this Ollama.
+        measurements=Measurements(settings.state_dir, settings.ollama_host) if ollama else None,
     )
-    if isinstance(backend, OllamaBackend):
+    if ollama:
         manager.subscribe(HolderRecord(settings.state_dir / "holders", settings.ollama_host, run))
     return manager
 

@@ -252,3 +252,24 @@ def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
     code, ps = crew_json(capsys, "ps")
     assert code == 0 and ps["models"][0]["held_by"] is None
     assert not note.exists() and (folder / "half-written.json").exists()
+
+
+def test_models_and_doctor_use_sizes_measured_in_earlier_runs(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew.measured import Measurement, Measurements
+
+    coder, reviewer = env.models[CODER], env.models[REVIEWER]
+    store = Measurements(clean_env / "state", env.url)
+    store.remember(CODER, 32768, coder.file_size, Measurement(coder.resident_size(32768), 12.0))
+    store.remember(REVIEWER, 32768, reviewer.file_size, Measurement(reviewer.resident_size(32768), 6.0))
+    store.remember(ARCHITECT, 32768, 1, Measurement(1, 1.0))  # another file (re-pulled): ignored
+    code, models = crew_json(capsys, "models")
+    measured = {r["role"]: r["measured_bytes"] for r in models["roles"]}
+    assert measured == {"architect": None, "coder": coder.resident_size(32768),
+                        "reviewer": reviewer.resident_size(32768)}
+    # Between the real sum and the estimated one: only the measurements say they fit together.
+    real = coder.resident_size(32768) + reviewer.resident_size(32768)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", str((real + 0.5e9) / GB))
+    code, doctor = crew_json(capsys, "doctor")
+    assert doctor["co_resident"] == [["coder", "reviewer"]]

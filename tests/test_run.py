@@ -306,3 +306,25 @@ def test_a_conversation_past_a_roles_num_ctx_is_warned_about_before_ollama_trunc
     assert warnings[0].tokens >= 2048
     kinds = [(e.type, getattr(e, "role", None)) for e in events]
     assert kinds.index(("context_full", "coder")) < kinds.index(("model_call", "coder"))
+
+
+def test_sizes_measured_in_one_run_spare_the_next_run_a_load(ollama: FakeOllama, clean_env: Path) -> None:
+    # A budget the Coder and Reviewer fit in together, but not by their estimates (+5% margin).
+    coder, reviewer = ollama.models[CODER], ollama.models[REVIEWER]
+    real = coder.resident_size(32768) + reviewer.resident_size(32768)
+    estimated = coder.resident_size(32768) + reviewer.resident_size(32768) * 1.05 / (1 + reviewer.overhead)
+    budget = int((real + estimated) / 2)
+
+    def one_run() -> list[str]:
+        ollama.reset(capacity=budget)  # Ollama restarted: nothing resident, records empty
+        ollama.script(CODER, "Implemented.\nNEXT: Reviewer", "Fixed.\nNEXT: Reviewer")
+        ollama.script(REVIEWER, "One fix.\nNEXT: Coder", "APPROVED")
+        outcome, _ = run_in_process(ollama, write_spec(clean_env, "Implement greet(name) in hello.py.\n"))
+        assert outcome.approved and ollama.self_evictions() == [] and ollama.peak_used <= budget
+        return ollama.load_names()
+
+    assert one_run() == [CODER, REVIEWER, CODER]  # the estimate says they do not fit together
+    assert one_run() == [CODER, REVIEWER]  # the measurements from the first run say they do
+    assert ollama.unloads == []
+    measured = json.loads((clean_env / "state" / "measured.json").read_text())[ollama.url]
+    assert measured[f"{REVIEWER} num_ctx=32768"]["bytes"] == reviewer.resident_size(32768)
