@@ -145,10 +145,11 @@ def _mac_warnings(checks: list[RoleCheck], budget: MemoryBudget) -> list[str]:
 
 
 class SimulatedBackend:
-    """An in-memory backend with the sizes crew estimates; loads and unloads are instant."""
+    """An in-memory backend with the sizes crew measured or estimates; loads are instant."""
 
-    def __init__(self, facts: Mapping[str, ModelFacts]) -> None:
+    def __init__(self, facts: Mapping[str, ModelFacts], measurements: Measurements | None = None) -> None:
         self._facts = dict(facts)
+        self._measurements = measurements
         self._resident: dict[str, Resident] = {}
         self.loads: list[str] = []
 
@@ -166,7 +167,10 @@ class SimulatedBackend:
         return self._facts[model]
 
     async def load(self, model: str, options: Mapping[str, Any]) -> None:
-        size = self._facts[model].estimate_size(options)
+        num_ctx = int(options.get("num_ctx") or 0)
+        known = self._measurements.recall(model, num_ctx, self._facts[model].file_size) if (
+            self._measurements) else None
+        size = known.bytes if known else self._facts[model].estimate_size(options)
         self._resident[model] = Resident(model, size, size, int(options.get("num_ctx") or 0) or None)
         self.loads.append(model)
 
@@ -197,11 +201,15 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
         facts = {rs.model: await backend.inspect(rs.model) for rs in settings.roles().values()}
     finally:
         await backend.aclose()
-    checks = [RoleCheck(role, rs.model, rs.num_ctx, True,
-                        estimated_bytes=facts[rs.model].estimate_size(rs.options()))
-              for role, rs in settings.roles().items()]
-    simulated = SimulatedBackend(facts)
-    manager = ResidencyManager(simulated, budget, allow_partial_offload=True)
+    measured = Measurements(settings.state_dir, settings.ollama_host, writable=False)
+    checks = []
+    for role, rs in settings.roles().items():
+        known = measured.recall(rs.model, rs.num_ctx, facts[rs.model].file_size)
+        checks.append(RoleCheck(role, rs.model, rs.num_ctx, True,
+                                estimated_bytes=facts[rs.model].estimate_size(rs.options()),
+                                measured_bytes=known.bytes if known else None))
+    simulated = SimulatedBackend(facts, measured)
+    manager = ResidencyManager(simulated, budget, allow_partial_offload=True, measurements=measured)
     for rs in settings.roles().values():
         manager.register(rs.model, rs.options())
     try:

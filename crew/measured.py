@@ -28,9 +28,10 @@ class Measurement:
 class Measurements:
     """The measurements for one backend, read once and written at each load."""
 
-    def __init__(self, state_dir: Path, host: str) -> None:
+    def __init__(self, state_dir: Path, host: str, *, writable: bool = True) -> None:
         self._path = state_dir / "measured.json"
         self._host = host
+        self._writable = writable  # a simulation (`crew plan`) reads them but measures nothing
         self._data = _read(self._path)
 
     def recall(self, model: str, num_ctx: int, file_size: int) -> Measurement | None:
@@ -46,6 +47,8 @@ class Measurements:
         # A small read-modify-write at each load (loads are seconds apart). Another crew process
         # may write in between and one of two measurements is lost: it is a cache, remeasured
         # at the next load. A failure to write never stops a run.
+        if not self._writable:
+            return
         try:
             self._data = _read(self._path)
             self._data.setdefault(self._host, {})[_key(model, num_ctx)] = {

@@ -254,7 +254,7 @@ def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
     assert not note.exists() and (folder / "half-written.json").exists()
 
 
-def test_models_and_doctor_use_sizes_measured_in_earlier_runs(
+def test_models_doctor_and_plan_use_sizes_measured_in_earlier_runs(
     env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from crew.measured import Measurement, Measurements
@@ -273,3 +273,7 @@ def test_models_and_doctor_use_sizes_measured_in_earlier_runs(
     monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", str((real + 0.5e9) / GB))
     code, doctor = crew_json(capsys, "doctor")
     assert doctor["co_resident"] == [["coder", "reviewer"]]
+    code, plan = crew_json(capsys, "plan")  # so a typical run loads each once, not at each switch
+    assert plan["co_resident"] == [["coder", "reviewer"]] and plan["loads"] == [ARCHITECT, CODER, REVIEWER]
+    assert json.loads((clean_env / "state" / "measured.json").read_text())[env.url][
+        f"{CODER} num_ctx=32768"]["load_seconds"] == 12.0  # the simulation wrote nothing
