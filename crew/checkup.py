@@ -68,7 +68,8 @@ async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
     try:
         version = await backend.version()
         running = {r.name: r for r in await backend.running()}
-        checks = [await _check_role(backend, settings, role, budget, running) for role in ROLES]
+        measured = Measurements(settings.state_dir, settings.ollama_host, writable=False)
+        checks = [await _check_role(backend, settings, role, budget, running, measured) for role in ROLES]
     finally:
         await backend.aclose()
     problems = [f"{c.role}: {c.fix}" for c in checks if c.fix]
@@ -84,7 +85,7 @@ def _embedded_model() -> str | None:
 
 async def _check_role(
     backend: OllamaBackend, settings: Settings, role: Role, budget: MemoryBudget,
-    running: Mapping[str, Resident],
+    running: Mapping[str, Resident], measured: Measurements,
 ) -> RoleCheck:
     rs = settings.role(role)
     check = RoleCheck(role, rs.model, rs.num_ctx, pulled=False)
@@ -100,9 +101,8 @@ async def _check_role(
     resident = running.get(rs.model)
     if resident is not None and resident.context_length in (None, _effective_ctx(facts, rs.num_ctx)):
         check.resident_bytes = resident.size
-    measured = Measurements(settings.state_dir, settings.ollama_host).recall(
-        rs.model, rs.num_ctx, facts.file_size)
-    check.measured_bytes = measured.bytes if measured else None
+    known = measured.recall(rs.model, rs.num_ctx, facts.file_size)
+    check.measured_bytes = known.bytes if known else None
     size = check.resident_bytes or check.measured_bytes or check.estimated_bytes
     check.fits_alone = size <= budget.bytes
     if not check.fits_alone and not settings.allow_partial_offload:
@@ -167,9 +167,10 @@ class SimulatedBackend:
         return self._facts[model]
 
     async def load(self, model: str, options: Mapping[str, Any]) -> None:
-        num_ctx = int(options.get("num_ctx") or 0)
-        known = self._measurements.recall(model, num_ctx, self._facts[model].file_size) if (
-            self._measurements) else None
+        known = None
+        if self._measurements is not None:
+            num_ctx = int(options.get("num_ctx") or 0)
+            known = self._measurements.recall(model, num_ctx, self._facts[model].file_size)
         size = known.bytes if known else self._facts[model].estimate_size(options)
         self._resident[model] = Resident(model, size, size, int(options.get("num_ctx") or 0) or None)
         self.loads.append(model)

@@ -35,7 +35,7 @@ class Measurements:
         self._data = _read(self._path)
 
     def recall(self, model: str, num_ctx: int, file_size: int) -> Measurement | None:
-        entry = self._data.get(self._host, {}).get(_key(model, num_ctx))
+        entry = self._host_data().get(_key(model, num_ctx))
         if not isinstance(entry, dict) or entry.get("file_size") != file_size:
             return None
         try:
@@ -51,7 +51,8 @@ class Measurements:
             return
         try:
             self._data = _read(self._path)
-            self._data.setdefault(self._host, {})[_key(model, num_ctx)] = {
+            self._data[self._host] = self._host_data()
+            self._data[self._host][_key(model, num_ctx)] = {
                 "bytes": measured.bytes, "load_seconds": round(measured.load_seconds, 3),
                 "file_size": file_size,
             }
@@ -61,6 +62,11 @@ class Measurements:
             os.replace(temporary, self._path)
         except OSError as exc:
             log.debug("could not write %s: %s", self._path, exc)
+
+
+    def _host_data(self) -> dict[str, Any]:
+        found = self._data.get(self._host)
+        return found if isinstance(found, dict) else {}
 
 
 def _key(model: str, num_ctx: int) -> str:
