@@ -66,7 +66,12 @@ def _gb(n: int) -> str:
 
 
 def _emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    # Times as ISO 8601 (`2026-11-28T14:02:02+00:00`), which every JSON reader can parse back.
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

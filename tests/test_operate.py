@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +228,9 @@ def test_ps_names_the_crew_process_that_keeps_a_model_and_since_when(
     during, after = run(scenario())
     held = {m["name"]: m for m in during["models"]}
     assert held[CODER]["held_by"] == {"pid": os.getpid(), "run": "20261128-run"}
-    assert held[CODER]["since"] is not None and held[CODER]["kept_by_crew"] is True
+    assert held[CODER]["kept_by_crew"] is True
+    since = datetime.fromisoformat(held[CODER]["since"])  # ISO 8601, with its zone
+    assert since.tzinfo is not None and abs(since.timestamp() - time.time()) < 600
     assert held[REVIEWER]["held_by"] is None and held[REVIEWER]["since"] is None
     # Closed: the model is handed back to Ollama's expiry and the process no longer claims it.
     released = {m["name"]: m for m in after["models"]}[CODER]
@@ -238,8 +242,6 @@ def test_ps_names_the_crew_process_that_keeps_a_model_and_since_when(
 def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
     env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path
 ) -> None:
-    import time
-
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     folder = clean_env / "state" / "holders"
