@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +80,12 @@ class ReviewerSettings(RoleSettings):
 
 def _default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "crew"
+    if xdg:
+        return Path(xdg) / "crew"
+    try:
+        return Path.home() / ".local" / "state" / "crew"
+    except RuntimeError:  # no HOME and no passwd entry (some containers): notes are a cache
+        return Path(tempfile.gettempdir()) / f"crew-state-{os.getuid()}"
 
 
 class Settings(BaseSettings):
