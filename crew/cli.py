@@ -115,6 +115,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
                      _clock(m["since"]), until, by))
     _table(rows)
     print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
+    for m in models:
+        if m["kept_by_crew"] and not m["held_by"]:
+            print(f"{m['name']} is pinned by a crew that ended without handing it back (killed?): "
+                  f"`ollama stop {m['name']}` frees it; a new crew run evicts it when it needs room")
     return EXIT_OK
 
 

@@ -45,6 +45,10 @@ class HolderRecord:
         self._started = psutil.Process().create_time()
         self._models: dict[str, float] = {}
 
+    def held_elsewhere(self) -> frozenset[str]:
+        """Models that other live crew processes keep on this host."""
+        return frozenset(holders(self._folder, self._host, skip=self._path))
+
     def __call__(self, event: Event) -> None:
         if event.type == "model_loaded":
             self._models[event.model] = event.ts
@@ -72,10 +76,12 @@ class HolderRecord:
             log.debug("could not write %s: %s", self._path, exc)
 
 
-def holders(folder: Path, host: str) -> dict[str, Holder]:
-    """The live crew processes keeping models on `host`, by model."""
+def holders(folder: Path, host: str, skip: Path | None = None) -> dict[str, Holder]:
+    """The live crew processes keeping models on `host`, by model (leaving out `skip`'s file)."""
     found: dict[str, Holder] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if path == skip:
+            continue
         data = _read(path)
         if data is None:
             continue

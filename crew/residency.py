@@ -48,6 +48,8 @@ from crew.memory import GB, MemoryBudget
 log = logging.getLogger("crew.residency")
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
+# What evicting a model another live crew process keeps is counted as, in reload seconds.
+ELSEWHERE_PENALTY_S = 3600.0
 DEFAULT_FAIRNESS = 4
 # Bytes per second assumed for a model never loaded here (between a Mac's mmap and Linux).
 ASSUMED_LOAD_BANDWIDTH = 1 * GB
@@ -145,6 +147,7 @@ class ResidencyManager:
         reconcile_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         measurements: Measurements | None = None,
+        held_elsewhere: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._backend = backend
         self._budget = budget
@@ -154,6 +157,7 @@ class ResidencyManager:
         self._reconcile_ttl = reconcile_ttl
         self._clock = clock
         self._measurements = measurements
+        self._held_elsewhere = held_elsewhere
         self._profiles: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, ModelFacts] = {}
         self._learned_size: dict[str, int] = {}
@@ -434,9 +438,19 @@ class ResidencyManager:
             return []
         if sum(s.size for s in candidates) < shortfall:
             return None
+        # Read only here, when something must go: other crews' notes are files (crew.holders).
+        elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
+
+        def value(slot: _Slot) -> float:
+            # Another live crew keeps it: evicting it costs that crew a reload mid-run, so it
+            # goes only when nothing else frees the room (never a hard pin: no cross-process
+            # deadlock).
+            courtesy = ELSEWHERE_PENALTY_S if not slot.ours and slot.name in elsewhere else 0.0
+            return self._keep_value(slot) + courtesy
+
         if len(candidates) > _EXHAUSTIVE_LIMIT:
             chosen: list[_Slot] = []
-            for slot in sorted(candidates, key=self._keep_value):
+            for slot in sorted(candidates, key=value):
                 chosen.append(slot)
                 if sum(s.size for s in chosen) >= shortfall:
                     return chosen
@@ -448,7 +462,7 @@ class ResidencyManager:
                 freed = sum(s.size for s in combo)
                 if freed < shortfall:
                     continue
-                key = (sum(self._keep_value(s) for s in combo), freed)
+                key = (sum(value(s) for s in combo), freed)
                 if best is None or key < best:
                     best, best_set = key, list(combo)
         return best_set

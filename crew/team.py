@@ -173,21 +173,25 @@ class Team:
 async def open_manager(settings: Settings, run: str) -> ResidencyManager:
     """The process's residency manager on the chosen backend (see `choose_backend`).
 
-    On Ollama, the models it keeps are noted for `crew ps` under `run` (see `crew.holders`).
+    On Ollama, the models it keeps are noted for `crew ps` and other crews under `run`
+    (see `crew.holders`).
     """
     backend = await choose_backend(settings)
-    ollama = isinstance(backend, OllamaBackend)
+    # On Ollama, other crew processes may share the server: note what this one keeps, and
+    # prefer not to evict what they keep. Sizes and load times come from earlier runs.
+    record = (HolderRecord(settings.state_dir / "holders", settings.ollama_host, run)
+              if isinstance(backend, OllamaBackend) else None)
     manager = ResidencyManager(
         backend,
         resolve_budget(settings.memory_budget_gb),
         allow_partial_offload=settings.allow_partial_offload,
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
-        # Sizes and load times from earlier runs on this Ollama.
-        measurements=Measurements(settings.state_dir, settings.ollama_host) if ollama else None,
+        measurements=Measurements(settings.state_dir, settings.ollama_host) if record else None,
+        held_elsewhere=record.held_elsewhere if record else None,
     )
-    if ollama:
-        manager.subscribe(HolderRecord(settings.state_dir / "holders", settings.ollama_host, run))
+    if record is not None:
+        manager.subscribe(record)
     return manager
 
 

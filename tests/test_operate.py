@@ -250,10 +250,12 @@ def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
     note.write_text(json.dumps({"pid": gone.pid, "started": time.time() - 5, "host": env.url,
                                 "run": "crashed", "models": {CODER: time.time() - 5}}))
     (folder / "half-written.json").write_text('{"pid": ')
-    env.preload(CODER)
+    env.preload(CODER, keep_alive=-1)  # it pinned the model before it was killed
     code, ps = crew_json(capsys, "ps")
-    assert code == 0 and ps["models"][0]["held_by"] is None
+    assert code == 0 and ps["models"][0]["held_by"] is None and ps["models"][0]["kept_by_crew"]
     assert not note.exists() and (folder / "half-written.json").exists()
+    assert main(["ps"]) == 0
+    assert f"`ollama stop {CODER}` frees it" in capsys.readouterr().out
 
 
 def test_models_doctor_and_plan_use_sizes_measured_in_earlier_runs(

@@ -483,3 +483,36 @@ def test_a_reconcile_ttl_spares_reads_for_resident_models_but_never_for_loads(ol
     assert load_reads >= 1
     assert ARCHITECT in [u["model"] for u in ollama.unloads]  # counted, then evicted for room
     assert ollama.self_evictions() == []
+
+
+def test_a_crew_evicts_its_own_idle_model_before_one_another_live_crew_keeps(
+    ollama: FakeOllama, clean_env: object
+) -> None:
+    from crew.settings import load_settings
+    from crew.team import open_manager
+    from tests.fake_ollama import FakeModel
+
+    ollama.reset([FakeModel("m1:a", 5 * GB), FakeModel("m2:b", 15 * GB), FakeModel("m3:c", 12 * GB)],
+                 capacity=30 * GB, load_seconds_per_gb=0.005)
+    settings = load_settings(ollama_host=ollama.url, memory_budget_gb=30, backend="ollama")
+    options = {"num_ctx": 2048}
+
+    async def scenario() -> None:
+        crew_a = await open_manager(settings, "crew-a")  # two crews, as two processes would be
+        crew_a.register("m1:a", options)
+        async with crew_a.hold("m1:a"):
+            pass  # crew A keeps m1 (idle now, but its run goes on)
+        crew_b = await open_manager(settings, "crew-b")
+        for model in ("m1:a", "m2:b", "m3:c"):
+            crew_b.register(model, options)
+            await crew_b.facts(model)  # it knows m1's real reload time, which is the cheapest
+        async with crew_b.hold("m2:b"):
+            pass
+        async with crew_b.hold("m3:c"):  # room for m3: evicting m1 or m2 would do
+            pass
+        await crew_b.aclose()
+        await crew_a.aclose()
+
+    run(scenario())
+    assert [u["model"] for u in ollama.unloads] == ["m2:b"]  # its own, not crew A's m1
+    assert ollama.peak_used <= 30 * GB and ollama.self_evictions() == []
