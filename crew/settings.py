@@ -85,7 +85,7 @@ def _default_state_dir() -> Path:
     try:
         return Path.home() / ".local" / "state" / "crew"
     except RuntimeError:  # no HOME and no passwd entry (some containers): notes are a cache
-        return Path(tempfile.gettempdir()) / f"crew-state-{os.getuid()}"
+        return Path(tempfile.gettempdir()) / f"crew-state-{getattr(os, 'getuid', lambda: 0)()}"
 
 
 class Settings(BaseSettings):
