@@ -33,22 +33,6 @@ POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.25
 
 
-async def _get_json(http: httpx.AsyncClient, path: str) -> Any:
-    response = await http.get(path)
-    response.raise_for_status()
-    return decode(response.content, str(http.base_url).rstrip("/"), path)
-
-
-async def read_running(http: httpx.AsyncClient) -> list[Resident]:
-    """What Ollama has resident now, read on `http` (whose base URL is the server)."""
-    return parse_running(await _get_json(http, "/api/ps"), str(http.base_url).rstrip("/"))
-
-
-async def read_version(http: httpx.AsyncClient) -> str:
-    answer = await _get_json(http, "/api/version")
-    return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
-
-
 def tls_verify(host: str) -> bool:
     # Plain-http hosts (the usual local Ollama) never use TLS; skipping the CA bundle load
     # saves ~40 ms of start-up per client. https hosts keep full verification.
@@ -92,12 +76,19 @@ class OllamaBackend:
                 return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
 
     async def version(self) -> str:
-        return await self._call(lambda: read_version(self._client._client))
+        answer = await self._call(lambda: self._get_json("/api/version"))
+        return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
 
     async def running(self) -> list[Resident]:
         # Read on the official client's connection, parsed without its pydantic models: the
         # manager reads /api/ps before every request, and this is the hot path.
-        return await self._call(lambda: read_running(self._client._client))
+        return parse_running(await self._call(lambda: self._get_json("/api/ps")), self._host)
+
+    async def _get_json(self, path: str) -> Any:
+        # On the official client's own connection (its pool, headers and timeouts).
+        response = await self._client._client.get(path)
+        response.raise_for_status()
+        return decode(response.content, self._host, path)
 
     async def inspect(self, model: str) -> ModelFacts:
         tags = await self._call(self._client.list)
