@@ -134,9 +134,11 @@ class RoutedOllamaClient(ChatCompletionClient):
 
     def _check_context(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]) -> None:
         """Warn once when the conversation nears num_ctx: Ollama truncates it without a word."""
+        if self._context_warned:
+            return  # once is enough, and counting serialises the whole conversation
         num_ctx = int(self._options["num_ctx"])
         tokens = self.count_tokens(messages, tools=tools)
-        if tokens >= CONTEXT_WARNING_SHARE * num_ctx and not self._context_warned:
+        if tokens >= CONTEXT_WARNING_SHARE * num_ctx:
             self._context_warned = True
             self._emit(ContextFull(role=self._role, model=self._model, tokens=tokens, num_ctx=num_ctx))
 
