@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import ollama  # noqa: E402
 from autogen_core.models import UserMessage  # noqa: E402
 
-from crew.client import RoutedOllamaClient  # noqa: E402
+from crew.backends.ollama import OllamaBackend  # noqa: E402
+from crew.clients.ollama import RoutedOllamaClient  # noqa: E402
 from crew.memory import GB, MemoryBudget  # noqa: E402
-from crew.ollama_backend import OllamaBackend  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
 from crew.settings import RoleSettings  # noqa: E402
 from tests.fake_ollama import FakeOllama  # noqa: E402
@@ -45,7 +45,7 @@ async def measure(fake: FakeOllama, calls: int) -> tuple[list[float], list[float
     ttl = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     manager = ResidencyManager(OllamaBackend(fake.url), MemoryBudget(48 * GB, "bench"), reconcile_ttl=ttl)
     facts = await manager.facts(MODEL)
-    routed = RoutedOllamaClient(manager, "reviewer", settings, facts, host=fake.url)
+    routed = RoutedOllamaClient(manager, "reviewer", settings, facts, backend=manager.backend)
     raw = ollama.AsyncClient(host=fake.url)
     messages = [UserMessage(content="ping", source="user")]
     raw_messages = [{"role": "user", "content": "ping"}]

@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crew.backend import ESTIMATE_MARGIN, ModelFacts  # noqa: E402
-from crew.checkup import SimulatedBackend  # noqa: E402
+from crew.backends.base import ESTIMATE_MARGIN, ModelFacts  # noqa: E402
+from crew.backends.simulated import SimulatedBackend  # noqa: E402
 from crew.memory import GB, MemoryBudget  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
 

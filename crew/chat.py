@@ -13,11 +13,9 @@ Agent edits are committed after each turn, so `/undo` can take back the last one
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +25,14 @@ from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
 from crew.errors import CrewError, WorkspaceError
-from crew.events import Event, RoutingDecision, RunStarted
+from crew.events import Event, RoutingDecision
 from crew.memory import GB
-from crew.residency import ResidencyManager
-from crew.run import Records, message_ids, read_spec, summary_of
+from crew.routing import HUMAN, NAMES
+from crew.run import read_spec
+from crew.session import Session, open_session
 from crew.settings import Settings
-from crew.team import HUMAN, NAMES, Team, build_team, open_manager
-from crew.workspace import Workspace, git
+from crew.team import Team, record
+from crew.workspace import git
 
 PROMPT = "you> "
 HELP = "/ps /models /diff /undo /save /quit — or write to the team; @coder addresses one agent"
@@ -57,12 +56,14 @@ class LineReader:
 
 
 class ChatSession:
-    def __init__(self, settings: Settings, workspace: Workspace, manager: ResidencyManager,
-                 records: Records, write: Callable[[str], None]) -> None:
-        self.settings = settings
-        self.workspace = workspace
-        self.manager = manager
-        self.records = records
+    """The person's side of a session: the prompt, slash commands, Ctrl-C."""
+
+    def __init__(self, session: Session, write: Callable[[str], None]) -> None:
+        self.session = session
+        self.settings = session.settings
+        self.workspace = session.workspace
+        self.manager = session.manager
+        self.records = session.records
         self.write = write
         self.team: Team | None = None
         self.reader: LineReader | None = None
@@ -122,7 +123,7 @@ class ChatSession:
 
     def _prefetch_likely_next(self) -> None:
         # While the person types, the Architect (who takes new requests) may load into free room.
-        task = asyncio.ensure_future(self.manager.prefetch(self.settings.architect.model))
+        task = asyncio.ensure_future(self.manager.prefetch(self.session.choice.role("architect").model))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def command(self, line: str) -> None:
@@ -147,7 +148,7 @@ class ChatSession:
         self.say(f"  {snapshot.used / GB:.1f} of {budget.gb:.1f} GB budget ({budget.source})")
 
     async def cmd_models(self) -> None:
-        for role, rs in self.settings.roles().items():
+        for role, rs in self.session.choice.roles.items():
             self.say(f"  {NAMES[role]:<10} {rs.model:<28} num_ctx {rs.num_ctx}")
 
     async def cmd_diff(self) -> None:
@@ -171,8 +172,7 @@ class ChatSession:
         self.say(f"  saved to {self.workspace.root / 'state.json'}")
 
     async def save(self) -> None:
-        if self.team is not None:
-            self.workspace.write_json("state.json", await self.team.chat.save_state())
+        await self.session.save()
 
     # -- the agents' turns ------------------------------------------------------------------
 
@@ -192,8 +192,7 @@ class ChatSession:
             self.say("\ninterrupted: your turn")
             self.token.cancel()
             if self.team is not None:  # cut the model call in flight, or the turn runs to its end
-                for client in self.team.clients.values():
-                    asyncio.ensure_future(client.interrupt())
+                asyncio.ensure_future(self.team.interrupt())
 
     async def run(self, first: str | None) -> str:
         """Run rounds until the person quits; the stop reason."""
@@ -206,8 +205,7 @@ class ChatSession:
             except (asyncio.CancelledError, RuntimeError):
                 if not self.token.is_cancelled():
                     raise
-                for client in self.team.clients.values():
-                    client.failure = None
+                self.team.forget_failures()
                 quit_now = False
             finally:
                 self.token = None
@@ -226,11 +224,11 @@ class ChatSession:
                                 and m.to_text().strip() == "/quit" for m in item.messages)
                 return said_quit or self.quit.is_set()
             if isinstance(item, BaseChatMessage) and item.source == "user":
-                self.records.take(_as_person(item))
+                record(self.records, _as_person(item))
                 self.records.release(item.id)
                 self.mark_shown(item.id)
                 continue
-            self.records.take(item)
+            record(self.records, item)
             if isinstance(item, BaseChatMessage):
                 await asyncio.to_thread(self.commit_turn, item.source)
                 self.mark_shown(item.id)
@@ -246,59 +244,32 @@ async def chat_session(
     write: Callable[[str], None], resume: Path | None = None, workspace_path: Path | None = None,
 ) -> Path:
     first = read_spec(spec) if spec is not None else None
-    workspace = Workspace.open(resume) if resume is not None else await asyncio.to_thread(
-        Workspace.create, settings.workspaces_dir, path=workspace_path)
-    # May point roles at the embedded model.
-    manager = await open_manager(settings, workspace.root.name)
-    models = {role: rs.model for role, rs in settings.roles().items()}
-    records = Records(workspace, render, models)
-    records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None))
-    started = time.time()
-    session = ChatSession(settings, workspace, manager, records, write)
-
-    def emit(event: Event) -> None:
-        session.observe(event)
-        records.emit(event)
-
-    manager.subscribe(emit)
-    session.reader = LineReader()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, session.on_sigint)
-    stop_reason = "error"
-    try:
-        human = UserProxyAgent(HUMAN, description="The person using crew.", input_func=session.ask)
-        session.team = await build_team(settings, manager, workspace, emit, human=human)
-        state = workspace.root / "state.json"
-        if resume is not None and state.is_file():
-            saved = json.loads(state.read_text())
-            await session.team.chat.load_state(saved)
-            for message_id in message_ids(saved):
-                records.release(message_id)
-                session.mark_shown(message_id)
-        session.say(f"crew chat in {workspace.root}. {HELP}")
-        if first is None and resume is None:
-            first = await session.ask()
-            if first == "/quit":
-                stop_reason = "the person quit"
-                return workspace.root
+    async with open_session(settings, mode="chat", render=render, spec=spec, resume=resume,
+                            workspace_path=workspace_path) as session:
+        chat = ChatSession(session, write)
+        session.observe(chat.observe)
+        chat.reader = LineReader()
+        loop.add_signal_handler(signal.SIGINT, chat.on_sigint)
         try:
-            stop_reason = await session.run(first)
-        except RuntimeError as exc:
-            failure = session.team.failure()
-            raise (failure or CrewError(f"an agent failed: {exc}")) from None
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        await session.save()
-        if session.team is not None:
-            await session.team.close()
-        await asyncio.to_thread(workspace.write_patch)
-        try:
-            await manager.aclose()  # its last events (models handed back) are recorded too
+            human = UserProxyAgent(HUMAN, description="The person using crew.", input_func=chat.ask)
+            chat.team = await session.build_team(human=human)
+            said = await session.restore() if resume is not None else None
+            for message_id in said or []:
+                chat.mark_shown(message_id)
+            chat.say(f"crew chat in {session.workspace.root}. {HELP}")
+            if first is None and resume is None:
+                first = await chat.ask()
+                if first == "/quit":
+                    session.stop_reason = "the person quit"
+                    return session.workspace.root
+            try:
+                session.stop_reason = await chat.run(first)
+            except RuntimeError as exc:
+                raise (chat.team.failure() or CrewError(f"an agent failed: {exc}")) from None
         finally:
-            workspace.write_json("summary.json",
-                                 summary_of(workspace, records, stop_reason, started, spec, mode="chat"))
-            records.close()
-    return workspace.root
+            loop.remove_signal_handler(signal.SIGINT)
+    return session.workspace.root
 
 
 __all__ = ["chat_session"]

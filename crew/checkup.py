@@ -11,14 +11,14 @@ import itertools
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from crew.backend import ModelFacts, Resident
-from crew.embedded_backend import BUNDLED_ALIAS, bundled_model_path, embedded_available
+from crew.backends.base import ModelFacts, Resident
+from crew.backends.embedded import BUNDLED_ALIAS, bundled_model_path, embedded_available
+from crew.backends.ollama import OllamaBackend
+from crew.backends.simulated import SimulatedBackend
 from crew.errors import CrewError, ModelNotPulled, OllamaUnreachable
 from crew.measured import Measurements
 from crew.memory import GB, MemoryBudget
-from crew.ollama_backend import OllamaBackend
 from crew.residency import ResidencyManager
 from crew.settings import ROLES, Role, Settings
 
@@ -142,47 +142,6 @@ def _mac_warnings(checks: list[RoleCheck], budget: MemoryBudget) -> list[str]:
 
 
 # -- the residency plan --------------------------------------------------------------------
-
-
-class SimulatedBackend:
-    """An in-memory backend with the sizes crew measured or estimates; loads are instant."""
-
-    def __init__(self, facts: Mapping[str, ModelFacts], measurements: Measurements | None = None) -> None:
-        self._facts = dict(facts)
-        self._measurements = measurements
-        self._resident: dict[str, Resident] = {}
-        self.loads: list[str] = []
-
-    @property
-    def label(self) -> str:
-        return "simulation"
-
-    def resident_bytes(self) -> dict[str, int]:
-        return {name: r.size for name, r in self._resident.items()}
-
-    async def running(self) -> list[Resident]:
-        return list(self._resident.values())
-
-    async def inspect(self, model: str) -> ModelFacts:
-        return self._facts[model]
-
-    async def load(self, model: str, options: Mapping[str, Any]) -> None:
-        known = None
-        if self._measurements is not None:
-            num_ctx = int(options.get("num_ctx") or 0)
-            known = self._measurements.recall(model, num_ctx, self._facts[model].file_size)
-        size = known.bytes if known else self._facts[model].estimate_size(options)
-        self._resident[model] = Resident(model, size, size, int(options.get("num_ctx") or 0) or None)
-        self.loads.append(model)
-
-    async def unload(self, model: str) -> None:
-        self._resident.pop(model, None)
-
-    async def release(self, model: str, options: Mapping[str, Any]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass

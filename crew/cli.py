@@ -75,9 +75,9 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
+    from dataclasses import asdict
 
-    from crew.holders import holders
+    from crew.holders import holders, who_holds
     from crew.memory import resolve_budget
     from crew.ollama_api import running_on
     from crew.settings import load_settings
@@ -85,40 +85,25 @@ def cmd_ps(args: argparse.Namespace) -> int:
     settings = load_settings()
     budget = resolve_budget(settings.memory_budget_gb)
     running = running_on(settings.ollama_host)
-    kept = holders(settings.state_dir / "holders", settings.ollama_host)
+    models = who_holds(running, holders(settings.state_dir / "holders", settings.ollama_host))
     used = sum(r.size for r in running)
-    forever = datetime.now(UTC) + timedelta(days=3650)
-    models: list[dict[str, Any]] = []
-    for r in running:
-        holder = kept.get(r.name)
-        models.append({
-            "name": r.name, "size": r.size, "size_vram": r.size_vram,
-            "gpu_share": round(r.size_vram / r.size, 3) if r.size else None,
-            "context_length": r.context_length, "expires_at": r.expires_at,
-            # crew loads with keep_alive -1; Ollama reports that as an expiry centuries away.
-            "kept_by_crew": bool(r.expires_at and r.expires_at > forever),
-            # Known only for models a running crew loaded (Ollama does not say).
-            "since": datetime.fromtimestamp(holder.since, UTC) if holder else None,
-            "held_by": {"pid": holder.pid, "run": holder.run} if holder else None,
-        })
     if args.json_:
         _emit_json({"host": settings.ollama_host, "budget": {"bytes": budget.bytes, "source": budget.source},
-                    "used": used, "models": models})
+                    "used": used, "models": [asdict(m) for m in models]})
         return EXIT_OK
     rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
-        share = f"{100 * m['gpu_share']:.0f}%" if m["gpu_share"] is not None else "-"
-        until = "forever" if m["kept_by_crew"] else _clock(m["expires_at"])
-        held = m["held_by"]
-        by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m["kept_by_crew"] else "-"
-        rows.append((m["name"], _gb(m["size"]), share, str(m["context_length"] or "-"),
-                     _clock(m["since"]), until, by))
+        share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
+        until = "forever" if m.kept_by_crew else _clock(m.expires_at)
+        held = m.held_by
+        by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
+        rows.append((m.name, _gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
     _table(rows)
     print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
     for m in models:
-        if m["kept_by_crew"] and not m["held_by"]:
-            print(f"{m['name']} is pinned by a crew that ended without handing it back (killed?): "
-                  f"`ollama stop {m['name']}` frees it; a new crew run evicts it when it needs room")
+        if m.orphaned:
+            print(f"{m.name} is pinned by a crew that ended without handing it back (killed?): "
+                  f"`ollama stop {m.name}` frees it; a new crew run evicts it when it needs room")
     return EXIT_OK
 
 
@@ -173,7 +158,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     checkup = _arun(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
-    routing = {role: list(words) for role, words in _task_types().items()}
+    from crew.routing import TASK_TYPES
+
+    routing = {role: list(words) for role, words in TASK_TYPES.items()}
     if args.json_:
         from dataclasses import asdict
 
@@ -188,16 +175,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     print()
     _table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])
     return EXIT_OK
-
-
-def _task_types() -> dict[str, tuple[str, ...]]:
-    # The seed's routing table; it lives with the team, which imports AutoGen, so it is copied
-    # here for the fast commands and kept equal by a test.
-    return {
-        "architect": ("plan", "design", "architecture", "requirements", "strategy"),
-        "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
-        "reviewer": ("review", "test", "validate", "debug"),
-    }
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -281,14 +258,12 @@ def _settings_for(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from crew.run import run_spec
+    from crew.run import export_run, run_spec
 
     settings = _settings_for(args)
     if args.ci:
-        # Same spec, same models, same answers: temperature 0 and a fixed seed for every role.
-        for role, rs in settings.roles().items():
-            setattr(settings, role, rs.model_copy(update={"temperature": 0.0, "seed": rs.seed or 0}))
-    renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
+        settings = settings.deterministic()
+    renderer = JsonRenderer() if args.json_ else TerminalRenderer()
     try:
         outcome = _arun(run_spec(
             settings, args.spec, render=renderer, workspace_path=args.workspace, repo=args.repo,
@@ -302,30 +277,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.json_:
         _print_summary(outcome)
     if args.out is not None:
-        _export_run(outcome, args.out)
+        export_run(outcome, args.out)
     return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
-
-
-def _export_run(outcome: Any, out: Path) -> None:
-    """crew.patch, summary.json and review.md (the Reviewer's last word) into `out`."""
-    import shutil
-
-    out.mkdir(parents=True, exist_ok=True)
-    root = outcome.workspace.root
-    for name in ("crew.patch", "summary.json"):
-        shutil.copyfile(root / name, out / name)
-    reviews = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
-    last = next((e["content"] for e in reversed(reviews)
-                 if e["type"] == "message" and e["source"] == "Reviewer"), "_The Reviewer did not speak._")
-    head = "✅ **Approved**" if outcome.approved else f"❌ **Not approved** ({outcome.stop_reason})"
-    (out / "review.md").write_text(f"## crew run: {head}\n\n{last}\n")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from crew.chat import chat_session
 
     settings = _settings_for(args)
-    renderer = TerminalRenderer(settings)
+    renderer = TerminalRenderer()
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -342,7 +302,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=lambda: sys.stdin.buffer.read())
-    renderer = JsonRenderer() if args.json_ else TerminalRenderer(settings)
+    renderer = JsonRenderer() if args.json_ else TerminalRenderer()
     outcome = _arun(review_diff(settings, diff, renderer))
     write_outputs(outcome, args.out)
     print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
@@ -376,9 +336,9 @@ class JsonRenderer:
 class TerminalRenderer:
     """Content on stdout as it streams; routing and residency notices on stderr."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self) -> None:
         self.workspace: str | None = None
-        self._settings = settings  # read at each header: the backend may change a role's model
+        self._models: dict[str, str] = {}  # by agent name, as the session's backend runs them
         self._speaking: str | None = None
         self._midline = False
         self._streamed_for: str | None = None
@@ -386,8 +346,7 @@ class TerminalRenderer:
     def _header(self, source: str) -> None:
         if self._speaking != source:
             self._end_line()
-            role = source.lower()
-            model = self._settings.role(role).model if role in ("architect", "coder", "reviewer") else None
+            model = self._models.get(source)
             print(f"\n── {source}{f' ({model})' if model else ''} ──", flush=True)
             self._speaking = source
 
@@ -404,6 +363,7 @@ class TerminalRenderer:
         kind = event.type
         if kind == "run_started":
             self.workspace = event.workspace
+            self._models = dict(event.models)
             self._note(f"workspace {event.workspace}{' (resumed)' if event.resumed else ''}")
         elif kind == "chunk":
             self._header(event.source)
@@ -460,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 not approved / cannot run, 2 error, 130 interrupted. "
         "Settings come from CREW_* environment variables and ./crew.toml.",
     )
+    from crew.backends.registry import backend_names
+
     parser.add_argument("--version", action="version", version=f"crew {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -475,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the run in WORKSPACE")
     p.add_argument("--max-turns", type=int, help="stop after this many agent turns")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
-    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+    p.add_argument("--backend", choices=backend_names(),
                    help="where models run (default: CREW_BACKEND or auto)")
     p.add_argument("--ci", action="store_true",
                    help="deterministic options (temperature 0, fixed seed); use with --out")
@@ -484,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", type=Path, help="a spec to start from (optional)")
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the chat in WORKSPACE")
     p.add_argument("--workspace", type=Path, help="where to work (default: workspaces/<id>)")
-    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+    p.add_argument("--backend", choices=backend_names(),
                    help="where models run (default: CREW_BACKEND or auto)")
     p = add("review", cmd_review, "review a patch: review.md for the pull request, review.json, verdict")
     source = p.add_mutually_exclusive_group(required=True)
@@ -492,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--base", metavar="REF", help="review `git diff REF` of --repo")
     p.add_argument("--repo", type=Path, help="the git repository for --base (default: here)")
     p.add_argument("--out", type=Path, default=Path("."), help="where review.md and review.json go")
-    p.add_argument("--backend", choices=["auto", "ollama", "embedded"],
+    p.add_argument("--backend", choices=backend_names(),
                    help="where models run (default: CREW_BACKEND or auto)")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
     p = add("ps", cmd_ps, "show the models resident in Ollama against the memory budget")

@@ -170,6 +170,8 @@ class RunStarted(BaseEvent):
     type: Literal["run_started"] = "run_started"
     workspace: str
     resumed: bool = False
+    models: dict[str, str] = Field(default_factory=dict)
+    """The model each agent runs on (after the backend's choice), by agent name."""
 
 
 class RunFinished(BaseEvent):

@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from crew.files import write_json
+
 if TYPE_CHECKING:  # crew ps reads holder files without building the event models
+    from crew.backends.base import Resident
     from crew.events import Event
 
 log = logging.getLogger("crew.holders")
@@ -69,9 +74,7 @@ class HolderRecord:
             self._folder.mkdir(parents=True, exist_ok=True)
             data = {"pid": os.getpid(), "started": self._started, "host": self._host,
                     "run": self._run, "models": self._models}
-            temporary = self._path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(data))
-            os.replace(temporary, self._path)
+            write_json(self._path, data, indent=None)
         except OSError as exc:
             log.debug("could not write %s: %s", self._path, exc)
 
@@ -93,6 +96,46 @@ def holders(folder: Path, host: str, skip: Path | None = None) -> dict[str, Hold
         for model, since in data["models"].items():
             found[model] = Holder(int(data["pid"]), str(data["run"]), float(since))
     return found
+
+
+@dataclass(frozen=True)
+class HeldModel:
+    """A resident model as `crew ps` shows it: Ollama's facts and, if known, who keeps it."""
+
+    name: str
+    size: int
+    size_vram: int
+    gpu_share: float | None
+    context_length: int | None
+    expires_at: datetime | None
+    kept_by_crew: bool
+    """Loaded by crew (keep_alive -1, which Ollama reports as an expiry centuries away)."""
+    since: datetime | None
+    """When a running crew loaded it (Ollama does not say)."""
+    held_by: dict[str, Any] | None
+    """The crew process and run that keep it, if one is alive."""
+
+    @property
+    def orphaned(self) -> bool:
+        """Pinned by a crew that ended without handing it back (killed?)."""
+        return self.kept_by_crew and self.held_by is None
+
+
+def who_holds(running: Sequence[Resident], kept: Mapping[str, Holder]) -> list[HeldModel]:
+    """What is resident, with the live crew process keeping each model where there is one."""
+    forever = datetime.now(UTC) + timedelta(days=3650)
+    models: list[HeldModel] = []
+    for r in running:
+        holder = kept.get(r.name)
+        models.append(HeldModel(
+            name=r.name, size=r.size, size_vram=r.size_vram,
+            gpu_share=round(r.size_vram / r.size, 3) if r.size else None,
+            context_length=r.context_length, expires_at=r.expires_at,
+            kept_by_crew=bool(r.expires_at and r.expires_at > forever),
+            since=datetime.fromtimestamp(holder.since, UTC) if holder else None,
+            held_by={"pid": holder.pid, "run": holder.run} if holder else None,
+        ))
+    return models
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from crew.files import write_json
 
 log = logging.getLogger("crew.measured")
 
@@ -57,9 +58,7 @@ class Measurements:
                 "file_size": file_size,
             }
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self._path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(self._data, indent=1, sort_keys=True))
-            os.replace(temporary, self._path)
+            write_json(self._path, self._data, indent=1, sort_keys=True)
         except OSError as exc:
             log.debug("could not write %s: %s", self._path, exc)
 

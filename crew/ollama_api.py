@@ -19,7 +19,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from crew.backend import Resident
+from crew.backends.base import Resident
 from crew.errors import (
     BackendError,
     CrewError,
@@ -151,6 +151,8 @@ class ollama_errors:  # noqa: N801 - used like a function: `async with ollama_er
 
 
 def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):  # already parsed by the official client
+        return value
     # Go writes RFC 3339 with up to 9 fractional digits; Python 3.11 parses and truncates them.
     try:
         return datetime.fromisoformat(value) if isinstance(value, str) and value else None

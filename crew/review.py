@@ -18,10 +18,13 @@ from typing import Any, Literal
 from autogen_core.models import SystemMessage, UserMessage
 from pydantic import BaseModel, Field, ValidationError
 
+from crew.backends import choose_backend
 from crew.errors import InputError
 from crew.events import Event
+from crew.prompt_files import load_prompt
+from crew.residency import open_manager
+from crew.routing import approved
 from crew.settings import Role, Settings
-from crew.team import approved, load_prompt_file, make_client, open_manager
 
 MAX_DIFF_BYTES = 2_000_000
 
@@ -110,17 +113,17 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
         return ReviewOutcome(True, "The diff is empty: nothing to review.", [], [], 0)
     extra: list[Role] = ["architect"] if lines > settings.review_architect_lines else []
     roles: list[Role] = ["reviewer", *extra]
-    manager = await open_manager(settings, "crew review")
+    choice = await choose_backend(settings)
+    manager = open_manager(settings, choice, "crew review")
     manager.subscribe(render)
     verdicts: list[tuple[str, Verdict | None, str]] = []
     try:
         for role in roles:
-            rs = settings.role(role)
-            facts = await manager.facts(rs.model)
-            client = make_client(manager, settings, role, facts, render)
+            facts = await manager.facts(choice.role(role).model)
+            client = choice.make_client(manager, role, facts, render)
             try:
                 result = await client.create(
-                    [SystemMessage(content=load_prompt_file(settings, "review")),
+                    [SystemMessage(content=load_prompt(settings, "review")),
                      UserMessage(content=_framed(diff), source="user")],
                     json_output=Verdict,
                 )

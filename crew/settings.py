@@ -101,8 +101,9 @@ class Settings(BaseSettings):
 
     ollama_host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
     """Where Ollama listens. Unset, it is OLLAMA_HOST (as the ollama CLI reads it), else localhost."""
-    backend: Literal["auto", "ollama", "embedded"] = "auto"
-    """auto: Ollama when it answers, else the embedded llama.cpp backend when installed."""
+    backend: str = "auto"
+    """A registered backend (`ollama`, `embedded`), or auto: Ollama when it answers, else the
+    embedded llama.cpp backend when installed."""
     memory_budget_gb: float | None = Field(None, gt=0)
     """Memory crew may fill with models, in GB (10^9 bytes). Default: from the machine."""
     allow_partial_offload: bool = False
@@ -147,6 +148,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _backend_known(cls, value: str) -> str:
+        from crew.backends.registry import backend_names
+
+        value = value.strip()
+        if value not in backend_names():
+            raise ValueError(f"must be one of {', '.join(backend_names())}")
+        return value
+
     @field_validator("keep_alive_after")
     @classmethod
     def _keep_alive_syntax(cls, value: str | float) -> str | float:
@@ -177,6 +188,13 @@ class Settings(BaseSettings):
 
     def roles(self) -> dict[Role, RoleSettings]:
         return {role: self.role(role) for role in ROLES}
+
+    def deterministic(self) -> Settings:
+        """These settings with temperature 0 and a fixed seed for every role (CI mode): same
+        spec, same models, same answers. A new object; this one is unchanged."""
+        update: dict[str, Any] = {role: rs.model_copy(update={"temperature": 0.0, "seed": rs.seed or 0})
+                  for role, rs in self.roles().items()}
+        return self.model_copy(update=update)
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:

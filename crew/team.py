@@ -1,21 +1,17 @@
 """The team: Architect, Coder and Reviewer AssistantAgents in a SelectorGroupChat.
 
-Speaker selection is a plain function (never a model call, so it never loads a model):
-an explicit handoff line (`NEXT: Coder`) wins; else the workflow (task -> Architect ->
-Coder -> Reviewer -> Coder ...); the task itself is routed by the seed's task types; and a
-choice the workflow leaves open prefers the agent whose model is already resident. While an
-agent generates, the model of the agent the workflow names next is prefetched if it fits in
-the free budget. The Reviewer ends the run with a line `APPROVED`.
+Speaker selection is `crew.routing`'s rules (never a model call, so it never loads a model),
+adapted here to AutoGen's selector function; every decision is a `routing` event. While an
+agent generates, the model of the agent the workflow names next is prefetched if it fits in the
+free budget. This module and `crew.clients` are the only ones that know AutoGen's types.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
@@ -27,66 +23,32 @@ from autogen_agentchat.conditions import (
     TimeoutTermination,
     TokenUsageTermination,
 )
-from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+from autogen_agentchat.messages import (
+    BaseAgentEvent,
+    BaseChatMessage,
+    ModelClientStreamingChunkEvent,
+    ToolCallExecutionEvent,
+    ToolCallRequestEvent,
+)
 from autogen_agentchat.teams import SelectorGroupChat
 
-from crew.backend import Backend, ModelFacts
-from crew.client import RoutedOllamaClient
-from crew.embedded_backend import BUNDLED_ALIAS, INSTALL_HINT, EmbeddedBackend, embedded_available
-from crew.embedded_client import EmbeddedChatClient
-from crew.errors import BackendError, CrewError, OllamaUnreachable, SettingsError
-from crew.events import Event, RoutingDecision
-from crew.holders import HolderRecord
-from crew.measured import Measurements
-from crew.memory import resolve_budget
-from crew.ollama_backend import OllamaBackend
+from crew.backends import BackendChoice
+from crew.clients import ModelClient
+from crew.errors import CrewError
+from crew.events import AgentMessage, Event, RoutingDecision, StreamChunk, ToolCall, ToolResult
+from crew.prompt_files import load_prompt
+from crew.records import Records
 from crew.residency import ResidencyManager
+from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, speaker_name
 from crew.settings import ROLES, Role, Settings
 from crew.tools import make_tools
 from crew.workspace import Workspace
 
 log = logging.getLogger("crew.team")
 
-NAMES: dict[Role, str] = {"architect": "Architect", "coder": "Coder", "reviewer": "Reviewer"}
-ROLE_OF = {name: role for role, name in NAMES.items()}
-# What the workflow does after each speaker.
-NEXT: dict[Role, Role] = {"architect": "coder", "coder": "reviewer", "reviewer": "coder"}
-# The seed's task-type routing.
-TASK_TYPES: dict[Role, tuple[str, ...]] = {
-    "architect": ("plan", "design", "architecture", "requirements", "strategy"),
-    "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
-    "reviewer": ("review", "test", "validate", "debug"),
-}
-_HANDOFF = re.compile(r"(?im)^\W*(?:next|handoff)\W*:?\s*(architect|coder|reviewer|you)\b")
-_MENTION = re.compile(r"(?i)(?<![\w@])@(architect|coder|reviewer)\b")
-HUMAN = "You"
-# In a chat, the person gets the floor after this many agent turns in a row.
-MAX_AGENT_STREAK = 6
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-
-
-def approved(text: str) -> bool:
-    """A line that says only APPROVED (markdown emphasis allowed); 'NOT APPROVED' is not."""
-    return any(line.strip().strip("*_`#> ").upper() == "APPROVED" for line in text.splitlines())
-
-
-def task_type(text: str) -> Role | None:
-    """The seed's task type, read from the request's opening words (its first line of prose).
-
-    Only the opening counts: a spec that says "write X and a test for it" is coding work,
-    not a review.
-    """
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    words = re.findall(r"[a-z]+", lines[0].lower())[:12] if lines else []
-    for word in words:
-        for role, keywords in TASK_TYPES.items():
-            if word in keywords:
-                return role
-    return None
-
 
 class Selector:
-    """The selector_func: who speaks next, with the reason recorded as an event."""
+    """The selector_func: `crew.routing.choose_next` on AutoGen's thread, recorded as an event."""
 
     def __init__(self, manager: ResidencyManager, models: dict[Role, str], emit: Callable[[Event], None],
                  *, human: bool = False):
@@ -97,156 +59,52 @@ class Selector:
 
     def __call__(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
         role, reason = self.choose(thread)
-        name = HUMAN if role == "human" else NAMES[role]
+        name = speaker_name(role)
         last = next((m for m in reversed(thread) if isinstance(m, BaseChatMessage)), None)
         self._emit(RoutingDecision(speaker=name, reason=reason, after=last.id if last else None))
-        model = self._models.get(role, "-")
+        model = self._models.get(role, "-") if role != "human" else "-"
         log.info("[ROUTING] next=%s model=%s | %s", name, model, reason)
         return name
 
-    def choose(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> tuple[Any, str]:
+    def choose(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> tuple[Speaker, str]:
         chat = [m for m in thread if isinstance(m, BaseChatMessage)]
-        last = chat[-1]
-        text = last.to_text()
-        source = ROLE_OF.get(last.source)
-        if self._human and last.source == HUMAN:
-            mention = _MENTION.findall(text)
-            if mention:
-                target: Role = mention[0].lower()
-                return target, f"the person addressed {NAMES[target]}"
-        handoff = _HANDOFF.findall(text)
-        if handoff and handoff[-1].lower() != source:
-            wanted = handoff[-1].lower()
-            if wanted == "you":
-                if self._human:
-                    return "human", f"{last.source} asked the person"
-            else:
-                return wanted, f"{last.source} handed off to {NAMES[wanted]}"
-        if source is None:
-            kind = task_type(text)
-            if kind is not None and kind != "architect":
-                return kind, f"the request is of type '{kind}' work"
-            return "architect", "a new request starts with a plan"
-        if self._human:
-            streak = 0
-            for message in reversed(chat):
-                if message.source not in ROLE_OF:
-                    break
-                streak += 1
-            if streak >= MAX_AGENT_STREAK:
-                return "human", f"{streak} agent turns in a row: the person's turn"
-        if source == "reviewer":
-            if self._human and approved(text):
-                return "human", "the Reviewer approved: the person's turn"
-            kind = task_type(text)
-            if kind == "architect":
-                return self._prefer_resident(["architect", "coder"], "the review questions the design")
-            return "coder", "the Reviewer asked for changes"
-        nxt = NEXT[source]
-        return nxt, f"workflow: {NAMES[source]} -> {NAMES[nxt]}"
+        return choose_next([m.source for m in chat], chat[-1].to_text(), human=self._human,
+                           resident=self._resident)
 
-    def _prefer_resident(self, roles: list[Role], why: str) -> tuple[Role, str]:
-        resident = {v.name for v in self._manager.snapshot().slots if v.state == "resident"}
-        for role in roles:
-            if self._models[role] in resident:
-                return role, f"{why}; {NAMES[role]}'s model is already resident"
-        return roles[0], why
+    def _resident(self, role: Role) -> bool:
+        return any(v.name == self._models[role] and v.state == "resident"
+                   for v in self._manager.snapshot().slots)
 
 
 @dataclass
 class Team:
-    """The group chat and what the run needs to read back from it."""
+    """The group chat and what a session needs to read back from it."""
 
     chat: SelectorGroupChat
-    clients: dict[Role, RoutedOllamaClient]
+    clients: dict[Role, ModelClient]
     termination: TerminationCondition
 
     def failure(self) -> CrewError | None:
         """The typed error behind an agent failure (AutoGen only keeps its text)."""
         return next((c.failure for c in self.clients.values() if c.failure is not None), None)
 
+    async def interrupt(self) -> None:
+        """Cut every model call in flight."""
+        for client in self.clients.values():
+            await client.interrupt()
+
+    def forget_failures(self) -> None:
+        for client in self.clients.values():
+            client.failure = None
+
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
 
 
-async def open_manager(settings: Settings, run: str) -> ResidencyManager:
-    """The process's residency manager on the chosen backend (see `choose_backend`).
-
-    On Ollama, the models it keeps are noted for `crew ps` and other crews under `run`
-    (see `crew.holders`).
-    """
-    backend = await choose_backend(settings)
-    # On Ollama, other crew processes may share the server: note what this one keeps, and
-    # prefer not to evict what they keep. Sizes and load times come from earlier runs.
-    record = (HolderRecord(settings.state_dir / "holders", settings.ollama_host, run)
-              if isinstance(backend, OllamaBackend) else None)
-    manager = ResidencyManager(
-        backend,
-        resolve_budget(settings.memory_budget_gb),
-        allow_partial_offload=settings.allow_partial_offload,
-        load_timeout=settings.load_timeout_s,
-        reconcile_ttl=settings.reconcile_ttl_s,
-        measurements=Measurements(settings.state_dir, settings.ollama_host) if record else None,
-        held_elsewhere=record.held_elsewhere if record else None,
-    )
-    if record is not None:
-        manager.subscribe(record)
-    return manager
-
-
-async def choose_backend(settings: Settings) -> Backend:
-    """Ollama if chosen or if it answers; else the embedded backend if installed; else an error.
-
-    With the embedded backend, roles still naming Ollama tags run the bundled small model.
-    """
-    if settings.backend in ("auto", "ollama"):
-        ollama = OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after)
-        if settings.backend == "ollama":
-            return ollama
-        try:
-            await ollama.version()
-            return ollama
-        except OllamaUnreachable:
-            await ollama.aclose()
-            if not embedded_available():
-                raise BackendError(
-                    f"no model backend: Ollama does not answer at {settings.ollama_host} (start it with "
-                    f"`ollama serve`) and the embedded backend is not installed ({INSTALL_HINT})"
-                ) from None
-    for role, rs in settings.roles().items():
-        if not rs.model.endswith(".gguf") and rs.model.split(":")[0] != BUNDLED_ALIAS:
-            setattr(settings, role, rs.model_copy(update={"model": BUNDLED_ALIAS,
-                                                          "num_ctx": min(rs.num_ctx, 4096)}))
-    return EmbeddedBackend()
-
-
-def make_client(
-    manager: ResidencyManager, settings: Settings, role: Role, facts: ModelFacts,
-    emit: Callable[[Event], None], *, on_hold: Callable[[], None] | None = None,
-) -> RoutedOllamaClient:
-    """The chat client for a role, on whichever backend the manager drives."""
-    if isinstance(manager.backend, EmbeddedBackend):
-        return EmbeddedChatClient(manager, role, settings.role(role), facts, backend=manager.backend,
-                                  emit=emit, on_hold=on_hold)
-    return RoutedOllamaClient(manager, role, settings.role(role), facts, host=settings.ollama_host,
-                              emit=emit, on_hold=on_hold)
-
-
-def load_prompt_file(settings: Settings, name: str) -> str:
-    """prompts/<name>.md, or the user's copy in CREW_PROMPTS_DIR."""
-    for folder in (settings.prompts_dir, PROMPTS_DIR):
-        if folder is not None and (folder / f"{name}.md").is_file():
-            return (folder / f"{name}.md").read_text()
-    raise SettingsError(f"no prompt {name}.md: put it in CREW_PROMPTS_DIR or reinstall crew")
-
-
-def load_prompt(settings: Settings, role: Role) -> str:
-    return load_prompt_file(settings, role)
-
-
 async def build_team(
     settings: Settings,
+    choice: BackendChoice,
     manager: ResidencyManager,
     workspace: Workspace,
     emit: Callable[[Event], None],
@@ -255,7 +113,7 @@ async def build_team(
     human: ChatAgent | None = None,
 ) -> Team:
     """Check every role's model with the backend, then assemble the team."""
-    models = {role: rs.model for role, rs in settings.roles().items()}
+    models = choice.models()
     prefetches: set[asyncio.Task[bool]] = set()
 
     def prefetch_after(role: Role) -> Callable[[], None]:
@@ -265,10 +123,10 @@ async def build_team(
             task.add_done_callback(prefetches.discard)
         return start
 
-    clients: dict[Role, RoutedOllamaClient] = {}
+    clients: dict[Role, ModelClient] = {}
     for role in ROLES:
         facts = await manager.facts(models[role])  # fails here, typed, before the team starts
-        clients[role] = make_client(manager, settings, role, facts, emit, on_hold=prefetch_after(role))
+        clients[role] = choice.make_client(manager, role, facts, emit, on_hold=prefetch_after(role))
     agents: list[ChatAgent | BaseTeam] = [
         AssistantAgent(
             NAMES[role],
@@ -303,6 +161,22 @@ async def build_team(
         model_client_streaming=False,
     )
     return Team(chat, clients, termination)
+
+
+def record(records: Records, item: Any) -> None:
+    """Turn one item of the team's stream into events (and so records)."""
+    if isinstance(item, ModelClientStreamingChunkEvent):
+        records.emit(StreamChunk(source=item.source, text=item.content))
+    elif isinstance(item, ToolCallRequestEvent):
+        for call in item.content:
+            records.emit(ToolCall(source=item.source, name=call.name, arguments=call.arguments))
+    elif isinstance(item, ToolCallExecutionEvent):
+        for result in item.content:
+            records.emit(ToolResult(source=item.source, name=result.name, is_error=bool(result.is_error),
+                                    content=result.content[:2000]))
+    elif isinstance(item, BaseChatMessage):
+        records.emit(AgentMessage(source=item.source, content=item.to_text()))
+        records.release(item.id)
 
 
 def _tools_for(role: Role, workspace: Workspace, settings: Settings) -> list[Callable[..., Any]]:

@@ -10,7 +10,6 @@ outside the workspace can be reached: no `..`, no absolute paths, no symlink esc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crew.errors import WorkspaceError, WorkspaceEscape
+from crew.files import write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
@@ -121,9 +121,7 @@ class Workspace:
     # -- records ---------------------------------------------------------------------------
 
     def write_json(self, name: str, data: Any) -> None:
-        tmp = self.root / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, self.root / name)
+        write_json(self.root / name, data)
 
     def write_patch(self) -> Path:
         """All changes since the initial commit, as a git diff that applies to it."""

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from crew.backends import BackendChoice, choose_backend
+from crew.backends.ollama import OllamaBackend
 from crew.events import Event
 from crew.memory import GB, MemoryBudget
-from crew.ollama_backend import OllamaBackend
-from crew.residency import ResidencyManager
+from crew.residency import ResidencyManager, open_manager
+from crew.settings import Settings
 from tests.fake_ollama import FakeOllama
 
 T = TypeVar("T")
@@ -63,6 +65,20 @@ class Recorder:
     def of(self, kind: str) -> list[Any]:
         return [e for e in self.events if e.type == kind]
 
-    async def wait_for(self, kind: str, count: int = 1) -> None:
-        while len(self.of(kind)) < count:
-            await self._arrived.wait()
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until `count` events of `kind` have arrived; fail (never hang) after `timeout`."""
+        async def arrived() -> None:
+            while len(self.of(kind)) < count:
+                await self._arrived.wait()
+
+        try:
+            await asyncio.wait_for(arrived(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{count} {kind} event(s) expected within {timeout:g} s; "
+                                 f"got {[e.type for e in self.events]}") from None
+
+
+async def manager_for(settings: Settings, run_id: str) -> tuple[ResidencyManager, BackendChoice]:
+    """The manager a command would open with these settings, and the backend choice behind it."""
+    choice = await choose_backend(settings)
+    return open_manager(settings, choice, run_id), choice

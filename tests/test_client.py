@@ -17,7 +17,8 @@ from autogen_core.models import (
     UserMessage,
 )
 
-from crew.client import RoutedOllamaClient, ThinkSplitter
+from crew.clients.convert import ThinkSplitter
+from crew.clients.ollama import RoutedOllamaClient
 from crew.errors import ModelCapabilityError, RequestTimeout, StreamInterrupted
 from crew.events import Event
 from crew.residency import ResidencyManager
@@ -40,7 +41,7 @@ def with_client(
         async with make_manager(fake, register=False) as manager:
             facts = await manager.facts(model)
             settings = RoleSettings(model=model, **role)
-            client = RoutedOllamaClient(manager, "reviewer", settings, facts, host=fake.url,
+            client = RoutedOllamaClient(manager, "reviewer", settings, facts, backend=manager.backend,
                                         emit=events.append if events is not None else None)
             try:
                 return await body(client, manager)

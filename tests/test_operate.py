@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from crew.cli import _task_types, main
+from crew.cli import main
 from crew.memory import GB
-from crew.team import TASK_TYPES
+from crew.routing import TASK_TYPES
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER, run
 
@@ -149,8 +149,11 @@ def test_runs_show_an_unknown_id_is_one_line_and_exit_2(
     assert "no run 'nope'" in err and "`crew runs`" in err and err.count("\n") == 1
 
 
-def test_the_routing_table_shown_is_the_one_the_team_uses() -> None:
-    assert _task_types() == dict(TASK_TYPES)
+def test_the_routing_table_shown_is_the_one_the_team_uses(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = crew_json(capsys, "models")[1]["task_routing"]
+    assert shown == {role: list(words) for role, words in TASK_TYPES.items()}
 
 
 def test_operating_commands_do_not_import_autogen_and_ps_not_even_ollama(env: FakeOllama) -> None:
@@ -210,13 +213,13 @@ def test_ps_names_the_crew_process_that_keeps_a_model_and_since_when(
     env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path
 ) -> None:
     from crew.settings import load_settings
-    from crew.team import open_manager
+    from tests.helpers import manager_for
 
     env.preload(REVIEWER)  # loaded by someone else: Ollama's 5 minute expiry, no crew holder
     settings = load_settings(backend="ollama")
 
     async def scenario() -> tuple[Any, Any]:
-        manager = await open_manager(settings, "20261128-run")
+        manager = (await manager_for(settings, "20261128-run"))[0]
         manager.register(CODER, settings.coder.options())
         try:
             async with manager.hold(CODER):

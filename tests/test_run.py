@@ -123,13 +123,14 @@ def test_with_48_gb_coder_and_reviewer_stay_together_and_the_architect_loads_onl
 
 
 def test_a_reviewer_that_never_approves_stops_at_the_turn_limit_with_exit_code_1(
-    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ollama.capacity = 60 * GB
     ollama.script(REVIEWER, *["NOT APPROVED: still wrong.\nNEXT: Coder"] * 5)
     spec = write_spec(clean_env)
-    os.environ["CREW_OLLAMA_HOST"] = ollama.url
-    os.environ["CREW_MEMORY_BUDGET_GB"] = "60"
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
     assert main(["run", str(spec), "--max-turns", "4"]) == 1
     (workspace,) = (clean_env / "workspaces").iterdir()
     summary = json.loads((workspace / "summary.json").read_text())
@@ -165,14 +166,15 @@ def test_malformed_tool_calls_go_back_to_the_model_and_the_run_goes_on(
 
 
 def test_a_stream_cut_mid_answer_is_one_line_exit_2_and_the_records_are_kept(
-    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ollama.capacity = 60 * GB
     ollama.script(ARCHITECT, "Plan.\nNEXT: Coder")
     ollama.script(CODER, FakeReply(content="I will now write a long answer", cut_after=3))
     spec = write_spec(clean_env)
-    os.environ["CREW_OLLAMA_HOST"] = ollama.url
-    os.environ["CREW_MEMORY_BUDGET_GB"] = "60"
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
     assert main(["run", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "closed the connection mid-request (qwen3-coder:30b)" in err and "Traceback" not in err
@@ -200,10 +202,11 @@ def test_a_bad_spec_file_is_one_line_and_exit_code_2(
 
 
 def test_an_unwritable_workspace_is_one_line_and_exit_code_2(
-    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (clean_env / "a-file").write_text("not a folder")
-    os.environ["CREW_OLLAMA_HOST"] = ollama.url
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
     assert main(["run", str(write_spec(clean_env)), "--workspace", str(clean_env / "a-file" / "ws")]) == 2
     err = capsys.readouterr().err
     assert "cannot create the workspace" in err and "writable --workspace" in err
@@ -211,10 +214,11 @@ def test_an_unwritable_workspace_is_one_line_and_exit_code_2(
 
 
 def test_a_model_not_pulled_stops_before_the_team_starts(
-    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str]
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    os.environ["CREW_OLLAMA_HOST"] = ollama.url
-    os.environ["CREW_CODER_MODEL"] = "qwen3-coder:480b"
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_CODER_MODEL", "qwen3-coder:480b")
     assert main(["run", str(write_spec(clean_env))]) == 2
     assert "`ollama pull qwen3-coder:480b`" in capsys.readouterr().err
     assert ollama.chats == [] and ollama.loads == []
@@ -281,9 +285,10 @@ def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clea
 
 
 def test_backend_ollama_with_ollama_down_is_one_line_and_exit_2(
-    dead_host: str, clean_env: Path, capsys: pytest.CaptureFixture[str]
+    dead_host: str, clean_env: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    os.environ["CREW_OLLAMA_HOST"] = dead_host
+    monkeypatch.setenv("CREW_OLLAMA_HOST", dead_host)
     assert main(["run", str(write_spec(clean_env)), "--backend", "ollama"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crew:")]
     assert len(errors) == 1 and dead_host in errors[0] and "ollama serve" in errors[0]

@@ -10,7 +10,8 @@ from autogen_agentchat.messages import TextMessage
 
 from crew.errors import WorkspaceError, WorkspaceEscape
 from crew.residency import ResidencyManager
-from crew.team import Selector, approved, task_type
+from crew.routing import approved, task_type
+from crew.team import Selector
 from crew.tools import make_tools, run_in_workspace
 from crew.workspace import Workspace
 from tests.fake_ollama import FakeOllama

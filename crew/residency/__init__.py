@@ -1,0 +1,57 @@
+"""Residency: which models are in memory, and when that changes.
+
+`manager` holds the `ResidencyManager` (holds, loads, unloads, reconciling with the backend);
+`queue` the waiting requests and their fairness; `eviction` the rule that picks what to evict;
+`slots` what is counted per model. None of it imports AutoGen: the team, `crew serve` and the
+benchmarks all drive the same manager. `open_manager` builds the one a command runs with.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crew.holders import HolderRecord
+from crew.measured import Measurements
+from crew.memory import resolve_budget
+from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy
+from crew.residency.manager import Hold, ResidencyManager
+from crew.residency.slots import SlotView, Snapshot
+
+if TYPE_CHECKING:
+    from crew.backends import BackendChoice
+    from crew.settings import Settings
+
+
+def open_manager(settings: Settings, choice: BackendChoice, run: str) -> ResidencyManager:
+    """The manager for a command on `choice`'s backend, with the roles' models registered.
+
+    On a server other processes share (Ollama), the models this one keeps are noted under
+    `run` for `crew ps` and other crews (see `crew.holders`), and load measurements carry over
+    from earlier runs.
+    """
+    host = choice.backend.label
+    record = HolderRecord(settings.state_dir / "holders", host, run) if choice.shared else None
+    manager = ResidencyManager(
+        choice.backend,
+        resolve_budget(settings.memory_budget_gb),
+        allow_partial_offload=settings.allow_partial_offload,
+        load_timeout=settings.load_timeout_s,
+        reconcile_ttl=settings.reconcile_ttl_s,
+        measurements=Measurements(settings.state_dir, host) if record else None,
+        held_elsewhere=record.held_elsewhere if record else None,
+    )
+    if record is not None:
+        manager.subscribe(record)
+    return manager
+
+
+__all__ = [
+    "Candidate",
+    "CheapestReload",
+    "EvictionPolicy",
+    "Hold",
+    "ResidencyManager",
+    "SlotView",
+    "Snapshot",
+    "open_manager",
+]

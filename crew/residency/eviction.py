@@ -1,0 +1,77 @@
+"""Which idle models to evict when a load needs room: the rule, on its own.
+
+The manager offers the idle models it may evict, each with what it would cost to get back; an
+`EvictionPolicy` picks the set to evict. The rule crew ships, `CheapestReload`, frees enough
+room at the least reload time, discounted by how long each model has been idle, and spares a
+model another live crew keeps unless nothing else frees the room. A policy is a plain object:
+it can be swapped (`ResidencyManager(eviction=...)`) and tested without a manager.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# What evicting a model another live crew process keeps is counted as, in reload seconds.
+ELSEWHERE_PENALTY_S = 3600.0
+# Victim sets are searched exhaustively up to this many candidates, greedily beyond.
+EXHAUSTIVE_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An idle resident model that could be evicted."""
+
+    name: str
+    bytes: int
+    reload_seconds: float
+    """What loading it again would cost (learned, else assumed from its size)."""
+    idle_seconds: float
+    kept_elsewhere: bool = False
+    """Another live crew process keeps it (and this one did not load it)."""
+
+
+class EvictionPolicy(Protocol):
+    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
+        """The candidates to evict to free `shortfall` bytes; None if they cannot."""
+        ...
+
+
+class CheapestReload:
+    """Evict the set that frees enough room at the least idle-discounted reload cost."""
+
+    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
+        if shortfall <= 0:
+            return []
+        if sum(c.bytes for c in candidates) < shortfall:
+            return None
+        if len(candidates) > EXHAUSTIVE_LIMIT:
+            chosen: list[Candidate] = []
+            for candidate in sorted(candidates, key=self.keep_value):
+                chosen.append(candidate)
+                if sum(c.bytes for c in chosen) >= shortfall:
+                    return chosen
+            return None
+        best: tuple[float, int] | None = None
+        best_set: list[Candidate] = []
+        for size in range(1, len(candidates) + 1):
+            for combo in itertools.combinations(candidates, size):
+                freed = sum(c.bytes for c in combo)
+                if freed < shortfall:
+                    continue
+                key = (sum(self.keep_value(c) for c in combo), freed)
+                if best is None or key < best:
+                    best, best_set = key, list(combo)
+        return best_set
+
+    @staticmethod
+    def keep_value(candidate: Candidate) -> float:
+        """Seconds it would cost to reload, discounted by idleness, plus the courtesy to others.
+
+        Evicting what another live crew keeps costs that crew a reload mid-run, so it goes only
+        when nothing else frees the room (never a hard pin: no cross-process deadlock).
+        """
+        value = candidate.reload_seconds / (1.0 + max(0.0, candidate.idle_seconds))
+        return value + (ELSEWHERE_PENALTY_S if candidate.kept_elsewhere else 0.0)

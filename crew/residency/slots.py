@@ -1,0 +1,51 @@
+"""What the manager counts per model: a slot while it loads, is resident, or unloads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crew.memory import MemoryBudget
+
+State = Literal["loading", "resident", "unloading"]
+
+
+@dataclass(eq=False)
+class Slot:
+    name: str
+    size: int
+    state: State
+    ours: bool
+    last_used: float
+    pins: int = 0
+    reserved: int = 0
+    """Requests that started or joined this model's load and are yet to pin it."""
+    holders: Counter[Hashable] = field(default_factory=Counter)
+    """Pins by owner (a task, a process, a remote client)."""
+    task: asyncio.Task[None] | None = None
+    mismatched: bool = False
+    """Resident with other runner options than ours: Ollama would reload it on our request."""
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One resident (or loading/unloading) model as the manager counts it."""
+
+    name: str
+    bytes: int
+    state: State
+    pins: int
+    ours: bool
+    idle_seconds: float
+    partial_offload: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    budget: MemoryBudget
+    used: int
+    slots: list[SlotView]

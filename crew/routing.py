@@ -1,0 +1,110 @@
+"""Who speaks next, as plain rules over who said what: no model call, no AutoGen.
+
+An explicit handoff line (`NEXT: Coder`) wins; else the workflow (task -> Architect -> Coder
+-> Reviewer -> Coder ...); the task itself is routed by the seed's task types; and a choice
+the workflow leaves open prefers the agent whose model is already resident. In a chat the
+person ("You") gets the floor when the Reviewer approves, when asked for, or after a streak
+of agent turns, and `@coder` addresses one agent. The Reviewer ends a run with a line
+`APPROVED`. The team's selector and the CLI both read these rules from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from crew.settings import Role
+
+NAMES: dict[Role, str] = {"architect": "Architect", "coder": "Coder", "reviewer": "Reviewer"}
+ROLE_OF: dict[str, Role] = {name: role for role, name in NAMES.items()}
+# What the workflow does after each speaker.
+NEXT: dict[Role, Role] = {"architect": "coder", "coder": "reviewer", "reviewer": "coder"}
+# The seed's task-type routing.
+TASK_TYPES: dict[Role, tuple[str, ...]] = {
+    "architect": ("plan", "design", "architecture", "requirements", "strategy"),
+    "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
+    "reviewer": ("review", "test", "validate", "debug"),
+}
+HUMAN = "You"
+# In a chat, the person gets the floor after this many agent turns in a row.
+MAX_AGENT_STREAK = 6
+
+Speaker = Role | Literal["human"]
+
+_HANDOFF = re.compile(r"(?im)^\W*(?:next|handoff)\W*:?\s*(architect|coder|reviewer|you)\b")
+_MENTION = re.compile(r"(?i)(?<![\w@])@(architect|coder|reviewer)\b")
+
+
+def approved(text: str) -> bool:
+    """A line that says only APPROVED (markdown emphasis allowed); 'NOT APPROVED' is not."""
+    return any(line.strip().strip("*_`#> ").upper() == "APPROVED" for line in text.splitlines())
+
+
+def task_type(text: str) -> Role | None:
+    """The seed's task type, read from the request's opening words (its first line of prose).
+
+    Only the opening counts: a spec that says "write X and a test for it" is coding work,
+    not a review.
+    """
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    words = re.findall(r"[a-z]+", lines[0].lower())[:12] if lines else []
+    for word in words:
+        for role, keywords in TASK_TYPES.items():
+            if word in keywords:
+                return role
+    return None
+
+
+def speaker_name(speaker: Speaker) -> str:
+    return HUMAN if speaker == "human" else NAMES[speaker]
+
+
+def choose_next(
+    sources: Sequence[str], text: str, *, human: bool, resident: Callable[[Role], bool],
+) -> tuple[Speaker, str]:
+    """Who speaks after a conversation whose speakers were `sources` and whose last message
+    says `text`, with the reason. `resident(role)` tells whether a role's model is in memory."""
+    last = sources[-1]
+    source = ROLE_OF.get(last)
+    if human and last == HUMAN:
+        mention = _MENTION.findall(text)
+        if mention:
+            target: Role = mention[0].lower()
+            return target, f"the person addressed {NAMES[target]}"
+    handoff = _HANDOFF.findall(text)
+    if handoff and handoff[-1].lower() != source:
+        wanted = handoff[-1].lower()
+        if wanted == "you":
+            if human:
+                return "human", f"{last} asked the person"
+        else:
+            return wanted, f"{last} handed off to {NAMES[wanted]}"
+    if source is None:
+        kind = task_type(text)
+        if kind is not None and kind != "architect":
+            return kind, f"the request is of type '{kind}' work"
+        return "architect", "a new request starts with a plan"
+    if human:
+        streak = 0
+        for said in reversed(sources):
+            if said not in ROLE_OF:
+                break
+            streak += 1
+        if streak >= MAX_AGENT_STREAK:
+            return "human", f"{streak} agent turns in a row: the person's turn"
+    if source == "reviewer":
+        if human and approved(text):
+            return "human", "the Reviewer approved: the person's turn"
+        if task_type(text) == "architect":
+            return _prefer_resident(["architect", "coder"], "the review questions the design", resident)
+        return "coder", "the Reviewer asked for changes"
+    nxt = NEXT[source]
+    return nxt, f"workflow: {NAMES[source]} -> {NAMES[nxt]}"
+
+
+def _prefer_resident(roles: list[Role], why: str, resident: Callable[[Role], bool]) -> tuple[Role, str]:
+    for role in roles:
+        if resident(role):
+            return role, f"{why}; {NAMES[role]}'s model is already resident"
+    return roles[0], why

@@ -1,0 +1,175 @@
+"""One session's lifecycle, for `crew run` and `crew chat` alike: open, resume, save, close.
+
+`open_session` makes (or reopens) the workspace, chooses the backend, opens the residency
+manager and the records, and yields a `Session`; the command builds its team on it and runs
+it. However the body ends (done, a limit, an error, Ctrl-C), closing does the same steps, each
+even if an earlier one failed: the team's state to `state.json`, the team's connections
+closed, `crew.patch`, the models handed back to the backend, `run_finished`, `summary.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crew.backends import BackendChoice, choose_backend
+from crew.errors import CrewError
+from crew.events import Event, RunFinished, RunStarted
+from crew.records import Records
+from crew.residency import ResidencyManager, open_manager
+from crew.routing import NAMES
+from crew.settings import Settings
+from crew.workspace import Workspace
+
+if TYPE_CHECKING:
+    from autogen_agentchat.base import ChatAgent
+
+    from crew.team import Team
+
+log = logging.getLogger("crew.session")
+
+
+class Session:
+    """A workspace with its backend, manager, records and (once built) team."""
+
+    def __init__(self, settings: Settings, choice: BackendChoice, workspace: Workspace,
+                 manager: ResidencyManager, records: Records, *, mode: str, spec: Path | None) -> None:
+        self.settings = settings
+        self.choice = choice
+        self.workspace = workspace
+        self.manager = manager
+        self.records = records
+        self.mode = mode
+        self.spec = spec
+        self.started = time.time()
+        self.team: Team | None = None
+        self.stop_reason = "error"
+        self._observers: list[Callable[[Event], None]] = []
+
+    def observe(self, callback: Callable[[Event], None]) -> None:
+        """Also call `callback` with every event, before it is recorded."""
+        self._observers.append(callback)
+
+    def emit(self, event: Event) -> None:
+        for callback in self._observers:
+            callback(event)
+        self.records.emit(event)
+
+    async def build_team(self, *, max_turns: int | None = None, human: ChatAgent | None = None) -> Team:
+        from crew.team import build_team
+
+        self.team = await build_team(self.settings, self.choice, self.manager, self.workspace, self.emit,
+                                     max_turns=max_turns, human=human)
+        return self.team
+
+    async def restore(self) -> list[str] | None:
+        """Load the team state a stopped session saved; the ids of the messages said before
+        (their routing decisions may now be recorded), or None if there is no saved state."""
+        assert self.team is not None, "build the team first"
+        path = self.workspace.root / "state.json"
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        await self.team.chat.load_state(state)
+        said = message_ids(state)
+        for message_id in said:
+            self.records.release(message_id)
+        return said
+
+    async def save(self) -> None:
+        """Write the team's state to state.json (for --resume)."""
+        if self.team is not None:
+            self.workspace.write_json("state.json", await self.team.chat.save_state())
+
+    async def close(self) -> None:
+        """Every closing step, each even if one before it failed; the first failure is raised."""
+        steps: list[Callable[[], Awaitable[None]]] = [
+            self._save_or_note, self._close_team, self._write_patch,
+            self.manager.aclose,  # its last events (models handed back) are recorded too
+            self._finish,
+        ]
+        failure: BaseException | None = None
+        for step in steps:
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - the rest must still run
+                log.debug("closing step %s failed: %s", getattr(step, "__name__", step), exc)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _save_or_note(self) -> None:
+        try:
+            await self.save()
+        except Exception as exc:  # noqa: BLE001 - saving must never hide the session's own outcome
+            (self.workspace.root / "state.error.txt").write_text(f"could not save team state: {exc}\n")
+
+    async def _close_team(self) -> None:
+        if self.team is not None:
+            await self.team.close()
+
+    async def _write_patch(self) -> None:
+        await asyncio.to_thread(self.workspace.write_patch)
+
+    async def _finish(self) -> None:
+        try:
+            self.records.emit(RunFinished(approved=self.records.approved, stop_reason=self.stop_reason))
+            self.workspace.write_json(
+                "summary.json",
+                self.records.summary(self.workspace, self.stop_reason, self.started, self.spec, self.mode),
+            )
+        finally:
+            self.records.close()
+
+
+@asynccontextmanager
+async def open_session(
+    settings: Settings, *, mode: str, render: Callable[[Event], None], spec: Path | None = None,
+    task: str | None = None, resume: Path | None = None, workspace_path: Path | None = None,
+    repo: Path | None = None,
+) -> AsyncIterator[Session]:
+    """A session in a new workspace (or `resume`'s), closed the same way on every exit path."""
+    workspace = (
+        Workspace.open(resume) if resume is not None
+        else await asyncio.to_thread(
+            Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo
+        )
+    )
+    if task is not None and resume is None:
+        (workspace.root / "spec.md").write_text(task)
+    choice = await choose_backend(settings)
+    manager = open_manager(settings, choice, workspace.id)
+    records = Records(workspace, render, choice.models())
+    session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec)
+    records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None,
+                            models={NAMES[role]: model for role, model in choice.models().items()}))
+    manager.subscribe(session.emit)
+    try:
+        yield session
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            session.stop_reason = "interrupted"
+        elif isinstance(exc, CrewError):
+            session.stop_reason = f"error: {exc}"
+        try:
+            await session.close()
+        except Exception as closing:  # noqa: BLE001 - the session's own failure is the one to report
+            log.debug("closing after a failure failed too: %s", closing)
+        raise
+    await session.close()
+
+
+def message_ids(state: Any) -> list[str]:
+    """Ids of the chat messages held in a saved team state (any depth)."""
+    if isinstance(state, dict):
+        own = [state["id"]] if isinstance(state.get("id"), str) and "source" in state else []
+        return own + [i for value in state.values() for i in message_ids(value)]
+    if isinstance(state, list):
+        return [i for value in state for i in message_ids(value)]
+    return []
