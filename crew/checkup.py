@@ -8,17 +8,17 @@ than a second copy of its policy.
 from __future__ import annotations
 
 import itertools
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from crew import advice
 from crew.backends.base import ModelFacts, Resident
 from crew.backends.embedded import BUNDLED_ALIAS, bundled_model_path, embedded_available
 from crew.backends.ollama import OllamaBackend
 from crew.backends.simulated import SimulatedBackend
-from crew.errors import CrewError, ModelNotPulled, OllamaUnreachable
+from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreachable
 from crew.measured import Measurements
-from crew.memory import GB, MemoryBudget
+from crew.memory import MemoryBudget
 from crew.residency import ResidencyManager
 from crew.settings import ROLES, Role, Settings
 
@@ -40,7 +40,12 @@ class RoleCheck:
     measured_bytes: int | None = None
     """What it took when crew last loaded it at this num_ctx (see `crew.measured`)."""
     fits_alone: bool | None = None
+    runs_alone: bool = False
+    """Over the budget but allowed to run alone, partly on the CPU (partial offload)."""
     fix: str | None = None
+    """What stops the role from running, and how to fix it."""
+    warning: str | None = None
+    """What makes the role slower than it could be, and how to do better."""
 
 
 @dataclass
@@ -73,7 +78,7 @@ async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
     finally:
         await backend.aclose()
     problems = [f"{c.role}: {c.fix}" for c in checks if c.fix]
-    warnings = _mac_warnings(checks, budget)
+    warnings = [f"{c.role}: {c.warning}" for c in checks if c.warning]
     return Checkup(settings.ollama_host, True, version, budget, checks,
                    co_resident_sets(checks, budget), warnings, problems, _embedded_model())
 
@@ -105,13 +110,27 @@ async def _check_role(
     check.measured_bytes = known.bytes if known else None
     size = check.resident_bytes or check.measured_bytes or check.estimated_bytes
     check.fits_alone = size <= budget.bytes
-    if not check.fits_alone and not settings.allow_partial_offload:
-        check.fix = (f"{rs.model} needs ~{size / GB:.1f} GB at num_ctx {rs.num_ctx}, over the "
-                     f"{budget.gb:.1f} GB budget: lower CREW_{role.upper()}_NUM_CTX, raise "
-                     "CREW_MEMORY_BUDGET_GB, or set CREW_ALLOW_PARTIAL_OFFLOAD=true")
+    if not check.fits_alone:
+        _over_budget(check, settings, facts, size, budget)
     if rs.think and not check.thinking:
         check.fix = f"{rs.model} does not support thinking: set CREW_{role.upper()}_THINK=false"
     return check
+
+
+def _over_budget(check: RoleCheck, settings: Settings, facts: ModelFacts, size: int,
+                 budget: MemoryBudget) -> None:
+    """A role whose model is over the budget: a warning if it can run alone, else a problem."""
+    setting = f"CREW_{check.role.upper()}_NUM_CTX"
+    allowed = settings.allow_partial_offload
+    too_big_for_machine = allowed == "auto" and budget.machine and size > budget.machine
+    if allowed is not False and not too_big_for_machine:
+        check.runs_alone = True
+        check.warning = advice.offload_notice(check.model, size, facts, budget, setting)
+        return
+    fixes = advice.fixes(size, facts, budget, setting)
+    error = ModelTooLarge(check.model, size, budget.bytes, fixes,
+                          machine=budget.machine if too_big_for_machine else None)
+    check.fix = str(error)
 
 
 def _effective_ctx(facts: ModelFacts, num_ctx: int) -> int:
@@ -130,17 +149,6 @@ def co_resident_sets(checks: list[RoleCheck], budget: MemoryBudget) -> list[list
     return found
 
 
-def _mac_warnings(checks: list[RoleCheck], budget: MemoryBudget) -> list[str]:
-    if platform.system() != "Darwin":
-        return []
-    return [
-        f"{c.model} (~{(c.estimated_bytes or 0) / GB:.1f} GB) exceeds the GPU working set "
-        f"({budget.gb:.1f} GB): it would run partly on the CPU. Raise the limit with "
-        "`sudo sysctl iogpu.wired_limit_mb=<MB>`"
-        for c in checks if c.fits_alone is False
-    ]
-
-
 # -- the residency plan --------------------------------------------------------------------
 
 
@@ -153,6 +161,8 @@ class Plan:
     """Models loaded, in order, for the typical run."""
     max_num_ctx_together: dict[str, int | None]
     """Largest num_ctx per role that keeps Coder and Reviewer resident together (others as set)."""
+    alone: list[str] = field(default_factory=list)
+    """Roles whose model is over the budget and runs alone, partly on the CPU."""
 
 
 async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
@@ -169,7 +179,16 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
                                 estimated_bytes=facts[rs.model].estimate_size(rs.options()),
                                 measured_bytes=known.bytes if known else None))
     simulated = SimulatedBackend(facts, measured)
-    manager = ResidencyManager(simulated, budget, allow_partial_offload=True, measurements=measured)
+    # The same partial-offload rule as a run: a model too large for it fails the plan as it
+    # would fail the run, with the same line.
+    manager = ResidencyManager(
+        simulated, budget, allow_partial_offload=settings.allow_partial_offload is not False,
+        machine_memory=budget.machine if settings.allow_partial_offload == "auto" else None,
+        measurements=measured,
+    )
+    offloaded: set[str] = set()
+    manager.subscribe(lambda e: offloaded.add(e.model) if e.type == "model_loaded" and e.partial_offload
+                      else None)
     for rs in settings.roles().values():
         manager.register(rs.model, rs.options())
     try:
@@ -178,8 +197,9 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
                 pass
     finally:
         await manager.aclose()
+    alone: list[str] = [role for role, rs in settings.roles().items() if rs.model in offloaded]
     return Plan(budget, co_resident_sets(checks, budget), list(TYPICAL_RUN), simulated.loads,
-                _max_ctx_together(settings, facts, budget))
+                _max_ctx_together(settings, facts, budget), alone)
 
 
 def _max_ctx_together(settings: Settings, facts: Mapping[str, ModelFacts], budget: MemoryBudget
@@ -188,14 +208,7 @@ def _max_ctx_together(settings: Settings, facts: Mapping[str, ModelFacts], budge
     result: dict[str, int | None] = {}
     for role, mine, other in (("coder", coder, reviewer), ("reviewer", reviewer, coder)):
         room = budget.bytes - facts[other.model].estimate_size(other.options())
-        low, high = 0, facts[mine.model].context_length or 262144
-        while low < high:  # the largest multiple of 1024 that still fits
-            mid = (low + high + 1) // 2
-            if facts[mine.model].estimate_size({"num_ctx": mid}) <= room:
-                low = mid
-            else:
-                high = mid - 1
-        result[role] = (low // 1024) * 1024 or None
+        result[role] = advice.fitting_num_ctx(facts[mine.model], room, minimum=1024)
     return result
 
 

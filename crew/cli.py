@@ -138,7 +138,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for c in checkup.roles:
             size = c.resident_bytes or c.estimated_bytes
             rows.append((c.role, c.model, mark[c.pulled], "yes" if c.thinking else "no", str(c.num_ctx),
-                         _gb(size) if size else "-", mark[c.fits_alone]))
+                         _gb(size) if size else "-", "alone" if c.runs_alone else mark[c.fits_alone]))
         print()
         _table(rows)
         together = ["+".join(s) for s in checkup.co_resident] or ["none: every switch loads"]
@@ -193,6 +193,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     together = ["+".join(s) for s in plan.co_resident] or ["none"]
     print(f"roles resident together: {', '.join(together)}")
     print(f"typical run: {' -> '.join(plan.sequence)}")
+    if plan.alone:
+        print(f"runs alone, partly on the CPU (over the budget): {', '.join(plan.alone)}")
     print(f"expected loads: {len(plan.loads)} ({', '.join(plan.loads)})")
     for role, ctx in plan.max_num_ctx_together.items():
         print(f"largest {role} num_ctx keeping coder+reviewer together: {ctx if ctx else 'none fits'}")
@@ -240,7 +242,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"ollama_host        {settings.ollama_host}")
     print(f"memory budget      {_gb(budget.bytes)} ({budget.source})")
-    print(f"partial offload    {'allowed' if settings.allow_partial_offload else 'refused'}")
+    offload = {True: "allowed", False: "refused", "auto": "auto (when the machine's memory holds the model)"}
+    print(f"partial offload    {offload[settings.allow_partial_offload]}")
     rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]
     for role, rs in settings.roles().items():
         think = "auto" if rs.think is None else str(rs.think).lower()

@@ -86,12 +86,20 @@ class BudgetError(CrewError):
 
 
 class ModelTooLarge(BudgetError):
-    def __init__(self, model: str, needed: int, budget: int) -> None:
-        super().__init__(
-            f"{model} needs about {needed / 1e9:.1f} GB at its num_ctx but the memory budget is "
-            f"{budget / 1e9:.1f} GB: lower its num_ctx, raise CREW_MEMORY_BUDGET_GB, or set "
-            "CREW_ALLOW_PARTIAL_OFFLOAD=true to run it split between GPU and CPU (slow)"
-        )
+    """A model cannot run here: over the budget with partial offload refused, or over the
+    machine's memory. `fixes` are the changes that would make it fit (see `crew.advice`)."""
+
+    def __init__(self, model: str, needed: int, budget: int, fixes: list[str], *,
+                 machine: int | None = None) -> None:
+        if machine is not None:
+            what = f"more than this machine's {machine / 1e9:.1f} GB of memory"
+            ways = fixes
+        else:
+            what = f"but the memory budget is {budget / 1e9:.1f} GB"
+            ways = [*fixes, "raise CREW_MEMORY_BUDGET_GB if the machine can give more",
+                    "set CREW_ALLOW_PARTIAL_OFFLOAD=auto to run it alone, split between GPU and CPU (slow)"]
+        super().__init__(f"{model} needs about {needed / 1e9:.1f} GB at its num_ctx, {what}: "
+                         + "; or ".join(ways))
         self.model = model
         self.needed = needed
         self.budget = budget

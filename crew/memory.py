@@ -27,6 +27,11 @@ class MemoryBudget:
 
     bytes: int
     source: str
+    machine: int = 0
+    """The machine's memory (RAM; unified memory on Apple Silicon); 0 if unknown. A model over
+    the budget but within this can still run, split between GPU and CPU."""
+    apple_gpu: bool = False
+    """Apple Silicon: the budget is the GPU working set, which `iogpu.wired_limit_mb` raises."""
 
     @property
     def gb(self) -> float:
@@ -36,29 +41,39 @@ class MemoryBudget:
 def resolve_budget(budget_gb: float | None) -> MemoryBudget:
     """The configured budget if set, else one read from this machine."""
     if budget_gb is not None:
-        return MemoryBudget(int(budget_gb * GB), "CREW_MEMORY_BUDGET_GB")
+        return MemoryBudget(int(budget_gb * GB), "CREW_MEMORY_BUDGET_GB", machine_memory(), _apple_silicon())
     return detect_budget()
 
 
+def machine_memory() -> int:
+    """The machine's RAM in bytes (on Apple Silicon, the memory CPU and GPU share)."""
+    return int(psutil.virtual_memory().total)
+
+
 def detect_budget() -> MemoryBudget:
-    total = psutil.virtual_memory().total
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
+    total = machine_memory()
+    if _apple_silicon():
         return _mac_budget(total)
     nvidia = _nvidia_total()
     if nvidia:
-        return MemoryBudget(nvidia, "total VRAM reported by nvidia-smi")
-    return MemoryBudget(int(total * 0.75), f"75% of {total / GB:.0f} GB RAM (no GPU seen)")
+        return MemoryBudget(nvidia, "total VRAM reported by nvidia-smi", total)
+    return MemoryBudget(int(total * 0.75), f"75% of {total / GB:.0f} GB RAM (no GPU seen)", total)
+
+
+def _apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
 def _mac_budget(total: int) -> MemoryBudget:
     wired = _sysctl_int("iogpu.wired_limit_mb")
     if wired:
-        return MemoryBudget(wired * (1 << 20), "iogpu.wired_limit_mb (raised GPU working set)")
+        return MemoryBudget(wired * (1 << 20), "iogpu.wired_limit_mb (raised GPU working set)", total, True)
     share = 0.75 if total >= _MAC_LARGE_RAM else 2 / 3
     return MemoryBudget(
         int(total * share),
         f"macOS GPU working set (~{share:.0%} of {total / GB:.0f} GB RAM; "
         "`sudo sysctl iogpu.wired_limit_mb=N` raises it)",
+        total, True,
     )
 
 

@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     embedded llama.cpp backend when installed."""
     memory_budget_gb: float | None = Field(None, gt=0)
     """Memory crew may fill with models, in GB (10^9 bytes). Default: from the machine."""
-    allow_partial_offload: bool = False
-    """Let a model larger than the budget run alone, split between GPU and CPU (slow)."""
+    allow_partial_offload: bool | Literal["auto"] = "auto"
+    """Let a model larger than the budget run alone, split between GPU and CPU (slow). auto:
+    when the machine's memory can hold it; true: always; false: never."""
     load_timeout_s: float = Field(300.0, gt=0)
     reconcile_ttl_s: float = Field(0.0, ge=0)
     """How long a read of /api/ps may be trusted for a request to a resident model. 0 reads it

@@ -127,6 +127,8 @@ async def build_team(
     for role in ROLES:
         facts = await manager.facts(models[role])  # fails here, typed, before the team starts
         clients[role] = choice.make_client(manager, role, facts, emit, on_hold=prefetch_after(role))
+    for role in ROLES:
+        await manager.check_fits(models[role])  # and so does a model that can never fit
     agents: list[ChatAgent | BaseTeam] = [
         AssistantAgent(
             NAMES[role],

@@ -11,6 +11,8 @@ import pytest
 
 from tests.fake_ollama import FakeOllama
 
+MACHINE_MEMORY = 32_000_000_000
+
 
 @pytest.fixture(scope="session")
 def _server() -> Iterator[FakeOllama]:
@@ -35,6 +37,15 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CREW_STATE_DIR", str(tmp_path / "state"))  # never the developer's
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, crew sees a 32 GB Linux machine with no GPU, whatever runs the tests: what
+    fits "the machine's memory" must not depend on the host."""
+    monkeypatch.setattr("crew.memory.machine_memory", lambda: MACHINE_MEMORY)
+    monkeypatch.setattr("crew.memory._apple_silicon", lambda: False)
+    monkeypatch.setattr("crew.memory._nvidia_total", lambda: 0)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from crew.cli import main
 from crew.memory import GB
 from crew.routing import TASK_TYPES
+from tests.conftest import MACHINE_MEMORY
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER, run
 
@@ -56,18 +57,26 @@ def test_doctor_with_all_pulled_reports_thinking_sizes_and_who_fits_together(
     assert roles["reviewer"]["thinking"] is True and roles["coder"]["thinking"] is False
     assert all(r["fits_alone"] for r in roles.values())
     assert data["co_resident"] == [["coder", "reviewer"]]
-    assert data["budget"] == {"bytes": 60 * GB, "source": "CREW_MEMORY_BUDGET_GB"}
+    assert data["budget"] == {"bytes": 60 * GB, "source": "CREW_MEMORY_BUDGET_GB",
+                              "machine": MACHINE_MEMORY, "apple_gpu": False}
 
 
 def test_doctor_refuses_a_model_over_the_budget_unless_partial_offload_is_allowed(
     env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "48")
+    # auto (the default): the 55 GB architect is over this 32 GB machine's memory too.
     code, data = crew_json(capsys, "doctor")
-    assert code == 1 and "CREW_ARCHITECT_NUM_CTX" in data["problems"][0]
+    (problem,) = data["problems"]
+    assert code == 1 and "more than this machine's 32.0 GB" in problem and "smaller model" in problem
+    assert "NUM_CTX" not in problem  # its weights alone are over the budget: no num_ctx would do
+    monkeypatch.setenv("CREW_ALLOW_PARTIAL_OFFLOAD", "false")
+    code, data = crew_json(capsys, "doctor")
+    assert code == 1 and "CREW_ALLOW_PARTIAL_OFFLOAD=auto" in data["problems"][0]
     monkeypatch.setenv("CREW_ALLOW_PARTIAL_OFFLOAD", "true")
     code, data = crew_json(capsys, "doctor")
-    assert code == 0 and data["roles"][0]["fits_alone"] is False
+    assert code == 0 and data["roles"][0]["fits_alone"] is False and data["roles"][0]["runs_alone"]
+    assert data["warnings"][0].startswith("architect: qwen3-coder-next:q4_K_M (~55.4 GB) is larger")
 
 
 def test_doctor_with_ollama_down_exits_2(
@@ -280,6 +289,7 @@ def test_models_doctor_and_plan_use_sizes_measured_in_earlier_runs(
     monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", str((real + 0.5e9) / GB))
     code, doctor = crew_json(capsys, "doctor")
     assert doctor["co_resident"] == [["coder", "reviewer"]]
+    monkeypatch.setenv("CREW_ALLOW_PARTIAL_OFFLOAD", "true")  # the architect, over this machine
     code, plan = crew_json(capsys, "plan")  # so a typical run loads each once, not at each switch
     assert plan["co_resident"] == [["coder", "reviewer"]] and plan["loads"] == [ARCHITECT, CODER, REVIEWER]
     assert json.loads((clean_env / "state" / "measured.json").read_text())[env.url][

@@ -309,10 +309,38 @@ def test_a_model_larger_than_the_budget_fails_before_anything_loads(ollama: Fake
             async with manager.hold(ARCHITECT):
                 pass
 
-    with pytest.raises(ModelTooLarge, match=r"lower its num_ctx.*CREW_MEMORY_BUDGET_GB"):
+    with pytest.raises(ModelTooLarge) as raised:
         run(scenario())
     assert ollama.load_names() == [CODER]
     assert ollama.unloads == []
+    message = str(raised.value)
+    assert "smaller model" in message and "CREW_MEMORY_BUDGET_GB" in message
+    assert "num_ctx=" not in message  # its weights alone are over 48 GB: no num_ctx would fit it
+
+
+def test_the_advice_to_lower_num_ctx_names_a_value_that_fits(ollama: FakeOllama) -> None:
+    from crew import advice
+
+    async def scenario() -> int:
+        async with make_manager(ollama, budget_gb=24, register=False) as manager:
+            manager.register(CODER, {"num_ctx": 262144})
+            facts = await manager.facts(CODER)
+            with pytest.raises(ModelTooLarge) as raised:
+                async with manager.hold(CODER):
+                    pass
+        suggested = int(str(raised.value).split("set its num_ctx=")[1].split(";")[0])
+        assert facts.estimate_size({"num_ctx": suggested}) <= 24 * GB
+        assert facts.estimate_size({"num_ctx": suggested + 1024}) > 24 * GB
+        assert advice.fitting_num_ctx(facts, 24 * GB) == suggested
+        async with make_manager(ollama, budget_gb=24, register=False) as again:
+            again.register(CODER, {"num_ctx": suggested})
+            async with again.hold(CODER):  # and at that value it loads, within the budget
+                pass
+        return suggested
+
+    assert run(scenario()) % 1024 == 0
+    assert ollama.load_names() == [CODER]
+    assert ollama.peak_used <= 24 * GB
 
 
 def test_partial_offload_when_allowed_runs_the_model_alone_with_a_warning(ollama: FakeOllama) -> None:

@@ -31,10 +31,13 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
     """
     host = choice.backend.label
     record = HolderRecord(settings.state_dir / "holders", host, run) if choice.shared else None
+    budget = resolve_budget(settings.memory_budget_gb)
     manager = ResidencyManager(
         choice.backend,
-        resolve_budget(settings.memory_budget_gb),
-        allow_partial_offload=settings.allow_partial_offload,
+        budget,
+        allow_partial_offload=settings.allow_partial_offload is not False,
+        # auto: a model over the budget runs alone only if the machine's memory can hold it.
+        machine_memory=budget.machine if settings.allow_partial_offload == "auto" else None,
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
         measurements=Measurements(settings.state_dir, host) if record else None,

@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from crew import advice
 from crew.backends.base import Backend, ModelFacts, Resident
 from crew.errors import BackendError, CrewError, LoadTimeout, ModelTooLarge, ResidencyDeadlock
 from crew.events import (
@@ -108,10 +109,14 @@ class ResidencyManager:
         measurements: Measurements | None = None,
         held_elsewhere: Callable[[], frozenset[str]] | None = None,
         eviction: EvictionPolicy | None = None,
+        machine_memory: int | None = None,
     ) -> None:
         self._backend = backend
         self._budget = budget
         self._allow_partial = allow_partial_offload
+        # With partial offload allowed, a model over this still cannot run (None: no limit).
+        self._machine_memory = machine_memory
+        self._offload_noted: set[str] = set()
         self._load_timeout = load_timeout
         self._reconcile_ttl = reconcile_ttl
         self._clock = clock
@@ -399,10 +404,19 @@ class ResidencyManager:
     def _used(self) -> int:
         return sum(s.size for s in self._slots.values())
 
+    async def check_fits(self, model: str) -> None:
+        """Raise ModelTooLarge now if `model` can never be made resident here."""
+        await self._check_fits_at_all(model)
+
     async def _check_fits_at_all(self, model: str) -> None:
         need = await self.expected_size(model)
-        if need > self._budget.bytes and not self._allow_partial:
-            raise ModelTooLarge(model, need, self._budget.bytes)
+        if need <= self._budget.bytes:
+            return
+        fixes = advice.fixes(need, await self.facts(model), self._budget, "its num_ctx")
+        if not self._allow_partial:
+            raise ModelTooLarge(model, need, self._budget.bytes, fixes)
+        if self._machine_memory and need > self._machine_memory:
+            raise ModelTooLarge(model, need, self._budget.bytes, fixes, machine=self._machine_memory)
 
     # -- loading and unloading ----------------------------------------------------------
 
@@ -433,11 +447,11 @@ class ResidencyManager:
             for victim in victims:
                 await self._unload(victim, f"evicted to make room for {model}", evicted_for=model)
             self._emit(ModelLoadStarted(model=model, bytes=need, reason=reason))
-            if slot.partial:
+            if slot.partial and model not in self._offload_noted:
+                self._offload_noted.add(model)  # once: the person has been told, and how to fix it
+                facts = await self.facts(model)
                 self._emit(ResidencyWarning(
-                    model=model,
-                    message=f"{model} (~{need / GB:.1f} GB) is larger than the "
-                    f"{self._budget.gb:.1f} GB budget: it runs alone, partly on the CPU (slow)",
+                    model=model, message=advice.offload_notice(model, need, facts, self._budget),
                 ))
             started = self._clock()
             try:
@@ -463,11 +477,9 @@ class ResidencyManager:
             model=model, bytes=slot.size, seconds=seconds, reason=reason, partial_offload=slot.partial
         ))
         if resident and resident.size_vram < resident.size and not slot.partial:
-            self._emit(ResidencyWarning(
-                model=model,
-                message=f"{model} runs partly on the CPU ({resident.size_vram / GB:.1f} of "
-                f"{resident.size / GB:.1f} GB on the GPU): lower its num_ctx to keep it on the GPU",
-            ))
+            facts = await self.facts(model)
+            self._emit(ResidencyWarning(model=model, message=advice.split_notice(
+                model, resident.size, resident.size_vram, facts, self._budget)))
         self._notify()
 
     async def _unload(self, slot: Slot, reason: str, evicted_for: str | None) -> None:
