@@ -56,6 +56,19 @@ def task_type(text: str) -> Role | None:
     return None
 
 
+# How far ahead the workflow's forecast reaches: two review rounds.
+FORECAST_TURNS = 6
+
+
+def forecast(role: Role, turns: int = FORECAST_TURNS) -> list[Role]:
+    """Who the workflow expects to speak, from `role` (now) on, if nobody hands off or re-plans:
+    after the Architect, the Coder and the Reviewer in turn; the Architect does not come back."""
+    order = [role]
+    while len(order) < turns:
+        order.append(NEXT[order[-1]])
+    return order
+
+
 def speaker_name(speaker: Speaker) -> str:
     return HUMAN if speaker == "human" else NAMES[speaker]
 

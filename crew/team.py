@@ -39,7 +39,7 @@ from crew.events import AgentMessage, Event, RoutingDecision, StreamChunk, ToolC
 from crew.prompt_files import load_prompt
 from crew.records import Records
 from crew.residency import ResidencyManager
-from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, speaker_name
+from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, forecast, speaker_name
 from crew.settings import ROLES, Role, Settings
 from crew.tools import make_tools
 from crew.workspace import Workspace
@@ -59,6 +59,9 @@ class Selector:
 
     def __call__(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
         role, reason = self.choose(thread)
+        if role != "human":
+            # Eviction spares what the team will ask for soonest (a value, read by the manager).
+            self._manager.forecast([self._models[r] for r in forecast(role)], source=self)
         name = speaker_name(role)
         last = next((m for m in reversed(thread) if isinstance(m, BaseChatMessage)), None)
         self._emit(RoutingDecision(speaker=name, reason=reason, after=last.id if last else None))

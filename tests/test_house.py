@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from crew.cli import main
 from crew.clients import Ask, ModelClient, Piece
 from crew.errors import ResidencyDeadlock
 from crew.memory import GB, MemoryBudget
-from crew.residency import Candidate, CheapestReload, ResidencyManager
+from crew.residency import Candidate, CheapestReload, ResidencyManager, WorkflowAware
 from crew.settings import Role, RoleSettings, Settings
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER, Recorder, make_manager, run
@@ -27,8 +28,8 @@ from tests.helpers import ARCHITECT, CODER, REVIEWER, Recorder, make_manager, ru
 
 
 def candidate(name: str, gb: float, reload_s: float, idle_s: float = 0.0,
-              elsewhere: bool = False) -> Candidate:
-    return Candidate(name, int(gb * GB), reload_s, idle_s, elsewhere)
+              elsewhere: bool = False, next_use: float | None = None) -> Candidate:
+    return Candidate(name, int(gb * GB), reload_s, idle_s, elsewhere, next_use)
 
 
 def names(chosen: list[Candidate] | None) -> list[str] | None:
@@ -61,6 +62,54 @@ def test_the_greedy_search_beyond_the_exhaustive_limit_still_frees_enough() -> N
     many = [candidate(f"m{i}", 1, float(i)) for i in range(14)]
     chosen = CheapestReload().choose(many, int(3 * GB))
     assert names(chosen) == ["m0", "m1", "m2"]
+
+
+def test_with_a_forecast_the_model_needed_farthest_ahead_goes_whatever_its_cost() -> None:
+    rule = WorkflowAware()
+    # After the Architect, the workflow alternates Coder and Reviewer: the Architect is not needed.
+    architect = candidate("architect", 54, 80.0, next_use=math.inf)
+    coder = candidate("coder", 22, 30.0, next_use=1)
+    assert names(rule.choose([architect, coder], int(15 * GB))) == ["architect"]
+    # Without a forecast the same pair loses the coder: the cheaper reload.
+    blind = [candidate("architect", 54, 80.0), candidate("coder", 22, 30.0)]
+    assert names(rule.choose(blind, int(15 * GB))) == ["coder"]
+    assert names(CheapestReload().choose(blind, int(15 * GB))) == ["coder"]
+
+
+def test_with_a_forecast_cost_decides_only_between_models_needed_equally_soon() -> None:
+    rule = WorkflowAware()
+    soon = candidate("soon", 10, 1.0, next_use=1)
+    later_dear, later_cheap = candidate("dear", 10, 50.0, next_use=3), candidate("cheap", 10, 5.0, next_use=3)
+    assert names(rule.choose([soon, later_dear, later_cheap], int(10 * GB))) == ["cheap"]
+    assert names(rule.choose([soon, later_dear, later_cheap], int(20 * GB))) == ["cheap", "dear"]
+    assert names(rule.choose([soon, later_dear, later_cheap], int(25 * GB))) == ["cheap", "dear", "soon"]
+    assert rule.choose([soon], int(25 * GB)) is None
+
+
+def test_with_a_forecast_what_another_crew_keeps_still_goes_last() -> None:
+    rule = WorkflowAware()
+    theirs = candidate("theirs", 10, 1.0, elsewhere=True, next_use=math.inf)
+    mine = candidate("mine", 10, 30.0, next_use=2)
+    assert names(rule.choose([theirs, mine], int(10 * GB))) == ["mine"]
+
+
+def test_the_manager_turns_forecasts_into_next_uses() -> None:
+    facts = {name: ModelFacts(name, int(gb * GB)) for name, gb in (("a", 30), ("c", 20), ("r", 15))}
+    backend = SimulatedBackend(facts)
+    manager = ResidencyManager(backend, MemoryBudget(int(55 * GB), "test"))
+    for name in facts:
+        manager.register(name, {"num_ctx": 2048})
+
+    async def scenario() -> None:
+        for name, forecast in (("a", ["a", "c", "r"]), ("c", ["c", "r", "c"]), ("r", ["r", "c", "r"])):
+            manager.forecast(forecast, source="team")
+            async with manager.hold(name):
+                pass
+        manager.forecast(None, source="team")
+        await manager.aclose()
+
+    run(scenario())
+    assert backend.loads == ["a", "c", "r"] and sorted(backend.resident_bytes()) == ["c", "r"]
 
 
 def test_the_manager_asks_an_injected_policy_and_evicts_what_it_chooses() -> None:

@@ -335,3 +335,22 @@ def test_sizes_measured_in_one_run_spare_the_next_run_a_load(ollama: FakeOllama,
     assert ollama.unloads == []
     measured = json.loads((clean_env / "state" / "measured.json").read_text())[ollama.url]
     assert measured[f"{REVIEWER} num_ctx=32768"]["bytes"] == reviewer.resident_size(32768)
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_with_room_for_two_models_the_workflow_forecast_makes_three_loads(
+    ollama: FakeOllama, clean_env: Path, rounds: int
+) -> None:
+    # 80 GB holds any two of the three. Evicting by reload cost alone keeps the Architect (the
+    # dearest to reload) and swaps the Coder and Reviewer at every turn; the workflow says the
+    # Architect is not coming back.
+    ollama.reset(capacity=80 * GB, system_memory=128 * GB)
+    ollama.script(ARCHITECT, "Plan: write hello.py.\nNEXT: Coder")
+    ollama.script(CODER, *[f"Change {i} done.\nNEXT: Reviewer" for i in range(rounds)])
+    ollama.script(REVIEWER, *["One more fix.\nNEXT: Coder"] * (rounds - 1), "APPROVED")
+    outcome, events = run_in_process(ollama, write_spec(clean_env))
+    assert outcome.approved
+    assert ollama.load_names() == [ARCHITECT, CODER, REVIEWER]
+    assert [u["model"] for u in ollama.unloads] == [ARCHITECT]
+    assert ollama.self_evictions() == [] and ollama.peak_used <= 80 * GB
+    assert [e.speaker for e in events if e.type == "routing"].count("Reviewer") == rounds

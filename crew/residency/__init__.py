@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from crew.holders import HolderRecord
 from crew.measured import Measurements
 from crew.memory import resolve_budget
-from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy
+from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy, WorkflowAware
 from crew.residency.manager import Hold, ResidencyManager
 from crew.residency.slots import SlotView, Snapshot
 
@@ -56,5 +56,6 @@ __all__ = [
     "ResidencyManager",
     "SlotView",
     "Snapshot",
+    "WorkflowAware",
     "open_manager",
 ]

@@ -1,10 +1,13 @@
 """Which idle models to evict when a load needs room: the rule, on its own.
 
-The manager offers the idle models it may evict, each with what it would cost to get back; an
-`EvictionPolicy` picks the set to evict. The rule crew ships, `CheapestReload`, frees enough
-room at the least reload time, discounted by how long each model has been idle, and spares a
-model another live crew keeps unless nothing else frees the room. A policy is a plain object:
-it can be swapped (`ResidencyManager(eviction=...)`) and tested without a manager.
+The manager offers the idle models it may evict, each with what it would cost to get back and,
+when the team has said who speaks next, how soon it will be needed; an `EvictionPolicy` picks
+the set to evict. crew's rule, `WorkflowAware`, evicts the models needed farthest ahead (never
+again first) and weighs reload cost only between models needed equally soon; without a
+forecast (clients of `crew serve`, other tools) it falls back to `CheapestReload`: the least
+reload time, discounted by how long each model has been idle. Both spare a model another live
+crew keeps unless nothing else frees the room. A policy is a plain object: it can be swapped
+(`ResidencyManager(eviction=...)`) and tested without a manager.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Candidate:
     idle_seconds: float
     kept_elsewhere: bool = False
     """Another live crew process keeps it (and this one did not load it)."""
+    next_use: float | None = None
+    """Turns until the forecast needs it (0: the current speaker; inf: not foreseen); None when
+    there is no forecast."""
 
 
 class EvictionPolicy(Protocol):
@@ -75,3 +81,52 @@ class CheapestReload:
         """
         value = candidate.reload_seconds / (1.0 + max(0.0, candidate.idle_seconds))
         return value + (ELSEWHERE_PENALTY_S if candidate.kept_elsewhere else 0.0)
+
+
+class WorkflowAware:
+    """Evict what the forecast needs farthest ahead; cost decides only between equals.
+
+    Belady's rule on the team's own forecast: a model the workflow will not call again goes
+    before one it calls in two turns, whatever their reload costs; among sets whose soonest next
+    use is the same, the cheaper to reload wins. Without a forecast, `fallback` decides.
+    """
+
+    def __init__(self, fallback: EvictionPolicy | None = None) -> None:
+        self._fallback = fallback or CheapestReload()
+
+    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
+        if all(c.next_use is None for c in candidates):
+            return self._fallback.choose(candidates, shortfall)
+        if shortfall <= 0:
+            return []
+        if sum(c.bytes for c in candidates) < shortfall:
+            return None
+        if len(candidates) > EXHAUSTIVE_LIMIT:
+            chosen: list[Candidate] = []
+            for candidate in sorted(candidates, key=self._rank):
+                chosen.append(candidate)
+                if sum(c.bytes for c in chosen) >= shortfall:
+                    break
+            return chosen
+        best: tuple[float, float, int] | None = None
+        best_set: list[Candidate] = []
+        for size in range(1, len(candidates) + 1):
+            for combo in itertools.combinations(candidates, size):
+                freed = sum(c.bytes for c in combo)
+                if freed < shortfall:
+                    continue
+                soonest = min(self.next_use(c) for c in combo)
+                key = (-soonest, sum(CheapestReload.keep_value(c) for c in combo), freed)
+                if best is None or key < best:
+                    best, best_set = key, list(combo)
+        return best_set
+
+    def _rank(self, candidate: Candidate) -> tuple[float, float]:
+        return -self.next_use(candidate), CheapestReload.keep_value(candidate)
+
+    @staticmethod
+    def next_use(candidate: Candidate) -> float:
+        # What another live crew keeps counts as needed now: its forecast is not ours to read.
+        if candidate.kept_elsewhere:
+            return 0.0
+        return candidate.next_use if candidate.next_use is not None else float("inf")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +47,7 @@ from crew.events import (
 )
 from crew.measured import Measurements
 from crew.memory import GB, MemoryBudget
-from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy
+from crew.residency.eviction import Candidate, EvictionPolicy, WorkflowAware
 from crew.residency.knowledge import ModelKnowledge
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
@@ -122,7 +122,8 @@ class ResidencyManager:
         self._clock = clock
         self._models = ModelKnowledge(backend, measurements)
         self._held_elsewhere = held_elsewhere
-        self._eviction: EvictionPolicy = eviction or CheapestReload()
+        self._eviction: EvictionPolicy = eviction or WorkflowAware()
+        self._forecasts: dict[Hashable, tuple[str, ...]] = {}
         self._slots: dict[str, Slot] = {}
         self._queue = WaitQueue(self._needs_load, fairness)
         self._lock = asyncio.Lock()
@@ -147,6 +148,20 @@ class ResidencyManager:
 
     def options(self, model: str) -> dict[str, Any]:
         return dict(self._models.profile(model))
+
+    def forecast(self, models: Sequence[str] | None, source: Hashable = None) -> None:
+        """What `source` (a team) expects to ask for next, soonest first (its current request's
+        model first); None withdraws it. Eviction spares what a forecast needs soonest."""
+        if models is None:
+            self._forecasts.pop(source, None)
+        else:
+            self._forecasts[source] = tuple(models)
+
+    def _next_use(self, model: str) -> float | None:
+        if not self._forecasts:
+            return None
+        return min((float(f.index(model)) for f in self._forecasts.values() if model in f),
+                   default=float("inf"))
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call `callback` with every residency event; returns a function that unsubscribes."""
@@ -391,6 +406,7 @@ class ResidencyManager:
                 name=s.name, bytes=s.size,
                 reload_seconds=self._models.reload_seconds(s.name, s.size),
                 idle_seconds=now - s.last_used, kept_elsewhere=not s.ours and s.name in elsewhere,
+                next_use=self._next_use(s.name),
             ): s
             for s in candidates
         }
