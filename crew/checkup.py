@@ -20,6 +20,7 @@ from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreacha
 from crew.measured import Measurements
 from crew.memory import MemoryBudget
 from crew.residency import ResidencyManager
+from crew.routing import forecast
 from crew.settings import ROLES, Role, Settings
 
 # The speaker order of a typical run: a plan, then three rounds of code and review.
@@ -193,6 +194,8 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
         manager.register(rs.model, rs.options())
     try:
         for role in TYPICAL_RUN:
+            # The forecast the team's Selector would send, so the plan evicts as a run does.
+            manager.forecast([settings.role(r).model for r in forecast(role)], source="plan")
             async with manager.hold(settings.role(role).model):
                 pass
     finally:

@@ -345,6 +345,7 @@ class TerminalRenderer:
         self._speaking: str | None = None
         self._midline = False
         self._streamed_for: str | None = None
+        self._held_notes: list[str] = []  # notices that came in the middle of a streamed line
 
     def _header(self, source: str) -> None:
         if self._speaking != source:
@@ -357,10 +358,18 @@ class TerminalRenderer:
         if self._midline:
             print(flush=True)
             self._midline = False
+        self._flush_notes()
 
     def _note(self, text: str) -> None:
-        self._end_line()
+        if self._midline:  # never split a line being streamed: show it once the line is done
+            self._held_notes.append(text)
+            return
         print(text, file=sys.stderr, flush=True)
+
+    def _flush_notes(self) -> None:
+        for text in self._held_notes:
+            print(text, file=sys.stderr, flush=True)
+        self._held_notes.clear()
 
     def __call__(self, event: Any) -> None:
         kind = event.type
@@ -373,6 +382,8 @@ class TerminalRenderer:
             print(event.text, end="", flush=True)
             self._midline = not event.text.endswith("\n")
             self._streamed_for = event.source
+            if not self._midline:
+                self._flush_notes()
         elif kind == "message":
             if event.source == "user":
                 self._note(f"task: {event.content.strip().splitlines()[0][:100]}")
@@ -402,6 +413,8 @@ class TerminalRenderer:
                 f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
                 f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
                 f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
+        elif kind == "run_finished":
+            self._end_line()  # and the notices held back by a line that never ended
         elif kind == "residency_waiting":
             self._note(f"waiting for memory: {event.model} (held by {', '.join(event.blocked_by)})")
 

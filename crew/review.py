@@ -118,7 +118,9 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
     manager.subscribe(render)
     verdicts: list[tuple[str, Verdict | None, str]] = []
     try:
-        for role in roles:
+        for i, role in enumerate(roles):
+            # What this review asks for next: the manager spares it when it must evict.
+            manager.forecast([choice.role(r).model for r in roles[i:]], source="review")
             facts = await manager.facts(choice.role(role).model)
             client = choice.make_client(manager, role, facts, render)
             try:

@@ -127,6 +127,15 @@ def test_plan_on_a_small_budget_expects_a_load_at_every_switch(
     assert plan["loads"] == [ARCHITECT, CODER, REVIEWER, CODER, REVIEWER, CODER, REVIEWER]
 
 
+def test_plan_with_room_for_two_models_evicts_as_a_run_does(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "80")  # any two of the three fit
+    code, plan = crew_json(capsys, "plan")
+    assert code == 0 and plan["loads"] == [ARCHITECT, CODER, REVIEWER]  # the Architect leaves first
+    assert env.loads == []
+
+
 def test_runs_lists_complete_and_broken_runs_newest_first(
     clean_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
