@@ -395,6 +395,12 @@ class TerminalRenderer:
             self._streamed_for = None
         elif kind == "tool_call":
             self._note(f"  ↳ {event.source} calls {event.name}({event.arguments[:120]})")
+        elif kind == "tool_call_recovered":
+            self._note(f"  ↻ {event.role}'s {event.name} call came as {event.form} text: running it")
+        elif kind == "tool_call_refused":
+            self._note(f"  ✗ {event.role}'s call in its text cannot run: {event.problem}")
+        elif kind == "model_call_retried":
+            self._note(f"retrying {event.model} once: {event.error}")
         elif kind == "tool_result" and event.is_error:
             self._note(f"  ✗ {event.name}: {event.content[:200]}")
         elif kind == "routing":

@@ -9,7 +9,8 @@
      │   ├─ ModelCapabilityError
      │   ├─ OllamaOutOfMemory
      │   ├─ RequestTimeout ─ LoadTimeout
-     │   └─ StreamInterrupted
+     │   ├─ StreamInterrupted
+     │   └─ AnswerFailed
      ├─ BudgetError
      │   ├─ ModelTooLarge
      │   └─ ResidencyDeadlock
@@ -78,7 +79,11 @@ class LoadTimeout(RequestTimeout):
 
 
 class StreamInterrupted(BackendError):
-    """The connection dropped in the middle of an answer."""
+    """The connection dropped in the middle of an answer, or the answer ended unfinished."""
+
+
+class AnswerFailed(BackendError):
+    """The server started answering (HTTP 200) and then reported an error instead."""
 
 
 class BudgetError(CrewError):

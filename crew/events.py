@@ -119,6 +119,36 @@ class ContextFull(BaseEvent):
     num_ctx: int
 
 
+class ToolCallRecovered(BaseEvent):
+    """A tool call that arrived as text (or a file edit written as a fenced block) was run."""
+
+    type: Literal["tool_call_recovered"] = "tool_call_recovered"
+    role: str
+    model: str
+    form: str
+    """xml (qwen3-coder's call format), json, fenced (a whole file) or search_replace."""
+    name: str
+
+
+class ToolCallRefused(BaseEvent):
+    """A tool call in text was incomplete or named no tool of the agent: nothing ran, the model
+    was told why and asked once more."""
+
+    type: Literal["tool_call_refused"] = "tool_call_refused"
+    role: str
+    model: str
+    problem: str
+
+
+class ModelCallRetried(BaseEvent):
+    """A model call failed before showing any token and was sent once more."""
+
+    type: Literal["model_call_retried"] = "model_call_retried"
+    role: str
+    model: str
+    error: str
+
+
 class RoutingDecision(BaseEvent):
     """The team chose who speaks next, and why."""
 
@@ -193,6 +223,9 @@ Event = Annotated[
     | ResidencyWarning
     | ModelCall
     | ContextFull
+    | ToolCallRecovered
+    | ToolCallRefused
+    | ModelCallRetried
     | RoutingDecision
     | AgentMessage
     | ToolCall

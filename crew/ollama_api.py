@@ -21,6 +21,7 @@ from typing import Any
 
 from crew.backends.base import Resident
 from crew.errors import (
+    AnswerFailed,
     BackendError,
     CrewError,
     ModelCapabilityError,
@@ -116,8 +117,9 @@ def _refusal(status: int, text: str, host: str, model: str | None) -> CrewError:
         )
     if status == 503:
         return BackendError(f"Ollama is busy{what} (queue full): retry, or raise OLLAMA_MAX_QUEUE")
-    code = f"HTTP {status}" if status > 0 else "mid-answer"
-    return BackendError(f"Ollama answered with an error{what} ({code}): {text}")
+    if status <= 0:  # an {"error": ...} line in a stream that had begun with 200
+        return AnswerFailed(f"Ollama answered with an error{what} (mid-answer): {text}")
+    return BackendError(f"Ollama answered with an error{what} (HTTP {status}): {text}")
 
 
 def _foreign(exc: BaseException) -> bool:

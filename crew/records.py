@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from crew.events import AgentMessage, Event, ModelCall, ModelLoaded, RoutingDecision, StreamChunk, ToolResult
+from crew.events import (
+    AgentMessage,
+    Event,
+    ModelCall,
+    ModelCallRetried,
+    ModelLoaded,
+    RoutingDecision,
+    StreamChunk,
+    ToolCallRecovered,
+    ToolCallRefused,
+    ToolResult,
+)
 from crew.routing import NAMES, ROLE_OF, approved
 from crew.settings import Role
 from crew.workspace import Workspace
@@ -33,6 +44,12 @@ class AgentStats:
     wait_seconds: float = 0.0
     loads: int = 0
     load_seconds: float = 0.0
+    recovered_calls: int = 0
+    """Tool calls that arrived as text or fenced edits, and ran."""
+    refused_calls: int = 0
+    """Tool calls in text that could not run (incomplete, or no such tool)."""
+    retries: int = 0
+    """Model calls sent again after failing before any token was shown."""
 
 
 class Records:
@@ -72,6 +89,14 @@ class Records:
             for name in self._roles_of_model.get(event.model, []):
                 self.stats[name].loads += 1
                 self.stats[name].load_seconds += event.seconds
+        elif isinstance(event, ToolCallRecovered | ToolCallRefused | ModelCallRetried):
+            stats = self.stats[_NAME_OF_ROLE[event.role]]
+            if isinstance(event, ToolCallRecovered):
+                stats.recovered_calls += 1
+            elif isinstance(event, ToolCallRefused):
+                stats.refused_calls += 1
+            else:
+                stats.retries += 1
         elif isinstance(event, ToolResult):
             self._transcript.write(f"> `{event.name}` -> {event.content[:500]}\n\n")
         elif isinstance(event, AgentMessage):
@@ -113,6 +138,7 @@ class Records:
                 "prompt_tokens": sum(s.prompt_tokens for s in self.stats.values()),
                 "completion_tokens": sum(s.completion_tokens for s in self.stats.values()),
                 "loads": sum(s.loads for s in self.stats.values()),
+                "recovered_calls": sum(s.recovered_calls for s in self.stats.values()),
             },
             "roles": {name: role for name, role in ROLE_OF.items()},
         }

@@ -48,6 +48,9 @@ class RoleSettings(BaseModel):
     """True/False to force Qwen3 thinking on or off; None sends it only where supported."""
     timeout_s: float = Field(600.0, gt=0)
     """Longest a single model request may take, after its model is resident."""
+    edit_format: Literal["tools", "blocks", "both"] = "both"
+    """How a role that may write edits files: tool calls (write_file, edit_file), fenced blocks
+    under a path and SEARCH/REPLACE blocks in its answer, or both."""
 
     @field_validator("model")
     @classmethod

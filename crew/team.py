@@ -137,7 +137,7 @@ async def build_team(
             NAMES[role],
             model_client=clients[role],
             tools=list(_tools_for(role, workspace, settings)),
-            system_message=load_prompt(settings, role),
+            system_message=_system_message(settings, choice, role),
             description=f"The {NAMES[role]}.",
             model_client_stream=True,
             max_tool_iterations=settings.max_tool_iterations,
@@ -182,6 +182,16 @@ def record(records: Records, item: Any) -> None:
     elif isinstance(item, BaseChatMessage):
         records.emit(AgentMessage(source=item.source, content=item.to_text()))
         records.release(item.id)
+
+
+def _system_message(settings: Settings, choice: BackendChoice, role: Role) -> str:
+    """The role's prompt, and for the writing role how it may write files (edit_format)."""
+    prompt = load_prompt(settings, role)
+    edit_format = choice.role(role).edit_format
+    if role != "coder" or edit_format == "tools":
+        return prompt
+    extra = load_prompt(settings, "edit-blocks-only" if edit_format == "blocks" else "edit-blocks")
+    return f"{prompt.rstrip()}\n\n{extra}"
 
 
 def _tools_for(role: Role, workspace: Workspace, settings: Settings) -> list[Callable[..., Any]]:

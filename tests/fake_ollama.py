@@ -110,6 +110,8 @@ class FakeReply:
     gate: threading.Event | None = None
     """Generation waits until this is set (to keep a request in flight)."""
     done_reason: str = "stop"
+    no_done: bool = False
+    """Streaming: end the stream cleanly but without the final `done` line."""
 
 
 @dataclass
@@ -661,6 +663,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._end()
                 return
             self._chunk({"model": name, "created_at": _now(), "message": message, "done": False})
+        if reply.no_done:
+            self._end()
+            return
         self._chunk({
             "model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
             "done": True, "done_reason": reply.done_reason, **self._stats(reply, messages, load_ns),

@@ -57,6 +57,16 @@ def small_model_settings(settings: RoleSettings) -> RoleSettings:
                                        "num_ctx": min(settings.num_ctx, SMALL_MODEL_MAX_CTX)})
 
 
+def role_settings(settings: RoleSettings) -> RoleSettings:
+    """What a role runs with on this backend: the bundled model for an Ollama tag, and tool-call
+    edits unless the user chose a format (llama.cpp's grammar makes a small model's tool calls
+    well-formed, while its fenced blocks rarely name a path: bench/edit_format.py)."""
+    adapted = settings if runs_here(settings.model) else small_model_settings(settings)
+    if "edit_format" in settings.model_fields_set:
+        return adapted
+    return adapted.model_copy(update={"edit_format": "tools"})
+
+
 def model_path(name: str) -> Path:
     """The GGUF file a model name stands for; ModelNotPulled if there is none."""
     if name.split(":")[0] == BUNDLED_ALIAS:

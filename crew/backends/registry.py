@@ -150,9 +150,9 @@ async def _open_embedded(settings: Settings, probe: bool) -> Backend:
 
 def _embedded_roles(roles: Mapping[Role, RoleSettings]) -> dict[Role, RoleSettings]:
     # Ollama tags mean nothing in-process: such roles run the bundled small model.
-    from crew.backends.embedded import runs_here, small_model_settings
+    from crew.backends.embedded import role_settings
 
-    return {role: rs if runs_here(rs.model) else small_model_settings(rs) for role, rs in roles.items()}
+    return {role: role_settings(rs) for role, rs in roles.items()}
 
 
 register(BackendKind("ollama", _open_ollama, "crew.clients.ollama:RoutedOllamaClient",

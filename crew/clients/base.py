@@ -11,14 +11,16 @@ to ask its server: `_complete` for a whole answer and, where the server streams,
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypedDict, Unpack
 
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
+    AssistantMessage,
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
@@ -26,17 +28,30 @@ from autogen_core.models import (
     ModelFamily,
     ModelInfo,
     RequestUsage,
+    UserMessage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from crew.backends.base import Backend, ModelFacts
-from crew.clients.convert import ThinkSplitter, finish_reason, split_thinking, to_ollama_messages, to_tool
-from crew.errors import CrewError, StreamInterrupted
-from crew.events import ContextFull, Event, ModelCall
+from crew.clients.convert import (
+    ThinkSplitter,
+    finish_reason,
+    function_call,
+    split_thinking,
+    to_ollama_messages,
+    to_tool,
+)
+from crew.clients.recovery import recover
+from crew.errors import AnswerFailed, CrewError, StreamInterrupted
+from crew.events import ContextFull, Event, ModelCall, ModelCallRetried, ToolCallRecovered, ToolCallRefused
 from crew.residency import ResidencyManager
 from crew.settings import RoleSettings
 
+log = logging.getLogger("crew.client")
+
+# The tools that write files: with edit_format "blocks" they run fenced edits but are not offered.
+WRITING_TOOLS = frozenset({"write_file", "edit_file"})
 # Servers report no tokenizer; four characters a token is the usual estimate for code and prose.
 CHARS_PER_TOKEN = 4
 # Warn at 90%: the estimate is rough, and the answer needs room too.
@@ -59,9 +74,14 @@ class Ask:
 
     messages: Sequence[LLMMessage]
     tools: Sequence[Tool | ToolSchema]
+    """Every tool the agent can run (calls recovered from text may name any of them)."""
     json_output: bool | type[BaseModel] | None
     extra: Mapping[str, Any]
     cancellation_token: CancellationToken | None
+    advertised: Sequence[Tool | ToolSchema] = ()
+    """The tools sent to the server (all of `tools`, unless edits are blocks only)."""
+    retold: bool = False
+    """The model was already told once what was wrong with a call in its text."""
 
 
 @dataclass
@@ -74,6 +94,8 @@ class Piece:
     done_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    done: bool = True
+    """The server marked the answer finished (a stream's last part must)."""
     interrupted: bool = False
     """The answer was cut by `interrupt()`: its tokens count, its text does not."""
 
@@ -107,6 +129,7 @@ class ModelClient(ChatCompletionClient):
         manager.register(self._model, self._options)
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self._interrupts = 0
 
     @property
     def model(self) -> str:
@@ -130,20 +153,41 @@ class ModelClient(ChatCompletionClient):
         """Free what the client holds (connections); the model stays the manager's business."""
 
     async def interrupt(self) -> None:
-        """Cut any answer in flight (its hold is released); later requests run normally."""
+        """Cut any answer in flight (its hold is released, it is not retried); later requests run
+        normally."""
+        self._interrupts += 1
+        await self._cut()
+
+    async def _cut(self) -> None:
+        """Stop the answer in flight, the backend's way."""
 
     # -- the AutoGen contract ------------------------------------------------------------
 
     async def create(self, messages: Sequence[LLMMessage], **args: Unpack[CreateArgs]) -> CreateResult:
         ask = self._ask(messages, args)
-        asked = time.monotonic()
-        async with self._failures(), self._manager.hold(self._model):
-            started = time.monotonic()
-            self._on_hold()
-            answer = await self._complete(ask)
-        usage = self._account(answer, asked, started)
-        content, thought = split_thinking(answer.content, answer.thinking)
-        return self._result(content, thought, answer.calls, answer.done_reason, usage)
+        while True:
+            answer, asked, started = await self._complete_with_retry(ask)
+            usage = self._account(answer, asked, started)
+            content, thought = split_thinking(answer.content, answer.thinking)
+            outcome = self._conclude(ask, content, thought, answer.calls, answer.done_reason, usage)
+            if isinstance(outcome, CreateResult):
+                return outcome
+            ask = outcome
+
+    async def _complete_with_retry(self, ask: Ask) -> tuple[Piece, float, float]:
+        for attempt in (1, 2):
+            epoch = self._interrupts
+            asked = time.monotonic()
+            try:
+                async with self._failures(), self._manager.hold(self._model):
+                    started = time.monotonic()
+                    self._on_hold()
+                    return await self._complete(ask), asked, started
+            except (StreamInterrupted, AnswerFailed) as exc:
+                if attempt == 2 or epoch != self._interrupts:
+                    raise
+                self._retrying(exc)
+        raise AssertionError("unreachable")
 
     def create_stream(
         self, messages: Sequence[LLMMessage], **args: Unpack[CreateArgs]
@@ -152,30 +196,74 @@ class ModelClient(ChatCompletionClient):
         return self._streamed(ask)
 
     async def _streamed(self, ask: Ask) -> AsyncGenerator[str | CreateResult, None]:
-        asked = time.monotonic()
-        # The hold spans the whole stream: released when it is consumed, fails or is closed.
-        async with self._failures(), self._manager.hold(self._model):
-            started = time.monotonic()
-            self._on_hold()
-            content: list[str] = []
-            thinking: list[str] = []
-            calls: list[FunctionCall] = []
-            last = Piece()
-            splitter = ThinkSplitter()
-            async for piece in self._stream(ask):
-                last = piece
-                if piece.thinking:
-                    thinking.append(piece.thinking)
-                calls.extend(piece.calls)
-                for visible in self._visible(splitter.feed(piece.content), thinking):
-                    content.append(visible)
-                    yield visible
-            for visible in self._visible(splitter.flush(), thinking):
-                content.append(visible)
-                yield visible
-        usage = self._account(last, asked, started)
-        thought = "".join(thinking).strip() or None
-        yield self._result("".join(content), thought, calls, last.done_reason, usage)
+        while True:
+            shown = False
+            for attempt in (1, 2):
+                epoch = self._interrupts
+                asked = time.monotonic()
+                content: list[str] = []
+                thinking: list[str] = []
+                calls: list[FunctionCall] = []
+                last = Piece()
+                try:
+                    # The hold spans the whole stream: released when it is consumed, fails or is closed.
+                    async with self._failures(), self._manager.hold(self._model):
+                        started = time.monotonic()
+                        self._on_hold()
+                        splitter = ThinkSplitter()
+                        async for piece in self._stream(ask):
+                            last = piece
+                            if piece.thinking:
+                                thinking.append(piece.thinking)
+                            calls.extend(piece.calls)
+                            for visible in self._visible(splitter.feed(piece.content), thinking):
+                                shown = True
+                                content.append(visible)
+                                yield visible
+                        for visible in self._visible(splitter.flush(), thinking):
+                            content.append(visible)
+                            yield visible
+                        if not last.done:  # a partial answer is never taken as complete
+                            raise StreamInterrupted(
+                                f"the answer of {self._model} ended before it was complete: run again")
+                    break
+                except (StreamInterrupted, AnswerFailed) as exc:
+                    # Retried only if nothing was shown: a second answer must not follow half a first.
+                    if shown or attempt == 2 or epoch != self._interrupts:
+                        raise
+                    self._retrying(exc)
+            usage = self._account(last, asked, started)
+            thought = "".join(thinking).strip() or None
+            outcome = self._conclude(ask, "".join(content), thought, calls, last.done_reason, usage)
+            if isinstance(outcome, CreateResult):
+                yield outcome
+                return
+            ask = outcome
+
+    def _retrying(self, exc: CrewError) -> None:
+        self.failure = None  # it is being retried: not the error behind a later failure
+        log.info("[RETRY] %s: %s", self._model, exc)
+        self._emit(ModelCallRetried(role=self._role, model=self._model, error=str(exc)))
+
+    def _conclude(self, ask: Ask, content: str, thought: str | None, calls: list[FunctionCall],
+                  done_reason: str | None, usage: RequestUsage) -> CreateResult | Ask:
+        """The result, with tool calls recovered from the text; or, when the text holds a call
+        that cannot run, the same request once more with the model told why."""
+        if not calls and ask.tools:
+            recovery = recover(content, _schemas(ask.tools), blocks=self._settings.edit_format != "tools")
+            for found in recovery.calls:
+                self._emit(ToolCallRecovered(role=self._role, model=self._model, form=found.form,
+                                             name=found.name))
+            calls = [function_call(found.name, found.arguments) for found in recovery.calls]
+            if calls:
+                thought = "\n\n".join(part for part in (thought, recovery.prose) if part) or None
+            for problem in recovery.problems:
+                self._emit(ToolCallRefused(role=self._role, model=self._model, problem=problem))
+            if recovery.problems and not ask.retold:
+                told = [*ask.messages, AssistantMessage(content=content, source=self._role),
+                        UserMessage(content="crew: " + " ".join(recovery.problems), source="crew")]
+                return replace(ask, messages=told, retold=True)
+        return self._result(content, thought, calls, done_reason, usage)
 
     @staticmethod
     def _visible(split: tuple[str, str], thinking: list[str]) -> list[str]:
@@ -186,9 +274,12 @@ class ModelClient(ChatCompletionClient):
 
     def _ask(self, messages: Sequence[LLMMessage], args: CreateArgs) -> Ask:
         offered = [] if args.get("tool_choice") == "none" else list(args.get("tools", []))
-        self._check_context(messages, offered)
+        # With edit_format "blocks" the writing tools still run fenced edits, but are not offered.
+        hidden = WRITING_TOOLS if self._settings.edit_format == "blocks" else frozenset()
+        advertised = [t for t in offered if _tool_name(t) not in hidden]
+        self._check_context(messages, advertised)
         return Ask(messages, offered, args.get("json_output"), args.get("extra_create_args", {}),
-                   args.get("cancellation_token"))
+                   args.get("cancellation_token"), advertised)
 
     def _result(self, content: str, thought: str | None, calls: list[FunctionCall], done_reason: str | None,
                 usage: RequestUsage) -> CreateResult:
@@ -279,3 +370,12 @@ class ModelClient(ChatCompletionClient):
             family=ModelFamily.UNKNOWN,
             structured_output=True,
         )
+
+
+def _tool_name(tool: Tool | ToolSchema) -> str:
+    return str(to_tool(tool)["function"]["name"])
+
+
+def _schemas(tools: Sequence[Tool | ToolSchema]) -> dict[str, dict[str, Any]]:
+    """Each tool's parameters schema, by name."""
+    return {spec["function"]["name"]: spec["function"]["parameters"] for spec in map(to_tool, tools)}

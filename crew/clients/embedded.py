@@ -45,8 +45,8 @@ class EmbeddedChatClient(ModelClient):
         }
         if self._settings.seed is not None:
             kwargs["seed"] = self._settings.seed
-        if ask.tools:
-            kwargs["tools"] = [to_tool(t) for t in ask.tools]
+        if ask.advertised:
+            kwargs["tools"] = [to_tool(t) for t in ask.advertised]
             kwargs["tool_choice"] = "auto"
         elif ask.json_output:
             # llama.cpp turns the schema into a grammar: even a 135M model answers valid JSON.
@@ -109,6 +109,6 @@ class EmbeddedChatClient(ModelClient):
     async def close(self) -> None:
         self._epoch += 1
 
-    async def interrupt(self) -> None:
-        """Stop the answer in flight at its next token; later requests run normally."""
+    async def _cut(self) -> None:
+        # The answer in flight stops at its next token.
         self._epoch += 1

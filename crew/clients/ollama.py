@@ -48,8 +48,8 @@ class RoutedOllamaClient(ModelClient):
             "options": {**self._options, **extra_options, "num_ctx": self._options["num_ctx"]},
             "keep_alive": -1,  # the manager decides when it leaves, not Ollama's timer
         }
-        if ask.tools:
-            request["tools"] = [to_tool(tool) for tool in ask.tools]
+        if ask.advertised:
+            request["tools"] = [to_tool(tool) for tool in ask.advertised]
         think = self._think()
         if think is not None:
             request["think"] = think
@@ -81,8 +81,8 @@ class RoutedOllamaClient(ModelClient):
         if self._http is not None:
             await self._http.close()  # type: ignore[no-untyped-call]  # public, unannotated
 
-    async def interrupt(self) -> None:
-        """Cut any request in flight (its hold is released); later requests use a new connection."""
+    async def _cut(self) -> None:
+        # Closing the connection cuts the request in flight; later requests use a new one.
         old, self._http = self._http, None
         if old is not None:
             await old.close()  # type: ignore[no-untyped-call]
@@ -97,6 +97,7 @@ def _piece(response: ollama.ChatResponse) -> Piece:
         done_reason=response.done_reason,
         prompt_tokens=response.prompt_eval_count,
         completion_tokens=response.eval_count,
+        done=bool(response.done),
     )
 
 
