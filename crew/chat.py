@@ -157,7 +157,8 @@ class ChatSession:
 
     def _diff(self) -> str:
         git(self.workspace.root, "add", "-A")
-        return git(self.workspace.root, "diff", "--cached", self.workspace.base)
+        return git(self.workspace.root, "diff", "--cached", "--no-ext-diff", "--no-textconv",
+                   self.workspace.base)
 
     async def cmd_undo(self) -> None:
         log = git(self.workspace.root, "log", "-1", "--format=%H %s").strip()

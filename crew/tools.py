@@ -25,6 +25,11 @@ from crew.workspace import Workspace
 
 MAX_OUTPUT_CHARS = 12_000
 MAX_READ_CHARS = 60_000
+MAX_READ_BYTES = 256_000
+# A command's output is kept up to this many bytes (its start and its end); the rest is counted.
+MAX_OUTPUT_BYTES = 64_000
+# After a kill, how long the command's processes may take to go (a guard, not a timing).
+REAP_GUARD_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
 # Only what a build or test needs; never tokens, keys or the user's shell configuration.
 _SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
@@ -64,10 +69,20 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         target = workspace.resolve(path)
         if not target.is_file():
             return f"error: {path} does not exist; call list_files to see what does"
+        # Read at most a bound: a huge (or sparse) file must not take crew's memory with it.
+        with target.open("rb") as handle:
+            data = handle.read(MAX_READ_BYTES + 1)
         try:
-            return _clip(target.read_text(), MAX_READ_CHARS)
-        except UnicodeDecodeError:
-            return f"error: {path} is not a text file"
+            text = data[:MAX_READ_BYTES].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < MAX_READ_BYTES - 4:  # not just a character cut at the bound
+                return f"error: {path} is not a UTF-8 text file"
+            text = data[:exc.start].decode("utf-8")
+        if len(data) > MAX_READ_BYTES:
+            size = target.stat().st_size
+            return (f"{_clip(text, MAX_READ_CHARS)}\n... [read the first {MAX_READ_BYTES} bytes of "
+                    f"{size}: the file is larger than read_file returns]")
+        return _clip(text, MAX_READ_CHARS)
 
     @_escapes_as_errors
     async def write_file(path: str, content: str) -> str:
@@ -170,25 +185,77 @@ def scrubbed_env(workspace: Workspace) -> dict[str, str]:
     return env
 
 
+class _Output(asyncio.SubprocessProtocol):
+    """A command's output as it comes, kept to a bound (its start and its end), the rest counted.
+
+    Reading everything as it arrives keeps the pipe flowing: a command that floods its output
+    still ends at its timeout, and crew's memory stays bounded.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+        self.exited = loop.create_future()
+        self.closed = loop.create_future()
+        """Exited, and every pipe read to its end."""
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        room = MAX_OUTPUT_BYTES // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        excess = len(self.tail) - MAX_OUTPUT_BYTES // 2
+        if excess > 0:
+            self.dropped += excess
+            del self.tail[:excess]
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def text(self) -> str:
+        head = self.head.decode(errors="replace")
+        if not self.dropped:
+            return _clip(head + self.tail.decode(errors="replace"), MAX_OUTPUT_CHARS)
+        cut = f"\n... [{self.dropped} bytes of output cut] ...\n"
+        return _clip(head, MAX_OUTPUT_CHARS // 2) + cut + _clip(self.tail.decode(errors="replace"),
+                                                                MAX_OUTPUT_CHARS // 2)
+
+
 async def run_in_workspace(workspace: Workspace, command: str, timeout: float) -> str:
-    process = await asyncio.create_subprocess_shell(
-        command, cwd=workspace.root, env=scrubbed_env(workspace), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    """Run `command` in its own process group; when it ends (or times out) the whole group goes."""
+    loop = asyncio.get_running_loop()
+    transport, output = await loop.subprocess_shell(
+        lambda: _Output(loop), command, cwd=workspace.root, env=scrubbed_env(workspace),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
+    timed_out = False
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        _kill_group(process)
-        await process.wait()
-        if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
-        return f"error: `{command}` took longer than {timeout:g} s and was killed"
-    text = output.decode(errors="replace")
-    return f"exit code {process.returncode}\n{_clip(text, MAX_OUTPUT_CHARS)}"
+        await asyncio.wait_for(asyncio.shield(output.exited), timeout)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        # Also when it ended: what it started in the background (`cmd &`) must not outlive it.
+        _kill_group(transport.get_pid())
+        try:  # the last output, up to the end of the pipe
+            await asyncio.wait_for(asyncio.shield(output.closed), REAP_GUARD_S)
+        except TimeoutError:
+            pass
+        transport.close()  # closes our end of the pipe even if an escaped process still holds it
+    if timed_out:
+        return f"error: `{command}` took longer than {timeout:g} s and was killed\n{output.text()}".rstrip()
+    return f"exit code {transport.get_returncode()}\n{output.text()}"
 
 
-def _kill_group(process: Any) -> None:
+def _kill_group(pid: int) -> None:
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass

@@ -10,6 +10,7 @@ outside the workspace can be reached: no `..`, no absolute paths, no symlink esc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -21,6 +22,12 @@ from crew.files import write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
+# An agent's command can write the workspace's git config: crew's own git calls must not run
+# what it planted there: hooks, an fsmonitor command (and, for diffs, `--no-ext-diff
+# --no-textconv` keep out external diff and textconv programs).
+_GIT_SAFETY = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+# The variables git reads that could redirect it (GIT_DIR, GIT_CONFIG_*, GIT_EXTERNAL_DIFF, ...).
+_GIT_ENV_DROPPED = ("GIT_",)
 
 
 def new_run_id() -> str:
@@ -31,7 +38,8 @@ def git(cwd: Path, *args: str) -> str:
     """Run git; a failure becomes a WorkspaceError with git's own words."""
     try:
         done = subprocess.run(
-            ["git", *_GIT_IDENTITY, *args], cwd=cwd, capture_output=True, text=True, check=False,
+            ["git", *_GIT_IDENTITY, *_GIT_SAFETY, *args], cwd=cwd, capture_output=True, text=True,
+            check=False, env=_git_env(),
             timeout=120,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -40,6 +48,12 @@ def git(cwd: Path, *args: str) -> str:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise WorkspaceError(f"git {args[0]} failed in {cwd}: {detail[-1] if detail else 'no output'}")
     return done.stdout
+
+
+def _git_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_GIT_ENV_DROPPED)}
+    env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on a terminal
+    return env
 
 
 class Workspace:
@@ -126,7 +140,7 @@ class Workspace:
     def write_patch(self) -> Path:
         """All changes since the initial commit, as a git diff that applies to it."""
         git(self.root, "add", "-A")
-        diff = git(self.root, "diff", "--cached", "--binary", self.base)
+        diff = git(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv", self.base)
         target = self.root / "crew.patch"
         target.write_text(diff)
         return target

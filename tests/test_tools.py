@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ from crew.errors import WorkspaceError, WorkspaceEscape
 from crew.residency import ResidencyManager
 from crew.routing import approved, task_type
 from crew.team import Selector
-from crew.tools import make_tools, run_in_workspace
-from crew.workspace import Workspace
+from crew.tools import MAX_OUTPUT_CHARS, MAX_READ_BYTES, MAX_READ_CHARS, make_tools, run_in_workspace
+from crew.workspace import Workspace, git
 from tests.fake_ollama import FakeOllama
 from tests.helpers import CODER, REVIEWER, make_manager, run
 
@@ -166,3 +167,45 @@ def test_an_edit_whose_text_differs_only_in_trailing_whitespace_still_applies(
     assert (workspace.root / "m.py").read_bytes() == b"def f():\n    return 2\r\n\r\nx = f()\r\n"
     # Indentation is not guessed: a different indent is still "not found".
     assert "not found" in run(t["edit_file"]("m.py", "def f():\n  return 2", "pass"))
+
+
+def test_a_command_that_floods_its_output_still_ends_at_its_timeout(workspace: Workspace) -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run(asyncio.wait_for(tools(workspace, timeout=1)["run_command"]("yes"), 60))
+    assert result.startswith("error: `yes` took longer than 1 s and was killed")
+    assert "bytes of output cut" in result and len(result) < MAX_OUTPUT_CHARS + 200
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 200_000  # the flood is counted, not kept (it used to reach 1.6 GB)
+
+
+def test_what_a_command_starts_in_the_background_ends_with_it(workspace: Workspace) -> None:
+    result = run(tools(workspace)["run_command"]("sleep 300 & echo $! > bg.pid; echo started"))
+    assert result.startswith("exit code 0") and "started" in result
+    status = Path(f"/proc/{int((workspace.root / 'bg.pid').read_text())}/status")
+    # It held the output pipe, which crew read to its end: so it was dead before the tool answered.
+    assert not status.exists() or "\tZ" in status.read_text().split("State:")[1].splitlines()[0]
+
+
+def test_read_file_reads_at_most_a_bound_of_a_huge_file(workspace: Workspace) -> None:
+    with (workspace.root / "huge.txt").open("wb") as handle:
+        handle.truncate(1 << 30)  # 1 GB, sparse: costs no disk, would cost 1 GB of memory to read
+    result = run(tools(workspace)["read_file"]("huge.txt"))
+    assert f"read the first {MAX_READ_BYTES} bytes of {1 << 30}" in result
+    assert len(result) < MAX_READ_CHARS + 500
+
+
+def test_crews_own_git_calls_do_not_run_what_an_agent_planted_in_the_git_config(
+    workspace: Workspace, clean_env: Path
+) -> None:
+    marker = clean_env / "planted-ran"
+    planted = (f"git config core.fsmonitor 'touch {marker}; false' && "
+               f"mkdir -p .git/hooks && printf '#!/bin/sh\\ntouch {marker}\\n' > .git/hooks/pre-commit && "
+               f"chmod +x .git/hooks/pre-commit && git config diff.external 'sh -c \"touch {marker}\"'")
+    assert run(tools(workspace)["run_command"](planted)).startswith("exit code 0")
+    (workspace.root / "app.py").write_text("x = 1\n")
+    patch = workspace.write_patch().read_text()  # git add -A, git diff: where fsmonitor would run
+    git(workspace.root, "commit", "-q", "-m", "crew turn: Coder")  # where a hook would run
+    assert "+x = 1" in patch
+    assert not marker.exists()
