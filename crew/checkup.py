@@ -21,6 +21,7 @@ from crew.measured import Measurements
 from crew.memory import MemoryBudget
 from crew.residency import ResidencyManager
 from crew.routing import forecast
+from crew.sandbox import detect
 from crew.settings import ROLES, Role, Settings
 
 # The speaker order of a typical run: a plan, then three rounds of code and review.
@@ -62,6 +63,8 @@ class Checkup:
     problems: list[str]
     embedded_model: str | None = None
     """The bundled GGUF the embedded backend would run, if it is installed."""
+    sandbox: str = ""
+    """Where agent commands run, and what they can reach (see crew.sandbox)."""
 
     @property
     def can_run(self) -> bool:
@@ -80,8 +83,20 @@ async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
         await backend.aclose()
     problems = [f"{c.role}: {c.fix}" for c in checks if c.fix]
     warnings = [f"{c.role}: {c.warning}" for c in checks if c.warning]
+    sandbox = _sandbox(settings, warnings, problems)
     return Checkup(settings.ollama_host, True, version, budget, checks,
-                   co_resident_sets(checks, budget), warnings, problems, _embedded_model())
+                   co_resident_sets(checks, budget), warnings, problems, _embedded_model(), sandbox)
+
+
+def _sandbox(settings: Settings, warnings: list[str], problems: list[str]) -> str:
+    try:
+        sandbox = detect(settings.sandbox, settings.tool_network)
+    except CrewError as exc:
+        problems.append(f"sandbox: {exc}")
+        return "none"
+    if not sandbox.confines_files:
+        warnings.append(f"sandbox: agent commands: {sandbox.describe()}")
+    return sandbox.describe()
 
 
 def _embedded_model() -> str | None:

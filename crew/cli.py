@@ -133,6 +133,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"ollama   {checkup.host}: " + (f"reachable, version {checkup.version}" if checkup.reachable
                                           else "NOT reachable"))
     print(f"budget   {_gb(budget.bytes)} ({budget.source})")
+    if checkup.sandbox:
+        print(f"sandbox  {checkup.sandbox}")
     if checkup.roles:
         rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "PULLED", "THINK", "NUM_CTX", "SIZE", "FITS")]
         for c in checkup.roles:
@@ -419,6 +421,8 @@ class TerminalRenderer:
                 f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
                 f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
                 f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
+        elif kind == "sandbox_warning":
+            self._note(f"warning: agent commands: {event.message}")
         elif kind == "run_finished":
             self._end_line()  # and the notices held back by a line that never ended
         elif kind == "residency_waiting":

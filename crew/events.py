@@ -202,6 +202,16 @@ class RunStarted(BaseEvent):
     resumed: bool = False
     models: dict[str, str] = Field(default_factory=dict)
     """The model each agent runs on (after the backend's choice), by agent name."""
+    sandbox: str = "none"
+    """Where agent commands run: bwrap, unshare, seatbelt or none (see crew.sandbox)."""
+
+
+class SandboxWarning(BaseEvent):
+    """Agent commands run without a filesystem sandbox here (said once, at the start)."""
+
+    type: Literal["sandbox_warning"] = "sandbox_warning"
+    kind: str
+    message: str
 
 
 class RunFinished(BaseEvent):
@@ -232,6 +242,7 @@ Event = Annotated[
     | ToolResult
     | StreamChunk
     | RunStarted
+    | SandboxWarning
     | RunFinished,
     Field(discriminator="type"),
 ]

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from crew.events import (
     AgentMessage,
@@ -28,6 +28,7 @@ from crew.events import (
     ToolCallRefused,
     ToolResult,
 )
+from crew.files import open_append
 from crew.routing import NAMES, ROLE_OF, approved
 from crew.settings import Role
 from crew.workspace import Workspace
@@ -59,8 +60,8 @@ class Records:
         self, workspace: Workspace, render: Callable[[Event], None], models: Mapping[Role, str]
     ) -> None:
         self._render = render
-        self._events: TextIO = (workspace.root / "events.jsonl").open("a", buffering=1)
-        self._transcript: TextIO = (workspace.root / "transcript.md").open("a", buffering=1)
+        self._events: IO[str] = open_append(workspace.root / "events.jsonl")
+        self._transcript: IO[str] = open_append(workspace.root / "transcript.md")
         self._roles_of_model: dict[str, list[str]] = defaultdict(list)
         for role, model in models.items():
             self._roles_of_model[model].append(NAMES[role])

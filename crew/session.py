@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from crew.backends import BackendChoice, choose_backend
 from crew.errors import CrewError
-from crew.events import Event, RunFinished, RunStarted
+from crew.events import Event, RunFinished, RunStarted, SandboxWarning
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
 from crew.routing import NAMES
+from crew.sandbox import detect
 from crew.settings import Settings
+from crew.tools import UNCONFINED
 from crew.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ class Session:
         self.spec = spec
         self.started = time.time()
         self.team: Team | None = None
+        self.sandbox = UNCONFINED
         self.stop_reason = "error"
         self._observers: list[Callable[[Event], None]] = []
 
@@ -65,7 +68,7 @@ class Session:
         from crew.team import build_team
 
         self.team = await build_team(self.settings, self.choice, self.manager, self.workspace, self.emit,
-                                     max_turns=max_turns, human=human)
+                                     max_turns=max_turns, human=human, sandbox=self.sandbox)
         return self.team
 
     async def restore(self) -> list[str] | None:
@@ -135,6 +138,8 @@ async def open_session(
     repo: Path | None = None,
 ) -> AsyncIterator[Session]:
     """A session in a new workspace (or `resume`'s), closed the same way on every exit path."""
+    # Before anything is created: CREW_SANDBOX=require with no sandbox stops here.
+    sandbox = await asyncio.to_thread(detect, settings.sandbox, settings.tool_network)
     workspace = (
         Workspace.open(resume) if resume is not None
         else await asyncio.to_thread(
@@ -147,8 +152,12 @@ async def open_session(
     manager = open_manager(settings, choice, workspace.id)
     records = Records(workspace, render, choice.models())
     session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec)
+    session.sandbox = sandbox
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None,
-                            models={NAMES[role]: model for role, model in choice.models().items()}))
+                            models={NAMES[role]: model for role, model in choice.models().items()},
+                            sandbox=sandbox.kind))
+    if not sandbox.confines_files:
+        records.emit(SandboxWarning(kind=sandbox.kind, message=sandbox.describe()))
     manager.subscribe(session.emit)
     try:
         yield session

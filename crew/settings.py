@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     """Token budget of a run (prompt + completion, all agents)."""
     max_tool_iterations: int = Field(8, ge=1)
     command_timeout_s: float = Field(120.0, gt=0)
+    sandbox: Literal["auto", "require", "off"] = "auto"
+    """Agent commands in a sandbox (bubblewrap, namespaces, sandbox-exec): auto uses the best
+    there is and says when there is none; require makes none an error."""
+    tool_network: bool = False
+    """Agent commands may use the network (CREW_TOOL_NETWORK=on)."""
     review_architect_lines: int = Field(400, ge=1)
     """`crew review` asks the Architect too when a diff has more lines than this."""
 

@@ -40,8 +40,9 @@ from crew.prompt_files import load_prompt
 from crew.records import Records
 from crew.residency import ResidencyManager
 from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, forecast, speaker_name
+from crew.sandbox import Sandbox
 from crew.settings import ROLES, Role, Settings
-from crew.tools import make_tools
+from crew.tools import UNCONFINED, make_tools
 from crew.workspace import Workspace
 
 log = logging.getLogger("crew.team")
@@ -114,6 +115,7 @@ async def build_team(
     *,
     max_turns: int | None = None,
     human: ChatAgent | None = None,
+    sandbox: Sandbox = UNCONFINED,
 ) -> Team:
     """Check every role's model with the backend, then assemble the team."""
     models = choice.models()
@@ -136,7 +138,7 @@ async def build_team(
         AssistantAgent(
             NAMES[role],
             model_client=clients[role],
-            tools=list(_tools_for(role, workspace, settings)),
+            tools=list(_tools_for(role, workspace, settings, sandbox)),
             system_message=_system_message(settings, choice, role),
             description=f"The {NAMES[role]}.",
             model_client_stream=True,
@@ -194,8 +196,10 @@ def _system_message(settings: Settings, choice: BackendChoice, role: Role) -> st
     return f"{prompt.rstrip()}\n\n{extra}"
 
 
-def _tools_for(role: Role, workspace: Workspace, settings: Settings) -> list[Callable[..., Any]]:
-    tools = make_tools(workspace, write=role == "coder", command_timeout=settings.command_timeout_s)
+def _tools_for(role: Role, workspace: Workspace, settings: Settings, sandbox: Sandbox
+               ) -> list[Callable[..., Any]]:
+    tools = make_tools(workspace, write=role == "coder", command_timeout=settings.command_timeout_s,
+                       sandbox=sandbox)
     if role == "architect":  # reads, plans; runs nothing
         return [t for t in tools if t.__name__ in ("list_files", "read_file")]
     return list(tools)

@@ -21,7 +21,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crew.errors import WorkspaceEscape
+from crew.sandbox import Sandbox
 from crew.workspace import Workspace
+
+UNCONFINED = Sandbox("none", network=True)
 
 MAX_OUTPUT_CHARS = 12_000
 MAX_READ_CHARS = 60_000
@@ -54,8 +57,8 @@ def _escapes_as_errors(tool: Callable[..., Awaitable[str]]) -> Callable[..., Awa
     return guarded
 
 
-def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = COMMAND_TIMEOUT_S
-               ) -> list[Callable[..., Awaitable[str]]]:
+def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = COMMAND_TIMEOUT_S,
+               sandbox: Sandbox = UNCONFINED) -> list[Callable[..., Awaitable[str]]]:
     """Tool functions for an agent; without `write`, no write_file or edit_file."""
 
     async def list_files() -> str:
@@ -120,7 +123,7 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
 
     async def run_command(command: str) -> str:
         """Run a shell command in the workspace (tests, linters); returns exit code and output."""
-        return await run_in_workspace(workspace, command, command_timeout)
+        return await run_in_workspace(workspace, command, command_timeout, sandbox)
 
     tools: list[Callable[..., Awaitable[str]]] = [list_files, read_file]
     if write:
@@ -228,11 +231,15 @@ class _Output(asyncio.SubprocessProtocol):
                                                                 MAX_OUTPUT_CHARS // 2)
 
 
-async def run_in_workspace(workspace: Workspace, command: str, timeout: float) -> str:
-    """Run `command` in its own process group; when it ends (or times out) the whole group goes."""
+async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
+                           sandbox: Sandbox = UNCONFINED) -> str:
+    """Run `command` in `sandbox`, in its own process group; when it ends (or times out) the
+    whole group goes (and, in a PID namespace, everything it started)."""
     loop = asyncio.get_running_loop()
-    transport, output = await loop.subprocess_shell(
-        lambda: _Output(loop), command, cwd=workspace.root, env=scrubbed_env(workspace),
+    env = scrubbed_env(workspace)
+    argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected())
+    transport, output = await loop.subprocess_exec(
+        lambda: _Output(loop), *argv, cwd=workspace.root, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )

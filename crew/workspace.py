@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crew.errors import WorkspaceError, WorkspaceEscape
-from crew.files import write_json
+from crew.files import write_atomic, write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
@@ -35,17 +36,22 @@ def new_run_id() -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    """Run git; a failure becomes a WorkspaceError with git's own words."""
+    """Run git; its output as text (undecodable bytes replaced); a failure becomes a
+    WorkspaceError with git's own words."""
+    return git_bytes(cwd, *args).decode("utf-8", errors="replace")
+
+
+def git_bytes(cwd: Path, *args: str) -> bytes:
+    """`git`, with its output as the bytes git wrote."""
     try:
         done = subprocess.run(
-            ["git", *_GIT_IDENTITY, *_GIT_SAFETY, *args], cwd=cwd, capture_output=True, text=True,
-            check=False, env=_git_env(),
-            timeout=120,
+            ["git", *_GIT_IDENTITY, *_GIT_SAFETY, *args], cwd=cwd, capture_output=True,
+            check=False, env=_git_env(), timeout=120,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise WorkspaceError(f"could not run git in {cwd}: {exc}; is git installed?") from None
     if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
+        detail = (done.stderr or done.stdout).decode("utf-8", errors="replace").strip().splitlines()
         raise WorkspaceError(f"git {args[0]} failed in {cwd}: {detail[-1] if detail else 'no output'}")
     return done.stdout
 
@@ -100,7 +106,13 @@ class Workspace:
             raise WorkspaceError(
                 f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>"
             )
-        base = json.loads(meta.read_text())["base"]
+        try:
+            base = json.loads(meta.read_text())["base"]
+        except (OSError, ValueError, KeyError, TypeError):
+            base = None
+        # It is handed to git: only a commit id, never an option an agent could have planted.
+        if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
+            raise WorkspaceError(f"{meta} is damaged (its base is not a commit id): start a new run")
         return cls(root.resolve(), base)
 
     def _exclude_records(self) -> None:
@@ -138,13 +150,20 @@ class Workspace:
         write_json(self.root / name, data)
 
     def write_patch(self) -> Path:
-        """All changes since the initial commit, as a git diff that applies to it."""
+        """All changes since the initial commit, as a git diff that applies to it (the bytes as
+        git wrote them: a file in any encoding is carried as it is)."""
         git(self.root, "add", "-A")
-        diff = git(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv", self.base)
+        diff = git_bytes(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv",
+                         self.base)
         target = self.root / "crew.patch"
-        target.write_text(diff)
+        write_atomic(target, diff)
         return target
 
+    def protected(self) -> list[Path]:
+        """What the agents' commands must not change: the git data and crew's records."""
+        return [self.root / ".git", self.root / "workspace.json", *(self.root / name for name in RECORDS)]
+
     def files(self) -> list[str]:
-        listed = git(self.root, "ls-files", "--cached", "--others", "--exclude-standard")
-        return sorted(line for line in listed.splitlines() if line)
+        # -z: names as they are (not C-quoted), so what list_files shows read_file can open.
+        listed = git(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        return sorted(name for name in listed.split("\0") if name)
