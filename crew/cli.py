@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from crew import __version__
 from crew.errors import (
@@ -438,8 +438,25 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 # -- parsing --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line as one `crew:` line and exit 2 (not usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"crew: {message}: see `{self.prog} --help`\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of turns")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crew",
         description="A local-first software team of LLM agents (Architect, Coder, Reviewer) "
         "sharing one machine's memory through Ollama.",
@@ -461,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=Path, help="where to work (default: workspaces/<id>)")
     p.add_argument("--repo", type=Path, help="work on a new branch of this git repository")
     p.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue the run in WORKSPACE")
-    p.add_argument("--max-turns", type=int, help="stop after this many agent turns")
+    p.add_argument("--max-turns", type=_positive, help="stop after this many agent turns")
     p.add_argument("--json", dest="json_", action="store_true", help="print events as JSON lines")
     p.add_argument("--backend", choices=backend_names(),
                    help="where models run (default: CREW_BACKEND or auto)")

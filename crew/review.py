@@ -2,8 +2,8 @@
 
 The diff is untrusted input: it reaches the models only as quoted text, the models get no
 tools, and nothing in their answers is executed. Answers are asked for as JSON (Ollama's
-structured output); an answer that is not valid JSON still yields a verdict from an
-`APPROVED` line, with a note that the findings could not be read.
+structured output); an answer that does not parse as the verdict schema counts as "changes
+requested", with a note: a review never approves by default.
 """
 
 from __future__ import annotations
@@ -70,15 +70,27 @@ def read_diff(source: str | None, *, base: str | None = None, repo: Path | None 
 
 
 def _git_diff(base: str, repo: Path) -> str:
+    """The changes since `base` as a pull request shows them: against the merge base of `base`
+    and HEAD (three dots), so commits that landed on `base` since are not shown reversed; with
+    `A...B`, the changes of B since its merge base with A."""
     def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=60)
+        return subprocess.run(["git", "-C", str(repo), "-c", "core.fsmonitor=false", *args],
+                              capture_output=True, check=False, timeout=60)
 
     if git("rev-parse", "--git-dir").returncode != 0:
         raise InputError(f"{repo} is not a git repository: give --repo PATH of one, or use --diff FILE")
-    if git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").returncode != 0:
-        raise InputError(f"base ref {base!r} does not exist in {repo}: fetch it (git fetch origin {base}) "
-                         "or name an existing branch or commit")
-    done = git("diff", "--no-color", "--no-ext-diff", base)
+    left, dots, right = base.partition("...")
+    for ref in (left, right) if dots else (base,):
+        if not ref or ref.startswith("-") or git("rev-parse", "--verify", "--quiet",
+                                                 f"{ref}^{{commit}}").returncode != 0:
+            raise InputError(f"base ref {ref!r} does not exist in {repo}: fetch it (git fetch origin {ref}) "
+                             "or name an existing branch or commit")
+    merge_base = git("merge-base", left, right if dots else "HEAD")
+    if merge_base.returncode != 0:
+        raise InputError(f"{base!r} and HEAD share no history in {repo}: name a base on the same line")
+    since = merge_base.stdout.decode().strip()
+    diff_args = [since, right] if dots else [since]  # without B, the working tree is included
+    done = git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *diff_args, "--")
     return _decode(done.stdout, f"git diff {base}")
 
 
@@ -166,10 +178,10 @@ def _combine(verdicts: list[tuple[str, Verdict | None, str]], lines: int) -> Rev
     notes: list[str] = []
     for role, verdict, text in verdicts:
         if verdict is None:
-            notes.append(
-                f"the {role}'s answer was not valid JSON; its verdict was read from an APPROVED line"
-            )
-            ok = ok and approved(text)
+            # Fail closed: an answer that does not parse as the verdict schema never approves.
+            said = " (it said APPROVED)" if approved(text) else ""
+            notes.append(f"the {role}'s answer is not the verdict schema{said}; counted as changes requested")
+            ok = False
             summaries.append(text.strip()[:1000])
             continue
         blocking = any(f.severity in ("critical", "major") for f in verdict.findings)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crew.backends import BackendChoice, choose_backend
-from crew.errors import CrewError
+from crew.errors import CrewError, WorkspaceError
 from crew.events import Event, RunFinished, RunStarted, SandboxWarning
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
@@ -95,7 +95,7 @@ class Session:
         steps: list[Callable[[], Awaitable[None]]] = [
             self._save_or_note, self._close_team, self._write_patch,
             self.manager.aclose,  # its last events (models handed back) are recorded too
-            self._finish,
+            self._finish, self._unlock,
         ]
         failure: BaseException | None = None
         for step in steps:
@@ -120,6 +120,9 @@ class Session:
     async def _write_patch(self) -> None:
         await asyncio.to_thread(self.workspace.write_patch)
 
+    async def _unlock(self) -> None:
+        self.workspace.unlock()
+
     async def _finish(self) -> None:
         try:
             self.records.emit(RunFinished(approved=self.records.approved, stop_reason=self.stop_reason))
@@ -143,12 +146,21 @@ async def open_session(
     workspace = (
         Workspace.open(resume) if resume is not None
         else await asyncio.to_thread(
-            Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo
+            Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo, mode=mode
         )
     )
+    if workspace.mode not in (None, mode):
+        # A team's saved state only fits a team of the same kind: loading it would damage it.
+        raise WorkspaceError(f"{workspace.root} was made by `crew {workspace.mode}`: continue it with "
+                             f"`crew {workspace.mode} --resume {workspace.root}`")
+    workspace.lock()  # one process at a time in a workspace: two would interleave its records
     if task is not None and resume is None:
         (workspace.root / "spec.md").write_text(task)
-    choice = await choose_backend(settings)
+    try:
+        choice = await choose_backend(settings)
+    except BaseException:
+        workspace.unlock()
+        raise
     manager = open_manager(settings, choice, workspace.id)
     records = Records(workspace, render, choice.models())
     session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec)

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
         return value
 
+    @field_validator("prompts_dir")
+    @classmethod
+    def _prompts_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError("must be a folder with architect.md, coder.md, reviewer.md or review.md")
+        return value
+
     @field_validator("backend")
     @classmethod
     def _backend_known(cls, value: str) -> str:

@@ -16,12 +16,13 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from crew.errors import WorkspaceError, WorkspaceEscape
 from crew.files import write_atomic, write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
+LOCK_FILE = ".crew.lock"
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
 # An agent's command can write the workspace's git config: crew's own git calls must not run
 # what it planted there: hooks, an fsmonitor command (and, for diffs, `--no-ext-diff
@@ -65,16 +66,20 @@ def _git_env() -> dict[str, str]:
 class Workspace:
     """Where one run writes: code under git, crew's records beside it."""
 
-    def __init__(self, root: Path, base: str) -> None:
+    def __init__(self, root: Path, base: str, mode: str | None = None) -> None:
         self.root = root
         self.base = base
+        self.mode = mode
+        """`run` or `chat`: the command that made it (None for folders older than the field)."""
+        self._lock: IO[bytes] | None = None
 
     @property
     def id(self) -> str:
         return self.root.name
 
     @classmethod
-    def create(cls, workspaces_dir: Path, *, path: Path | None = None, repo: Path | None = None) -> Workspace:
+    def create(cls, workspaces_dir: Path, *, path: Path | None = None, repo: Path | None = None,
+               mode: str = "run") -> Workspace:
         root = (path or workspaces_dir / new_run_id()).resolve()
         if root.exists() and any(root.iterdir()):
             raise WorkspaceError(f"{root} already exists and is not empty: choose another --workspace")
@@ -96,7 +101,8 @@ class Workspace:
             git(repo, "worktree", "add", "-q", "-b", f"crew/{root.name}", str(root))
         workspace = cls(root, git(root, "rev-parse", "HEAD").strip())
         workspace._exclude_records()
-        workspace.write_json("workspace.json", {"base": workspace.base})
+        workspace.mode = mode
+        workspace.write_json("workspace.json", {"base": workspace.base, "mode": mode})
         return workspace
 
     @classmethod
@@ -107,13 +113,14 @@ class Workspace:
                 f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>"
             )
         try:
-            base = json.loads(meta.read_text())["base"]
-        except (OSError, ValueError, KeyError, TypeError):
-            base = None
+            meta_data = json.loads(meta.read_text())
+            base, mode = meta_data.get("base"), meta_data.get("mode")
+        except (OSError, ValueError, AttributeError):
+            base, mode = None, None
         # It is handed to git: only a commit id, never an option an agent could have planted.
         if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
             raise WorkspaceError(f"{meta} is damaged (its base is not a commit id): start a new run")
-        return cls(root.resolve(), base)
+        return cls(root.resolve(), base, mode if mode in ("run", "chat") else None)
 
     def _exclude_records(self) -> None:
         exclude = Path(git(self.root, "rev-parse", "--git-path", "info/exclude").strip())
@@ -122,7 +129,7 @@ class Workspace:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         with exclude.open("a") as handle:
             handle.write("\n".join(["", "# crew's records", *[f"/{name}" for name in RECORDS],
-                                    "/workspace.json", ""]))
+                                    "/workspace.json", f"/{LOCK_FILE}", ""]))
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -159,9 +166,33 @@ class Workspace:
         write_atomic(target, diff)
         return target
 
+    def lock(self) -> None:
+        """Take this workspace for this process; WorkspaceError if another crew works in it."""
+        import fcntl
+
+        handle = (self.root / LOCK_FILE).open("a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "another process"
+            handle.close()
+            raise WorkspaceError(f"{self.root} is in use by crew process {holder}: wait for it to end, "
+                                 "or stop it") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()).encode())
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def protected(self) -> list[Path]:
         """What the agents' commands must not change: the git data and crew's records."""
-        return [self.root / ".git", self.root / "workspace.json", *(self.root / name for name in RECORDS)]
+        return [self.root / ".git", self.root / "workspace.json", self.root / LOCK_FILE,
+                *(self.root / name for name in RECORDS)]
 
     def files(self) -> list[str]:
         # -z: names as they are (not C-quoted), so what list_files shows read_file can open.

@@ -67,11 +67,41 @@ def test_a_bad_patch_requests_changes_with_exit_1_even_if_the_model_says_approve
     assert "| critical | `calc.py:2` |" in (clean_env / "out" / "review.md").read_text()
 
 
-def test_an_answer_that_is_not_json_falls_back_to_the_approved_line(env: FakeOllama, clean_env: Path) -> None:
+def test_an_answer_that_is_not_the_verdict_schema_never_approves(env: FakeOllama, clean_env: Path) -> None:
     (clean_env / "good.diff").write_text(GOOD)
     env.script(REVIEWER, FakeReply(content="Fine by me.\nAPPROVED"))
-    assert main(["review", "--diff", "good.diff", "--out", "out"]) == 0
-    assert "not valid JSON" in json.loads((clean_env / "out" / "review.json").read_text())["notes"][0]
+    assert main(["review", "--diff", "good.diff", "--out", "out"]) == 1  # fails closed
+    note = json.loads((clean_env / "out" / "review.json").read_text())["notes"][0]
+    assert "not the verdict schema (it said APPROVED); counted as changes requested" in note
+
+
+def a_repo(folder: Path) -> tuple[Path, list[str]]:
+    """A repository on main with one commit of calc.py (a bug), and the git command for it."""
+    repo = folder / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    return repo, git
+
+
+def test_a_base_that_moved_on_is_diffed_from_the_merge_base(env: FakeOllama, clean_env: Path) -> None:
+    repo, git = a_repo(clean_env)
+    subprocess.run([*git, "checkout", "-q", "-b", "feature"], check=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    subprocess.run([*git, "commit", "-q", "-am", "fix add"], check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+    (repo / "other.py").write_text("LANDED_ON_MAIN = 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "main moves on"], check=True)
+    subprocess.run([*git, "checkout", "-q", "feature"], check=True)
+    for base in ("main", "main...feature"):
+        env.script(REVIEWER, verdict_json("approve"))
+        assert main(["review", "--base", base, "--repo", str(repo), "--out", "out"]) == 0
+        shown = env.chats[-1]["messages"][-1]["content"]
+        assert "+    return a + b" in shown and "LANDED_ON_MAIN" not in shown
 
 
 def test_a_large_diff_is_reviewed_by_the_architect_too(
@@ -124,13 +154,7 @@ def test_base_ref_and_repo_errors_are_one_line_and_exit_2(
 
 
 def test_review_of_a_base_ref_reads_git_diff(env: FakeOllama, clean_env: Path) -> None:
-    repo = clean_env / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    repo, git = a_repo(clean_env)
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     env.script(REVIEWER, verdict_json("approve"))
     assert main(["review", "--base", "main", "--repo", str(repo), "--out", "out"]) == 0

@@ -354,3 +354,46 @@ def test_with_room_for_two_models_the_workflow_forecast_makes_three_loads(
     assert [u["model"] for u in ollama.unloads] == [ARCHITECT]
     assert ollama.self_evictions() == [] and ollama.peak_used <= 80 * GB
     assert [e.speaker for e in events if e.type == "routing"].count("Reviewer") == rounds
+
+
+def test_a_bad_command_line_is_one_line_and_exit_2(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for argv, said in ((["run", "spec.md", "--max-turns", "0"], "not a positive number of turns"),
+                       (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+                       (["review"], "one of the arguments --diff --base is required")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("crew: ") and said in err
+    monkeypatch.setenv("CREW_PROMPTS_DIR", str(clean_env / "no-such-folder"))
+    (clean_env / "spec.md").write_text("Write hello.py.\n")
+    assert main(["run", "spec.md"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prompts_dir (CREW_PROMPTS_DIR)" in err and "must be a folder" in err
+
+
+def test_a_run_folder_is_not_resumed_as_a_chat_nor_by_two_processes_at_once(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew.workspace import Workspace
+
+    ollama.capacity = 60 * GB
+    script_happy_path(ollama)
+    outcome, _ = run_in_process(ollama, write_spec(clean_env))
+    root = outcome.workspace.root
+    before = {name: (root / name).read_bytes() for name in ("state.json", "summary.json", "events.jsonl")}
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    assert main(["chat", "--resume", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was made by `crew run`" in err and f"crew run --resume {root}" in err
+    assert {name: (root / name).read_bytes() for name in before} == before  # nothing damaged
+    held = Workspace.open(root)
+    held.lock()  # another crew process works in it
+    try:
+        assert main(["run", "--resume", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is in use by crew process {os.getpid()}" in err
+    finally:
+        held.unlock()
+    assert {name: (root / name).read_bytes() for name in before} == before
