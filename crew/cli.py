@@ -265,9 +265,13 @@ def _settings_for(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from crew.run import export_run, run_spec
 
+    if args.resume is not None and (args.repo is not None or args.workspace is not None):
+        raise InputError("--resume continues a run where it is: it cannot take --repo or --workspace")
     settings = _settings_for(args)
     if args.ci:
         settings = settings.deterministic()
+    if args.out is not None:
+        _check_writable(args.out)  # before any model work, not after it
     renderer = JsonRenderer() if args.json_ else TerminalRenderer()
     try:
         outcome = _arun(run_spec(
@@ -284,6 +288,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out is not None:
         export_run(outcome, args.out)
     return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot use --out {folder}: {exc.strerror}; give a folder crew can write") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write in --out {folder}: give a folder crew can write")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -544,3 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) or "interrupted"
         print(f"crew: {message}", file=sys.stderr)
         return exit_code(exc)
+    except Exception as exc:  # noqa: BLE001 - the one boundary: a bug is a line and exit 2 too
+        if os.environ.get("CREW_RAISE_ERRORS"):
+            raise
+        print(f"crew: unexpected error ({type(exc).__name__}: {exc}); this is a bug in crew: "
+              "CREW_RAISE_ERRORS=1 shows where", file=sys.stderr)
+        return EXIT_ERROR

@@ -397,3 +397,29 @@ def test_a_run_folder_is_not_resumed_as_a_chat_nor_by_two_processes_at_once(
     finally:
         held.unlock()
     assert {name: (root / name).read_bytes() for name in before} == before
+
+
+def test_flags_resume_cannot_honour_and_an_unwritable_out_stop_before_any_model_work(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    write_spec(clean_env)
+    (clean_env / "a-file").write_text("not a folder")
+    assert main(["run", "spec.md", "--out", str(clean_env / "a-file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot use --out" in err
+    assert main(["run", "--resume", str(clean_env), "--repo", str(clean_env)]) == 2
+    assert "cannot take --repo or --workspace" in capsys.readouterr().err
+    assert ollama.chats == [] and ollama.loads == [] and not (clean_env / "workspaces").exists()
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_2(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("crew.history.list_runs", broken)
+    assert main(["runs"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected error (ZeroDivisionError: a bug)" in err
