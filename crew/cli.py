@@ -265,8 +265,9 @@ def _settings_for(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from crew.run import export_run, run_spec
 
-    if args.resume is not None and (args.repo is not None or args.workspace is not None):
-        raise InputError("--resume continues a run where it is: it cannot take --repo or --workspace")
+    if args.resume is not None and (args.repo is not None or args.workspace is not None or args.spec):
+        raise InputError("--resume continues a run where it is, on its own spec: it cannot take a spec, "
+                         "--repo or --workspace")
     settings = _settings_for(args)
     if args.ci:
         settings = settings.deterministic()

@@ -40,7 +40,10 @@ def read_run(folder: Path) -> RunRecord:
         data: dict[str, Any] = json.loads(summary.read_text())
         totals = data.get("totals") or {}
         record.spec = data.get("spec")
-        record.started = float(data["started"])
+        started = float(data["started"])
+        if not 0 <= started < 32503680000:  # before the year 3000: a time, not garbage
+            raise ValueError(f"started {started!r} is not a time")
+        record.started = started
         record.seconds = float(data["seconds"])
         record.verdict = str(data["verdict"])
         record.stop_reason = data.get("stop_reason")

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     backend: str = "auto"
     """A registered backend (`ollama`, `embedded`), or auto: Ollama when it answers, else the
     embedded llama.cpp backend when installed."""
-    memory_budget_gb: float | None = Field(None, gt=0)
+    memory_budget_gb: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Memory crew may fill with models, in GB (10^9 bytes). Default: from the machine."""
     allow_partial_offload: bool | Literal["auto"] = "auto"
     """Let a model larger than the budget run alone, split between GPU and CPU (slow). auto:
@@ -233,6 +233,8 @@ def load_settings(**overrides: Any) -> Settings:
         got = first.get("input")
         shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
         raise SettingsError(f"invalid setting {where}: {first['msg']}{shown}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{CONFIG_FILE} is not UTF-8 text: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_FILE} is not valid TOML: {exc}") from None
     _check_shared_models(settings)

@@ -147,7 +147,10 @@ class Workspace:
         full = (self.root / candidate).resolve()
         if full != self.root and self.root not in full.parents:
             raise WorkspaceEscape(f"{path}: it leads outside the workspace (symlink)")
-        if full.name in RECORDS and full.parent == self.root:
+        git_dir = self.root / ".git"
+        if full == git_dir or git_dir in full.parents:  # checked again once links are resolved
+            raise WorkspaceEscape(f"{path}: it leads into the .git folder, which is off limits")
+        if (full.name in RECORDS or full.name in ("workspace.json", LOCK_FILE)) and full.parent == self.root:
             raise WorkspaceEscape(f"{path}: that name is reserved for crew's records")
         return full
 

@@ -409,7 +409,7 @@ def test_flags_resume_cannot_honour_and_an_unwritable_out_stop_before_any_model_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot use --out" in err
     assert main(["run", "--resume", str(clean_env), "--repo", str(clean_env)]) == 2
-    assert "cannot take --repo or --workspace" in capsys.readouterr().err
+    assert "cannot take a spec, --repo or --workspace" in capsys.readouterr().err
     assert ollama.chats == [] and ollama.loads == [] and not (clean_env / "workspaces").exists()
 
 
@@ -423,3 +423,39 @@ def test_an_unexpected_exception_is_one_line_and_exit_2(
     assert main(["runs"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unexpected error (ZeroDivisionError: a bug)" in err
+
+
+def test_settings_and_records_that_used_to_crash_are_one_line_or_listed_as_broken(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "inf")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "memory_budget_gb (CREW_MEMORY_BUDGET_GB)" in err
+    monkeypatch.delenv("CREW_MEMORY_BUDGET_GB")
+    (clean_env / "crew.toml").write_bytes(b"memory_budget_gb = 48 # caf\xe9\n")
+    assert main(["config"]) == 2
+    assert "crew.toml is not UTF-8 text" in capsys.readouterr().err
+    (clean_env / "crew.toml").unlink()
+    run_dir = clean_env / "workspaces" / "20261101-odd"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"started": 1e20, "seconds": 1, "verdict": "approved",
+                                                      "totals": {"loads": 1, "prompt_tokens": 1,
+                                                                 "completion_tokens": 1}}))
+    assert main(["runs", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["complete"] is False and "is not a time" in listed["problem"]
+    assert main(["runs"]) == 0  # the table too
+    capsys.readouterr()
+
+
+def test_a_symlink_into_git_is_refused_by_the_file_tools(clean_env: Path) -> None:
+    from crew.tools import make_tools
+    from crew.workspace import Workspace
+
+    workspace = Workspace.create(clean_env / "workspaces")
+    (workspace.root / "g").symlink_to(workspace.root / ".git")
+    tools = {t.__name__: t for t in make_tools(workspace, write=True)}
+    answer = run(tools["write_file"]("g/hooks/post-commit", "#!/bin/sh\ntouch pwned\n"))
+    assert answer.startswith("error:") and ".git folder" in answer
+    assert not (workspace.root / ".git" / "hooks" / "post-commit").exists()
