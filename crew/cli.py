@@ -320,13 +320,21 @@ def cmd_review(args: argparse.Namespace) -> int:
     from crew.review import read_diff, review_diff, write_outputs
 
     settings = _settings_for(args)
-    diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=lambda: sys.stdin.buffer.read())
+    diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=_read_stdin)
     renderer = JsonRenderer() if args.json_ else TerminalRenderer()
     outcome = _arun(review_diff(settings, diff, renderer))
     write_outputs(outcome, args.out)
     print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
           f"finding(s); {args.out / 'review.md'}", file=sys.stderr)
     return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
+
+
+def _read_stdin() -> bytes:
+    try:
+        return sys.stdin.buffer.read()
+    except (AttributeError, OSError, ValueError):  # closed, or not there at all
+        raise InputError("--diff - reads the diff from standard input, which is closed: pipe a diff "
+                         "in (git diff | crew review --diff -) or give --diff FILE") from None
 
 
 def _print_summary(outcome: Any) -> None:

@@ -11,8 +11,12 @@ from crew.settings import Settings
 
 def load_prompt(settings: Settings, name: str) -> str:
     """prompts/<name>.md, or the user's copy in CREW_PROMPTS_DIR."""
-    if settings.prompts_dir is not None and (settings.prompts_dir / f"{name}.md").is_file():
-        return (settings.prompts_dir / f"{name}.md").read_text()
+    mine = settings.prompts_dir / f"{name}.md" if settings.prompts_dir is not None else None
+    if mine is not None and mine.is_file():
+        try:
+            return mine.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read the prompt {mine} ({exc}): save it as UTF-8 text") from None
     shipped = resources.files("crew.prompts") / f"{name}.md"
     if shipped.is_file():
         return shipped.read_text(encoding="utf-8")

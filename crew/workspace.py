@@ -81,6 +81,8 @@ class Workspace:
     def create(cls, workspaces_dir: Path, *, path: Path | None = None, repo: Path | None = None,
                mode: str = "run") -> Workspace:
         root = (path or workspaces_dir / new_run_id()).resolve()
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"{root} is a file, not a folder: choose another --workspace")
         if root.exists() and any(root.iterdir()):
             raise WorkspaceError(f"{root} already exists and is not empty: choose another --workspace")
         try:

@@ -459,3 +459,49 @@ def test_a_symlink_into_git_is_refused_by_the_file_tools(clean_env: Path) -> Non
     answer = run(tools["write_file"]("g/hooks/post-commit", "#!/bin/sh\ntouch pwned\n"))
     assert answer.startswith("error:") and ".git folder" in answer
     assert not (workspace.root / ".git" / "hooks" / "post-commit").exists()
+
+
+def test_more_inputs_that_used_to_crash_are_one_line_and_exit_2(
+    ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.server
+    import threading
+
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+    write_spec(clean_env)
+    (clean_env / "a-file").write_text("not a folder")
+    assert main(["run", "spec.md", "--workspace", str(clean_env / "a-file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    prompts = clean_env / "prompts"
+    prompts.mkdir()
+    (prompts / "architect.md").write_bytes(b"caf\xe9\n")
+    monkeypatch.setenv("CREW_PROMPTS_DIR", str(prompts))
+    assert main(["run", "spec.md"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "crew: cannot read the prompt" in err and "save it as UTF-8" in err
+    monkeypatch.delenv("CREW_PROMPTS_DIR")
+    monkeypatch.setattr("sys.stdin", None)
+    assert main(["review", "--diff", "-"]) == 2
+    assert "standard input, which is closed" in capsys.readouterr().err
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>not ollama</html>")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CREW_OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        assert main(["plan"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "something other than Ollama's JSON" in err
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -71,9 +71,13 @@ class OllamaBackend:
         # restarted fails on first use even though the new server is up.
         async with ollama_errors(self._host, model):
             try:
-                return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
-            except (httpx.RemoteProtocolError, httpx.ReadError, ConnectionError, httpx.ConnectError):
-                return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
+                try:
+                    return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
+                except (httpx.RemoteProtocolError, httpx.ReadError, ConnectionError, httpx.ConnectError):
+                    return await asyncio.wait_for(make(), METADATA_TIMEOUT_S)
+            except ValueError as exc:  # HTML, or JSON of the wrong shape (pydantic's errors are ValueErrors)
+                raise BackendError(f"{self._host} answered with something other than Ollama's JSON "
+                                   f"({type(exc).__name__}): is CREW_OLLAMA_HOST an Ollama server?") from None
 
     async def version(self) -> str:
         # The official client has no call for /api/version; it is read once (doctor, `auto`).
