@@ -4,8 +4,8 @@ On Linux, bubblewrap when it is installed: the whole filesystem read-only but th
 workspace's `.git` and crew's records read-only inside it, a private `/tmp`, its own PID
 namespace (crew and every other process invisible, so no `/proc/<pid>/environ` to read), no
 network unless allowed, and a scrubbed environment; when crew kills it, everything it started
-dies with it. Without bubblewrap, unprivileged namespaces (`unshare`): its own PID and network
-namespaces, but the filesystem is not confined. On macOS, `sandbox-exec` with a generated
+dies with it. Without bubblewrap, the same with unprivileged namespaces (`unshare` and a small
+mount script; a mount whose name has a space stays writable). On macOS, `sandbox-exec` with a generated
 profile to the same effect. Where none can be had, commands run as the user, and crew says so
 once; `CREW_SANDBOX=require` makes that an error.
 """
@@ -16,6 +16,7 @@ import functools
 import platform
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +37,15 @@ class Sandbox:
 
     @property
     def confines_files(self) -> bool:
-        return self.kind in ("bwrap", "seatbelt")
+        return self.kind != "none"
 
     def describe(self) -> str:
         net = "with network" if self.network else "no network"
         return {
             "bwrap": f"bubblewrap: only the workspace is writable, .git and crew's records read-only, "
                      f"own PID namespace, {net}",
-            "unshare": f"Linux namespaces (unshare): own PID namespace, {net}; the filesystem is NOT "
-                       f"confined ({INSTALL_HINT} for that)",
+            "unshare": f"Linux namespaces (unshare): only the workspace is writable, .git and crew's "
+                       f"records read-only, own PID namespace, {net}",
             "seatbelt": f"sandbox-exec: only the workspace is writable, .git and crew's records "
                         f"read-only, {net}",
             "none": f"none: agent commands run as you, with your files and network in reach ({INSTALL_HINT})",
@@ -57,12 +58,32 @@ class Sandbox:
             return _bwrap(command, workspace, env, read_only, self.network)
         if self.kind == "unshare":
             net = [] if self.network else ["--net"]
-            return ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
-                    "--kill-child", *net, "sh", "-c", command]
+            return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
+                    "--kill-child", *net, "sh", "-c", _UNSHARE_PROLOGUE, "crew-sandbox", command,
+                    str(workspace), *(str(p) for p in read_only)]
         if self.kind == "seatbelt":
             profile = seatbelt_profile(workspace, read_only, self.network)
             return ["sandbox-exec", "-p", profile, "sh", "-c", command]
         return ["sh", "-c", command]
+
+
+# Inside its own user and mount namespaces (as the mapped root): every mount read-only but a
+# bind of the workspace, the protected paths bound read-only over themselves, a private /tmp
+# (unless the workspace is in /tmp), then the command. A failed protection stops it (set -e).
+_UNSHARE_PROLOGUE = r"""set -e
+cmd=$1; ws=$2; shift 2
+mount --bind "$ws" "$ws"
+for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do
+  case "$m" in /proc|/proc/*|"$ws") continue;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+case "$ws" in /tmp|/tmp/*) ;; *) mount -t tmpfs tmpfs /tmp ;; esac
+for p in "$@"; do
+  if [ -e "$p" ]; then mount --bind "$p" "$p"; mount -o remount,bind,ro "$p"; fi
+done
+cd "$ws"
+exec sh -c "$cmd"
+"""
 
 
 def _bwrap(command: str, workspace: Path, env: Mapping[str, str], read_only: Sequence[Path],
@@ -103,11 +124,12 @@ def seatbelt_profile(workspace: Path, read_only: Sequence[Path], network: bool) 
 @functools.cache
 def _works(kind: Kind) -> bool:
     """Whether this sandbox can start here (a real start of `true`, once per process)."""
-    probe = Sandbox(kind).argv("true", Path("/"), {"PATH": "/usr/bin:/bin"})
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    with tempfile.TemporaryDirectory(prefix="crew-sandbox-probe-") as folder:
+        probe = Sandbox(kind).argv("true", Path(folder), {"PATH": "/usr/bin:/bin"})
+        try:
+            return subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
 
 
 def detect(mode: str, network: bool) -> Sandbox:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from crew.cli import main
-from crew.sandbox import Sandbox, detect, seatbelt_profile
+from crew.sandbox import Sandbox, _works, detect, seatbelt_profile
 from crew.tools import UNCONFINED, run_in_workspace
 from crew.workspace import Workspace
 from tests.fake_ollama import FakeOllama
@@ -35,11 +35,17 @@ def workspace(clean_env: Path) -> Workspace:
     return ws
 
 
-@pytest.fixture
-def bwrap() -> Sandbox:
-    sandbox = detect("require", network=False)
-    assert sandbox.kind == "bwrap"
-    return sandbox
+@pytest.fixture(params=["bwrap", "unshare"])
+def bwrap(request: pytest.FixtureRequest) -> Sandbox:
+    """Each Linux sandbox in turn: bubblewrap, and the namespaces crew falls back to without it."""
+    kind = request.param
+    if kind == "bwrap":
+        sandbox = detect("require", network=False)
+        assert sandbox.kind == "bwrap"
+        return sandbox
+    if not _works("unshare"):
+        pytest.skip("unprivileged namespaces are not allowed here")
+    return Sandbox("unshare")
 
 
 def sh(workspace: Workspace, command: str, sandbox: Sandbox) -> str:
@@ -72,7 +78,10 @@ def test_only_the_workspace_is_writable_and_git_and_records_are_read_only(
     result = sh(workspace, f"echo x > {outside}; echo x > inside.txt; echo x > /tmp/scratch && echo tmp-ok; "
                            "git config core.fsmonitor 'touch pwned'; echo x >> events.jsonl; "
                            "rm -f workspace.json; ln -sf /etc/passwd transcript.md; echo done", bwrap)
-    assert "tmp-ok" in result and "done" in result
+    assert "done" in result
+    # A private /tmp: bubblewrap always; the unshare fallback when the workspace is not in /tmp
+    # (these tests' workspaces are, so there /tmp is read-only instead).
+    assert ("tmp-ok" in result) == (bwrap.kind == "bwrap")
     assert not outside.exists()
     assert (workspace.root / "inside.txt").read_text() == "x\n"
     assert (workspace.root / ".git" / "config").read_text() == config
@@ -86,7 +95,7 @@ def test_no_network_unless_allowed(workspace: Workspace, bwrap: Sandbox, ollama:
     fetch = f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}').read())\""
     closed = sh(workspace, fetch, bwrap)
     assert closed.startswith("exit code 1") and "0.13.0" not in closed
-    opened = sh(workspace, fetch, Sandbox("bwrap", network=True))
+    opened = sh(workspace, fetch, Sandbox(bwrap.kind, network=True))
     assert opened.startswith("exit code 0") and "0.13.0" in opened
 
 
@@ -154,3 +163,40 @@ def test_a_run_records_its_sandbox_and_doctor_names_it(
     assert main(["doctor", "--json"]) == 0
     doctor = json.loads(capsys.readouterr().out)
     assert doctor["sandbox"].startswith("bubblewrap") and not any("sandbox" in w for w in doctor["warnings"])
+
+
+def test_a_coder_that_attacks_through_run_command_reaches_nothing(
+    ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew.memory import GB
+    from tests.fake_ollama import FakeReply
+    from tests.helpers import ARCHITECT, CODER, REVIEWER
+
+    outside = clean_env / "outside.txt"
+    attack = (f'(for f in /proc/[0-9]*/environ; do tr "\\0" "\\n" < "$f"; done) 2>/dev/null '
+              f'| grep -c "{SECRET}"; '
+              f"echo pwned > {outside}; git config core.fsmonitor 'touch {clean_env}/fsmonitor-ran'; "
+              "echo forged > workspace.json; echo done")
+    holder = subprocess.Popen(["sleep", "120"], env={**os.environ, "OPENAI_API_KEY": SECRET})
+    try:
+        ollama.reset(capacity=60 * GB)
+        ollama.script(ARCHITECT, "Plan: check the machine.\nNEXT: Coder")
+        ollama.script(CODER, FakeReply(content="", tool_calls=[{"name": "run_command", "arguments": {
+            "command": attack}}]), "Checked.\nNEXT: Reviewer")
+        ollama.script(REVIEWER, "APPROVED")
+        (clean_env / "spec.md").write_text("Write hello.py.\n")
+        monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+        monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+        monkeypatch.setenv("CREW_SANDBOX", "require")
+        assert main(["run", "spec.md"]) == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # What the model was shown: no secret found, every write outside refused, and it went on.
+    shown = next(m["content"] for c in ollama.chats for m in c["messages"] if m["role"] == "tool")
+    assert shown.splitlines()[1] == "0" and SECRET not in shown and "done" in shown
+    assert not outside.exists() and not (clean_env / "fsmonitor-ran").exists()
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    assert "fsmonitor" not in (workspace / ".git" / "config").read_text()
+    assert json.loads((workspace / "workspace.json").read_text())["mode"] == "run"
+    assert json.loads((workspace / "summary.json").read_text())["approved"] is True
