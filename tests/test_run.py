@@ -299,7 +299,7 @@ def test_a_conversation_past_a_roles_num_ctx_is_warned_about_before_ollama_trunc
 ) -> None:
     ollama.capacity = 60 * GB
     plan = "Plan:\n" + "".join(f"{i}. Write function f{i} with care and a test.\n" for i in range(300))
-    ollama.script(ARCHITECT, plan + "NEXT: Coder")
+    ollama.script(ARCHITECT, FakeReply(content=plan + "NEXT: Coder", chunks=30))  # not a word at a time
     ollama.script(CODER, "Done.\nNEXT: Reviewer")
     ollama.script(REVIEWER, "APPROVED")
     outcome, events = run_in_process(ollama, write_spec(clean_env), settings={"coder": {"num_ctx": 2048}})

@@ -100,7 +100,9 @@ def test_no_network_unless_allowed(workspace: Workspace, bwrap: Sandbox, ollama:
 
 
 def test_everything_a_command_started_ends_with_it(workspace: Workspace, bwrap: Sandbox) -> None:
-    marker = "300.4242"  # a sleep that escapes the process group (setsid) and the output pipe
+    # A sleep that escapes the process group (setsid) and the output pipe; its length marks it as
+    # this test's (tests run in parallel, each sandbox's with its own).
+    marker = f"300.{os.getpid()}{id(workspace) % 10_000}"
     result = sh(workspace, f"setsid sleep {marker} > /dev/null 2>&1 < /dev/null & echo started", bwrap)
     assert "started" in result
 
