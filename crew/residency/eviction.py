@@ -13,9 +13,9 @@ crew keeps unless nothing else frees the room. A policy is a plain object: it ca
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # What evicting a model another live crew process keeps is counted as, in reload seconds.
 ELSEWHERE_PENALTY_S = 3600.0
@@ -45,32 +45,43 @@ class EvictionPolicy(Protocol):
         ...
 
 
+def least_costly_set(
+    candidates: Sequence[Candidate], shortfall: int,
+    cost: Callable[[Sequence[Candidate]], tuple[float, ...]], rank: Callable[[Candidate], Any],
+) -> list[Candidate] | None:
+    """The set of candidates that frees `shortfall` bytes at the least `cost` (compared as
+    tuples, then by bytes freed); None if all of them do not free enough. Searched exhaustively
+    up to EXHAUSTIVE_LIMIT candidates, beyond that greedily in `rank` order."""
+    if shortfall <= 0:
+        return []
+    if sum(c.bytes for c in candidates) < shortfall:
+        return None
+    if len(candidates) > EXHAUSTIVE_LIMIT:
+        chosen: list[Candidate] = []
+        for candidate in sorted(candidates, key=rank):
+            chosen.append(candidate)
+            if sum(c.bytes for c in chosen) >= shortfall:
+                break
+        return chosen
+    best: tuple[Any, ...] | None = None
+    best_set: list[Candidate] = []
+    for size in range(1, len(candidates) + 1):
+        for combo in itertools.combinations(candidates, size):
+            freed = sum(c.bytes for c in combo)
+            if freed < shortfall:
+                continue
+            key = (*cost(combo), freed)
+            if best is None or key < best:
+                best, best_set = key, list(combo)
+    return best_set
+
+
 class CheapestReload:
     """Evict the set that frees enough room at the least idle-discounted reload cost."""
 
     def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
-        if shortfall <= 0:
-            return []
-        if sum(c.bytes for c in candidates) < shortfall:
-            return None
-        if len(candidates) > EXHAUSTIVE_LIMIT:
-            chosen: list[Candidate] = []
-            for candidate in sorted(candidates, key=self.keep_value):
-                chosen.append(candidate)
-                if sum(c.bytes for c in chosen) >= shortfall:
-                    return chosen
-            return None
-        best: tuple[float, int] | None = None
-        best_set: list[Candidate] = []
-        for size in range(1, len(candidates) + 1):
-            for combo in itertools.combinations(candidates, size):
-                freed = sum(c.bytes for c in combo)
-                if freed < shortfall:
-                    continue
-                key = (sum(self.keep_value(c) for c in combo), freed)
-                if best is None or key < best:
-                    best, best_set = key, list(combo)
-        return best_set
+        return least_costly_set(candidates, shortfall,
+                                lambda combo: (sum(self.keep_value(c) for c in combo),), self.keep_value)
 
     @staticmethod
     def keep_value(candidate: Candidate) -> float:
@@ -97,29 +108,11 @@ class WorkflowAware:
     def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
         if all(c.next_use is None for c in candidates):
             return self._fallback.choose(candidates, shortfall)
-        if shortfall <= 0:
-            return []
-        if sum(c.bytes for c in candidates) < shortfall:
-            return None
-        if len(candidates) > EXHAUSTIVE_LIMIT:
-            chosen: list[Candidate] = []
-            for candidate in sorted(candidates, key=self._rank):
-                chosen.append(candidate)
-                if sum(c.bytes for c in chosen) >= shortfall:
-                    break
-            return chosen
-        best: tuple[float, float, int] | None = None
-        best_set: list[Candidate] = []
-        for size in range(1, len(candidates) + 1):
-            for combo in itertools.combinations(candidates, size):
-                freed = sum(c.bytes for c in combo)
-                if freed < shortfall:
-                    continue
-                soonest = min(self.next_use(c) for c in combo)
-                key = (-soonest, sum(CheapestReload.keep_value(c) for c in combo), freed)
-                if best is None or key < best:
-                    best, best_set = key, list(combo)
-        return best_set
+        return least_costly_set(candidates, shortfall, self._cost, self._rank)
+
+    def _cost(self, combo: Sequence[Candidate]) -> tuple[float, float]:
+        soonest = min(self.next_use(c) for c in combo)
+        return -soonest, sum(CheapestReload.keep_value(c) for c in combo)
 
     def _rank(self, candidate: Candidate) -> tuple[float, float]:
         return -self.next_use(candidate), CheapestReload.keep_value(candidate)
