@@ -45,17 +45,57 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
 
 
 def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
 
 
 T = TypeVar("T")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled as Ctrl-C is (cut, save, hand back), with its own exit code."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 def _arun(coroutine: Coroutine[Any, Any, T]) -> T:
     # asyncio costs ~50 ms to import here, and `crew --help` has no use for it.
     import asyncio
+    import signal
 
-    return asyncio.run(coroutine)
+    received: list[int] = []
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s]
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(signum: int) -> None:
+            if received:  # a second signal while crew cleans up: stop at once
+                os._exit(128 + signum)
+            received.append(signum)
+            task.cancel()  # as asyncio.run does for Ctrl-C: the command's own cleanup runs
+
+        for signum in signals:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await coroutine
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if received:
+            raise Terminated(received[0]) from None
+        raise
 
 
 def _gb(n: int) -> str:
@@ -279,11 +319,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings, args.spec, render=renderer, workspace_path=args.workspace, repo=args.repo,
             resume=args.resume, max_turns=args.max_turns,
         ))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         where = renderer.workspace or "its workspace"
-        print(f"crew: interrupted; state saved. Continue with `crew run --resume {where}`",
+        print(f"crew: {str(exc) or 'interrupted'}; state saved. Continue with `crew run --resume {where}`",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(exc)
     if not args.json_:
         _print_summary(outcome)
     if args.out is not None:

@@ -505,3 +505,38 @@ def test_more_inputs_that_used_to_crash_are_one_line_and_exit_2(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_hand_the_models_back(
+    ollama: FakeOllama, clean_env: Path, signum: int, code: int
+) -> None:
+    ollama.capacity = 60 * GB
+    gate = threading.Event()
+    ollama.script(ARCHITECT, FakeReply(content="A long plan", gate=gate))
+    spec = write_spec(clean_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60",
+               CREW_STATE_DIR=str(clean_env / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert ollama.generating.wait(120), "the architect never started generating"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    name = signal.Signals(signum).name
+    assert f"crew: stopped by {name}; state saved" in err and "crew run --resume" in err
+    assert "Traceback" not in err
+    (workspace,) = (clean_env / "workspaces").iterdir()
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted"
+    assert (workspace / "state.json").is_file() and (workspace / "crew.patch").is_file()
+    # The architect was handed back to Ollama's own expiry, not left pinned.
+    released = [r["body"]["model"] for r in ollama.requests
+                if r["path"] == "/api/chat" and r["body"].get("keep_alive") == "5m"]
+    assert released == [ARCHITECT]
