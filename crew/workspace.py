@@ -23,6 +23,9 @@ from crew.files import write_atomic, write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
 LOCK_FILE = ".crew.lock"
+# Every file crew keeps at the workspace root: out of git, out of the tools' reach, read-only
+# in the sandbox.
+CREW_FILES = (*RECORDS, "workspace.json", LOCK_FILE)
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
 # An agent's command can write the workspace's git config: crew's own git calls must not run
 # what it planted there: hooks, an fsmonitor command (and, for diffs, `--no-ext-diff
@@ -130,8 +133,7 @@ class Workspace:
             exclude = self.root / exclude
         exclude.parent.mkdir(parents=True, exist_ok=True)
         with exclude.open("a") as handle:
-            handle.write("\n".join(["", "# crew's records", *[f"/{name}" for name in RECORDS],
-                                    "/workspace.json", f"/{LOCK_FILE}", ""]))
+            handle.write("\n".join(["", "# crew's records", *[f"/{name}" for name in CREW_FILES], ""]))
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class Workspace:
         git_dir = self.root / ".git"
         if full == git_dir or git_dir in full.parents:  # checked again once links are resolved
             raise WorkspaceEscape(f"{path}: it leads into the .git folder, which is off limits")
-        if (full.name in RECORDS or full.name in ("workspace.json", LOCK_FILE)) and full.parent == self.root:
+        if full.name in CREW_FILES and full.parent == self.root:
             raise WorkspaceEscape(f"{path}: that name is reserved for crew's records")
         return full
 
@@ -196,8 +198,7 @@ class Workspace:
 
     def protected(self) -> list[Path]:
         """What the agents' commands must not change: the git data and crew's records."""
-        return [self.root / ".git", self.root / "workspace.json", self.root / LOCK_FILE,
-                *(self.root / name for name in RECORDS)]
+        return [self.root / ".git", *(self.root / name for name in CREW_FILES)]
 
     def files(self) -> list[str]:
         # -z: names as they are (not C-quoted), so what list_files shows read_file can open.
