@@ -19,7 +19,7 @@ from crew.backends.simulated import SimulatedBackend
 from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreachable
 from crew.measured import Measurements
 from crew.memory import MemoryBudget
-from crew.residency import ResidencyManager
+from crew.residency import OffloadRule, ResidencyManager
 from crew.routing import forecast
 from crew.sandbox import detect
 from crew.settings import ROLES, Role, Settings
@@ -137,15 +137,14 @@ def _over_budget(check: RoleCheck, settings: Settings, facts: ModelFacts, size: 
                  budget: MemoryBudget) -> None:
     """A role whose model is over the budget: a warning if it can run alone, else a problem."""
     setting = f"CREW_{check.role.upper()}_NUM_CTX"
-    allowed = settings.allow_partial_offload
-    too_big_for_machine = allowed == "auto" and budget.machine and size > budget.machine
-    if allowed is not False and not too_big_for_machine:
+    rule = OffloadRule.of(settings, budget)
+    if rule.runs_alone(size):
         check.runs_alone = True
         check.warning = advice.offload_notice(check.model, size, facts, budget, setting)
         return
     fixes = advice.fixes(size, facts, budget, setting)
     error = ModelTooLarge(check.model, size, budget.bytes, fixes,
-                          machine=budget.machine if too_big_for_machine else None)
+                          machine=rule.machine_memory if rule.over_machine(size) else None)
     check.fix = str(error)
 
 
@@ -197,11 +196,8 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
     simulated = SimulatedBackend(facts, measured)
     # The same partial-offload rule as a run: a model too large for it fails the plan as it
     # would fail the run, with the same line.
-    manager = ResidencyManager(
-        simulated, budget, allow_partial_offload=settings.allow_partial_offload is not False,
-        machine_memory=budget.machine if settings.allow_partial_offload == "auto" else None,
-        measurements=measured,
-    )
+    manager = ResidencyManager(simulated, budget, **OffloadRule.of(settings, budget).manager_options(),
+                               measurements=measured)
     offloaded: set[str] = set()
     manager.subscribe(lambda e: offloaded.add(e.model) if e.type == "model_loaded" and e.partial_offload
                       else None)

@@ -8,11 +8,12 @@ benchmarks all drive the same manager. `open_manager` builds the one a command r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from crew.holders import HolderRecord
 from crew.measured import Measurements
-from crew.memory import resolve_budget
+from crew.memory import MemoryBudget, resolve_budget
 from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy, WorkflowAware
 from crew.residency.manager import Hold, ResidencyManager
 from crew.residency.slots import SlotView, Snapshot
@@ -20,6 +21,30 @@ from crew.residency.slots import SlotView, Snapshot
 if TYPE_CHECKING:
     from crew.backends import BackendChoice
     from crew.settings import Settings
+
+
+@dataclass(frozen=True)
+class OffloadRule:
+    """Whether a model over the budget may run alone, partly on the CPU (CREW_ALLOW_PARTIAL_OFFLOAD)."""
+
+    allowed: bool
+    machine_memory: int | None
+    """With `auto`: the machine's memory, over which a model still cannot run (None: no limit)."""
+
+    @classmethod
+    def of(cls, settings: Settings, budget: MemoryBudget) -> OffloadRule:
+        mode = settings.allow_partial_offload
+        return cls(mode is not False, budget.machine if mode == "auto" else None)
+
+    def over_machine(self, size: int) -> bool:
+        return bool(self.machine_memory) and size > (self.machine_memory or 0)
+
+    def runs_alone(self, size: int) -> bool:
+        """Whether a model of `size` bytes, over the budget, may run alone."""
+        return self.allowed and not self.over_machine(size)
+
+    def manager_options(self) -> dict[str, Any]:
+        return {"allow_partial_offload": self.allowed, "machine_memory": self.machine_memory}
 
 
 def open_manager(settings: Settings, choice: BackendChoice, run: str) -> ResidencyManager:
@@ -35,9 +60,7 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
     manager = ResidencyManager(
         choice.backend,
         budget,
-        allow_partial_offload=settings.allow_partial_offload is not False,
-        # auto: a model over the budget runs alone only if the machine's memory can hold it.
-        machine_memory=budget.machine if settings.allow_partial_offload == "auto" else None,
+        **OffloadRule.of(settings, budget).manager_options(),
         load_timeout=settings.load_timeout_s,
         reconcile_ttl=settings.reconcile_ttl_s,
         measurements=Measurements(settings.state_dir, host) if record else None,
@@ -53,6 +76,7 @@ __all__ = [
     "CheapestReload",
     "EvictionPolicy",
     "Hold",
+    "OffloadRule",
     "ResidencyManager",
     "SlotView",
     "Snapshot",
