@@ -24,7 +24,7 @@ from crew.events import Event, RunFinished, RunStarted, SandboxWarning
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
 from crew.routing import NAMES
-from crew.sandbox import detect
+from crew.sandbox import Sandbox, detect
 from crew.settings import Settings
 from crew.tools import UNCONFINED
 from crew.workspace import Workspace
@@ -41,7 +41,8 @@ class Session:
     """A workspace with its backend, manager, records and (once built) team."""
 
     def __init__(self, settings: Settings, choice: BackendChoice, workspace: Workspace,
-                 manager: ResidencyManager, records: Records, *, mode: str, spec: Path | None) -> None:
+                 manager: ResidencyManager, records: Records, *, mode: str, spec: Path | None,
+                 sandbox: Sandbox = UNCONFINED) -> None:
         self.settings = settings
         self.choice = choice
         self.workspace = workspace
@@ -51,7 +52,7 @@ class Session:
         self.spec = spec
         self.started = time.time()
         self.team: Team | None = None
-        self.sandbox = UNCONFINED
+        self.sandbox = sandbox
         self.stop_reason = "error"
         self._observers: list[Callable[[Event], None]] = []
 
@@ -154,17 +155,17 @@ async def open_session(
         raise WorkspaceError(f"{workspace.root} was made by `crew {workspace.mode}`: continue it with "
                              f"`crew {workspace.mode} --resume {workspace.root}`")
     workspace.lock()  # one process at a time in a workspace: two would interleave its records
-    if task is not None and resume is None:
-        (workspace.root / "spec.md").write_text(task)
     try:
+        if task is not None and resume is None:
+            (workspace.root / "spec.md").write_text(task)
         choice = await choose_backend(settings)
+        manager = open_manager(settings, choice, workspace.id)
+        records = Records(workspace, render, choice.models())
     except BaseException:
-        workspace.unlock()
+        workspace.unlock()  # from here on, closing the session unlocks it
         raise
-    manager = open_manager(settings, choice, workspace.id)
-    records = Records(workspace, render, choice.models())
-    session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec)
-    session.sandbox = sandbox
+    session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec,
+                      sandbox=sandbox)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None,
                             models={NAMES[role]: model for role, model in choice.models().items()},
                             sandbox=sandbox.kind))
