@@ -302,6 +302,22 @@ def _settings_for(args: argparse.Namespace) -> Any:
     return load_settings(**overrides)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from crew.serve import serve
+    from crew.settings import load_settings
+
+    overrides = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
+    settings = load_settings(**overrides)
+
+    def ready(url: str) -> None:
+        print(f"crew serve: listening on {url} for Ollama at {settings.ollama_host} "
+              f"(point clients at it: OLLAMA_HOST={url}); Ctrl-C or SIGTERM stops it", file=sys.stderr,
+              flush=True)
+
+    serve(settings, ready)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from crew.run import export_run, run_spec
 
@@ -574,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("run_id", nargs="?", help="the run to show")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("serve", cmd_serve, "serve the seed's router and the Ollama and OpenAI APIs: one residency "
+            "authority for every client of this Ollama")
+    p.add_argument("--host", help="address to listen on (default: CREW_SERVE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: CREW_SERVE_PORT or 8000)")
     p = add("config", cmd_config, "show the effective settings (environment + crew.toml)")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
     return parser

@@ -138,6 +138,18 @@ class Settings(BaseSettings):
     review_architect_lines: int = Field(400, ge=1)
     """`crew review` asks the Architect too when a diff has more lines than this."""
 
+    serve_host: str = "127.0.0.1"
+    """Where `crew serve` listens. Any address but loopback needs CREW_SERVE_TOKEN."""
+    serve_port: int = Field(8000, ge=0, le=65535)
+    serve_token: str | None = None
+    """Clients of `crew serve` send `Authorization: Bearer <token>`; required off loopback."""
+    serve_max_body_mb: float = Field(16.0, gt=0)
+    """Largest request body `crew serve` accepts (413 over it)."""
+    serve_num_ctx: int = Field(32768, ge=512, le=1_048_576)
+    """num_ctx `crew serve` gives models outside the roles (capped at the model's context)."""
+    serve_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long `crew serve` lets requests in flight finish."""
+
     architect: ArchitectSettings = ArchitectSettings()
     coder: CoderSettings = CoderSettings()
     reviewer: ReviewerSettings = ReviewerSettings()

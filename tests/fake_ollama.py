@@ -109,6 +109,8 @@ class FakeReply:
     error: str = "an error was encountered while running the model"
     gate: threading.Event | None = None
     """Generation waits until this is set (to keep a request in flight)."""
+    gate_after: int | None = None
+    """Streaming: wait for `gate` after this many chunks instead of before the first."""
     done_reason: str = "stop"
     no_done: bool = False
     """Streaming: end the stream cleanly but without the final `done` line."""
@@ -137,10 +139,10 @@ class _Http(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 drops connections under 50 clients
     allow_reuse_address = True
 
-    def __init__(self, fake: FakeOllama) -> None:
+    def __init__(self, fake: FakeOllama, port: int = 0) -> None:
         self.fake = fake
         self.sockets: set[socket.socket] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.sockets.add(request)
@@ -161,8 +163,8 @@ class _Http(ThreadingHTTPServer):
 class FakeOllama:
     """The server and its records."""
 
-    def __init__(self) -> None:
-        self._http = _Http(self)
+    def __init__(self, port: int = 0) -> None:
+        self._http = _Http(self, port)
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._cond = threading.Condition()
         self._load_lock = threading.Lock()
@@ -212,6 +214,8 @@ class FakeOllama:
             self.waited_for_unload = 0
             self.load_gate: threading.Event | None = None
             self.generating = threading.Event()
+            self.streaming = threading.Event()
+            """Set when a stream reaches its `gate_after` chunk."""
             self._cond.notify_all()
 
     def restart(self) -> None:
@@ -509,6 +513,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self._show(self._model(body)))
             elif self.path in ("/api/chat", "/api/generate"):
                 self._chat(body, generate=self.path == "/api/generate")
+            elif self.path in ("/api/embed", "/api/embeddings"):
+                self._embed(body, legacy=self.path == "/api/embeddings")
             else:
                 self._error(404, "404 page not found")
         except _HttpError as exc:
@@ -598,12 +604,32 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             reply = self.fake.next_reply(name)
             self.fake.generating.set()
-            if reply.gate is not None:
+            if reply.gate is not None and reply.gate_after is None:
                 reply.gate.wait()
+            prompt = [{"content": body.get("prompt", "")}] if generate else messages
             if body.get("stream", True):
-                self._stream(name, reply, messages, load_ns)
+                self._stream(name, reply, prompt, load_ns, generate)
             else:
-                self._send_json(200, self._whole(name, reply, messages, load_ns))
+                self._send_json(200, self._whole(name, reply, prompt, load_ns, generate))
+        finally:
+            self.fake.release(runner)
+
+    def _embed(self, body: dict[str, Any], *, legacy: bool) -> None:
+        fake_model = self._model(body)
+        texts = [body.get("prompt", "")] if legacy else body.get("input", "")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        options = dict(body.get("options") or {})
+        self.fake.chats.append({"model": fake_model.name, "options": options, "embed": texts,
+                                "keep_alive": body.get("keep_alive"), "messages": [], "tools": []})
+        runner = self.fake.acquire(fake_model, options, parse_keep_alive(body.get("keep_alive")))
+        try:
+            vectors = [[float(len(t)), float(sum(map(ord, t)) % 97), 1.0] for t in texts]
+            if legacy:
+                self._send_json(200, {"embedding": vectors[0]})
+            else:
+                self._send_json(200, {"model": fake_model.name, "embeddings": vectors,
+                                      "total_duration": 1_000_000, "load_duration": 0,
+                                      "prompt_eval_count": sum(len(t) // 4 + 1 for t in texts)})
         finally:
             self.fake.release(runner)
 
@@ -633,7 +659,12 @@ class _Handler(BaseHTTPRequestHandler):
             for i, call in enumerate(reply.tool_calls or [])
         ]
 
-    def _whole(self, name: str, reply: FakeReply, messages: list[Any], load_ns: int) -> dict[str, Any]:
+    def _whole(
+        self, name: str, reply: FakeReply, messages: list[Any], load_ns: int, generate: bool = False
+    ) -> dict[str, Any]:
+        if generate:
+            return {"model": name, "created_at": _now(), "response": reply.content, "done": True,
+                    "done_reason": reply.done_reason, **self._stats(reply, messages, load_ns)}
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.thinking:
             message["thinking"] = reply.thinking
@@ -642,7 +673,9 @@ class _Handler(BaseHTTPRequestHandler):
         return {"model": name, "created_at": _now(), "message": message, "done": True,
                 "done_reason": reply.done_reason, **self._stats(reply, messages, load_ns)}
 
-    def _stream(self, name: str, reply: FakeReply, messages: list[Any], load_ns: int) -> None:
+    def _stream(
+        self, name: str, reply: FakeReply, messages: list[Any], load_ns: int, generate: bool = False
+    ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -655,6 +688,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.tool_calls:
             lines.append({"role": "assistant", "content": "", "tool_calls": self._tool_calls(reply)})
         for sent, message in enumerate(lines):
+            if reply.gate is not None and reply.gate_after == sent:
+                self.fake.streaming.set()
+                reply.gate.wait()
             if reply.cut_after is not None and sent >= reply.cut_after:
                 self._cut()
                 return
@@ -662,12 +698,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk({"error": reply.error})
                 self._end()
                 return
-            self._chunk({"model": name, "created_at": _now(), "message": message, "done": False})
+            if generate:
+                self._chunk({"model": name, "created_at": _now(), "response": message["content"],
+                             "done": False})
+            else:
+                self._chunk({"model": name, "created_at": _now(), "message": message, "done": False})
         if reply.no_done:
             self._end()
             return
+        last = {"response": ""} if generate else {"message": {"role": "assistant", "content": ""}}
         self._chunk({
-            "model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
+            "model": name, "created_at": _now(), **last,
             "done": True, "done_reason": reply.done_reason, **self._stats(reply, messages, load_ns),
         })
         self._end()

@@ -35,6 +35,9 @@ class ModelKnowledge:
         self._profiles[model] = dict(options)
         self._recall(model)
 
+    def registered(self, model: str) -> bool:
+        return model in self._profiles
+
     def profile(self, model: str) -> dict[str, Any]:
         """The registered runner options (the object itself: callers must not change it)."""
         try:

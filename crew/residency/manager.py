@@ -179,13 +179,15 @@ class ResidencyManager:
     # -- the public operations -----------------------------------------------------------
 
     @asynccontextmanager
-    async def hold(self, model: str, owner: Hashable | None = None) -> AsyncIterator[Hold]:
+    async def hold(
+        self, model: str, owner: Hashable | None = None, *, priority: int = 0
+    ) -> AsyncIterator[Hold]:
         """Make `model` resident and keep it pinned while the body runs.
 
         The hold belongs to `owner` (by default the current task): a request that needs room
         only its own owner's holds could free fails instead of waiting forever.
         """
-        held = await self.acquire(model, owner)
+        held = await self.acquire(model, owner, priority=priority)
         try:
             yield held
         except BackendError:
@@ -195,10 +197,13 @@ class ResidencyManager:
         finally:
             self.release(held)
 
-    async def acquire(self, model: str, owner: Hashable | None = None) -> Hold:
-        """Make `model` resident and pin it for `owner` until `release` (prefer `hold`)."""
+    async def acquire(self, model: str, owner: Hashable | None = None, *, priority: int = 0) -> Hold:
+        """Make `model` resident and pin it for `owner` until `release` (prefer `hold`).
+
+        A higher `priority` starts its load ahead of queued lower ones (within the fairness bound).
+        """
         who: Hashable = owner if owner is not None else asyncio.current_task()
-        return Hold(model, who, await self._acquire(model, who))
+        return Hold(model, who, await self._acquire(model, who, priority))
 
     def release(self, held: Hold) -> None:
         """Unpin a model acquired with `acquire`. Synchronous: safe in `finally` while cancelled."""
@@ -231,6 +236,17 @@ class ResidencyManager:
                 return False
             self._start_load(model, need, [], reason="prefetch", partial=False)
             return True
+
+    def registered(self, model: str) -> bool:
+        return self._models.registered(model)
+
+    def waiting(self) -> dict[str, int]:
+        """How many requests wait for each model (queue depth)."""
+        return self._queue.depth()
+
+    def holders(self) -> dict[str, list[Hashable]]:
+        """Who holds each model now."""
+        return {s.name: list(s.holders) for s in self._slots.values() if s.holders}
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
@@ -273,10 +289,10 @@ class ResidencyManager:
 
     # -- acquiring and releasing --------------------------------------------------------
 
-    async def _acquire(self, model: str, owner: Hashable) -> Slot:
+    async def _acquire(self, model: str, owner: Hashable, priority: int) -> Slot:
         self._require_open()
         self._models.profile(model)
-        waiter = self._queue.join(model, owner)
+        waiter = self._queue.join(model, owner, priority)
         try:
             while True:
                 async with self._lock:

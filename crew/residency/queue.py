@@ -21,6 +21,8 @@ class Waiter:
     model: str
     seq: int
     owner: Hashable
+    priority: int = 0
+    """Higher goes first among loads (a server's `urgency: high`); arrival order within one."""
     reservation: Slot | None = None
     passed: int = 0
     """Grants to other models while this request waited at the head of the load queue."""
@@ -37,8 +39,8 @@ class WaitQueue:
     def __iter__(self) -> Iterator[Waiter]:
         return iter(list(self._waiters))
 
-    def join(self, model: str, owner: Hashable) -> Waiter:
-        waiter = Waiter(model, next(self._seq), owner)
+    def join(self, model: str, owner: Hashable, priority: int = 0) -> Waiter:
+        waiter = Waiter(model, next(self._seq), owner, priority)
         self._waiters.append(waiter)
         return waiter
 
@@ -57,8 +59,9 @@ class WaitQueue:
         self.leave(waiter)
 
     def load_head(self) -> Waiter | None:
-        """The earliest request whose model must be loaded: loads start in this order."""
-        return next((w for w in self._waiters if self._needs_load(w.model)), None)
+        """The request whose load starts next: the highest priority, then the earliest."""
+        loads = [w for w in self._waiters if self._needs_load(w.model)]
+        return min(loads, key=lambda w: (-w.priority, w.seq), default=None)
 
     def starving(self) -> Waiter | None:
         head = self.load_head()
@@ -66,6 +69,13 @@ class WaitQueue:
 
     def any_load_waiting(self) -> bool:
         return self.load_head() is not None
+
+    def depth(self) -> dict[str, int]:
+        """How many requests wait for each model."""
+        counts: dict[str, int] = {}
+        for waiter in self._waiters:
+            counts[waiter.model] = counts.get(waiter.model, 0) + 1
+        return counts
 
     def wanted(self, besides: Waiter) -> set[str]:
         """Models other requests are queued for."""

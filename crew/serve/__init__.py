@@ -1,0 +1,89 @@
+"""`crew serve`: the one process that decides what is resident on an Ollama host.
+
+Every client on the machine (crews, CI jobs, editors, the official `ollama` and `openai`
+clients) sends its model requests here instead of to Ollama; each runs inside a hold of one
+ResidencyManager (`authority`), so the memory budget, grouping by resident model and the
+fairness bound hold across processes. The APIs: the seed router's (`seed_routes`), Ollama's
+(`ollama_routes`), OpenAI's (`openai_routes`), and operations (`ops`: metrics, events).
+
+FastAPI and uvicorn are imported only by `crew serve` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Callable
+
+from crew.errors import InputError, SettingsError
+from crew.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Binding anything but loopback needs a token: the server loads models for whoever asks."""
+    if not is_loopback(settings.serve_host) and not settings.serve_token:
+        raise SettingsError(
+            f"crew serve will not listen on {settings.serve_host} without a token: set "
+            "CREW_SERVE_TOKEN (clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a port in use is one clear line, not uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(
+            f"crew serve cannot listen on {host}:{port} ({exc.strerror}): stop what uses it, or "
+            "choose another port with --port (CREW_SERVE_PORT)"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the server until SIGTERM or Ctrl-C; then drain within `serve_grace_s` and return."""
+    import uvicorn
+
+    from crew.serve.app import create_app
+
+    check_exposure(settings)
+    sock = bind(settings.serve_host, settings.serve_port)
+    port = sock.getsockname()[1]
+    access = logging.getLogger("crew.serve.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=int(settings.serve_grace_s) or None, timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready(f"http://{settings.serve_host}:{port}")
+    asyncio.run(server.serve(sockets=[sock]))
+    if not server.started:
+        raise SettingsError(
+            f"crew serve could not start (is Ollama at {settings.ollama_host} reachable?): "
+            "see the lines above"
+        )

@@ -1,0 +1,202 @@
+"""The `crew serve` application: one Authority per app, the four APIs, and the gate in front.
+
+The gate is plain ASGI (Starlette's BaseHTTPMiddleware buffers streams and hides client
+disconnects, which must release holds at once): it checks the token, refuses bodies over the
+limit, and writes the access log line and the request metric. Errors become one JSON line with
+the status a client can act on (`status_of`); OpenAI routes get OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crew import __version__
+from crew.errors import (
+    BudgetError,
+    CrewError,
+    InputError,
+    ModelCapabilityError,
+    ModelNotPulled,
+    ModelTooLarge,
+    RequestTimeout,
+    ResidencyDeadlock,
+)
+from crew.serve.authority import Authority
+from crew.serve.forward import UpstreamRefused
+from crew.serve.ops import Metrics, access_log
+from crew.settings import Settings
+
+log = logging.getLogger("crew.serve")
+
+# Open connection to Ollama for the longest answer; connecting fails fast.
+UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
+
+
+def status_of(exc: CrewError) -> int:
+    """The HTTP status for a crew error."""
+    if isinstance(exc, UpstreamRefused):
+        return exc.status
+    table: list[tuple[type[CrewError], int]] = [
+        (InputError, 400), (ModelNotPulled, 404), (ModelCapabilityError, 400),
+        (ModelTooLarge, 507), (ResidencyDeadlock, 409), (BudgetError, 507), (RequestTimeout, 504),
+    ]
+    return next((code for cls, code in table if isinstance(exc, cls)), 502)
+
+
+def error_response(path: str, status: int, message: str) -> JSONResponse:
+    if path.startswith("/v1/"):
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _field_message(exc: RequestValidationError) -> tuple[int, str]:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return 400, "the request body is not valid JSON"
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return 422, f"{where}: {first.get('msg', 'invalid')}"
+
+
+def create_app(
+    settings: Settings, *, open_authority: Callable[[], Awaitable[Authority]] | None = None
+) -> FastAPI:
+    """The app; its lifespan opens the Authority (manager and upstream) and hands models back."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        auth = await (open_authority or (lambda: open_default_authority(settings)))()
+        app.state.authority = auth
+        app.state.metrics = Metrics(auth)
+        try:
+            yield
+        finally:
+            try:
+                await auth.manager.aclose()  # idle models go back to keep_alive_after
+            finally:
+                await auth.upstream.aclose()
+
+    app = FastAPI(title="crew serve", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url="/crew/v1/openapi.json")
+
+    @app.exception_handler(CrewError)
+    async def crew_error(request: Request, exc: CrewError) -> Response:
+        return error_response(request.url.path, status_of(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(request.url.path, *_field_message(exc))
+
+    from crew.serve import ollama_routes, openai_routes, ops, seed_routes
+
+    app.include_router(seed_routes.router)
+    app.include_router(ollama_routes.router)
+    app.include_router(openai_routes.router)
+    app.include_router(ops.router)
+    app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000))
+    return app
+
+
+async def open_default_authority(settings: Settings) -> Authority:
+    from crew.backends import choose_backend
+    from crew.residency import open_manager
+
+    choice = await choose_backend(settings.model_copy(update={"backend": "ollama"}))
+    manager = open_manager(settings, choice, f"serve-{os.getpid()}")
+    upstream = httpx.AsyncClient(base_url=settings.ollama_host, timeout=UPSTREAM_TIMEOUT,
+                                 verify=not settings.ollama_host.startswith("http://"))
+    return Authority(settings, manager, upstream)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Gate:
+    """Token, body limit, access log and request metric, for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+        self.app = app
+        self.token = token
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = {"code": 500, "sent": False}
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await error_response(scope["path"], *refusal)(scope, receive, sending)
+                return
+            await self.app(scope, self._limited(receive), sending)
+        except _TooLarge:
+            if not status["sent"]:
+                await error_response(scope["path"], *self._too_large())(scope, receive, sending)
+        finally:
+            self._log(scope, int(status["code"]), time.monotonic() - started)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return 401, ("missing or wrong token: send the header "
+                             "`Authorization: Bearer <CREW_SERVE_TOKEN>`")
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> tuple[int, str]:
+        return 413, (f"the request body is over {self.max_body / 1_000_000:g} MB: send less, "
+                     "or raise CREW_SERVE_MAX_BODY_MB on the server")
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _TooLarge
+            return message
+
+        return limited
+
+    def _log(self, scope: Scope, status: int, seconds: float) -> None:
+        state: MutableMapping[str, Any] = scope.get("state") or {}
+        route = getattr(scope.get("route"), "path", "unmatched")
+        app = scope.get("app")
+        metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
+        if metrics is not None:
+            metrics.requests.labels(route, str(status)).inc()
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        who = headers.get(b"x-crew-client", b"").decode("latin-1") or (
+            f"{client[0]}:{client[1]}" if client else "-")
+        access_log.info("%s %s %s %d model=%s waited=%.3fs took=%.3fs", who, scope["method"], scope["path"],
+                        status, state.get("model", "-"), float(state.get("waited_s", 0.0)), seconds)

@@ -1,0 +1,146 @@
+"""The one residency authority behind `crew serve`: a ResidencyManager that owns an Ollama host,
+the catalog of runner options it enforces, and the upstream connection requests go through.
+
+Every model request a client sends runs inside `Authority.hold`, owned by that request (named
+after its client), so the budget, the grouping of requests by resident model and the fairness
+bound span every process on the machine. The server, not the client, decides runner options and
+`keep_alive`: `upstream_body` rewrites what a client sent before it reaches Ollama.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from crew.events import Event, ModelLoaded, ResidencyWaiting
+from crew.ollama_api import normalize_model
+from crew.residency import Hold, ResidencyManager
+from crew.settings import Role, Settings
+
+# Options that shape the runner: a request that changes one makes Ollama reload the model.
+RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
+# The manager keeps models; Ollama's own timer must never unload them under it.
+UPSTREAM_KEEP_ALIVE = -1
+
+Urgency = Literal["normal", "high", "critical"]
+PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who sent a request: the `X-Crew-Client` header, else the peer address."""
+
+    name: str
+    route: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.route} #{self.seq}"
+
+
+@dataclass
+class Ticket:
+    """What getting a model resident cost one request."""
+
+    model: str
+    waited_s: float = 0.0
+    load_s: float | None = None
+    """Seconds of the load this request waited for, if it waited for one."""
+    events: list[Event] = field(default_factory=list)
+
+
+class Authority:
+    """The manager, the catalog and the upstream client of one `crew serve`."""
+
+    def __init__(self, settings: Settings, manager: ResidencyManager, upstream: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.upstream = upstream
+        self.host = settings.ollama_host
+        self.roles: dict[Role, str] = {}
+        self._seq = itertools.count(1)
+        self._register_lock = asyncio.Lock()
+        self.wait_observers: list[Callable[[str, float], None]] = []
+        """Called with the model and the seconds each request waited for it (the metrics)."""
+        for role, rs in settings.roles().items():
+            model = normalize_model(rs.model)
+            self.roles.setdefault(role, model)
+            if not manager.registered(model):
+                manager.register(model, {"num_ctx": rs.num_ctx})
+
+    def client(self, name: str, route: str) -> Client:
+        return Client(name, route, next(self._seq))
+
+    def role_of(self, model: str) -> Role | None:
+        return next((role for role, m in self.roles.items() if m == model), None)
+
+    async def ensure(self, model: str) -> str:
+        """The model's canonical name, registered with the manager; ModelNotPulled if unknown."""
+        model = normalize_model(model)
+        facts = await self.manager.facts(model)  # 404 for a model Ollama does not have
+        if not self.manager.registered(model):
+            async with self._register_lock:
+                if not self.manager.registered(model):
+                    num_ctx = self.settings.serve_num_ctx
+                    if facts.context_length:
+                        num_ctx = min(num_ctx, facts.context_length)
+                    self.manager.register(model, {"num_ctx": num_ctx})
+        return model
+
+    def runner_options(self, model: str) -> dict[str, Any]:
+        return {k: v for k, v in self.manager.options(model).items() if k in RUNNER_OPTIONS}
+
+    def upstream_body(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """What Ollama receives: the client's request with crew's runner options and keep_alive."""
+        sent = {k: v for k, v in body.items() if k != "keep_alive"}
+        options = body.get("options")
+        if not isinstance(options, dict):
+            options = {}
+        kept = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
+        sent["model"] = model
+        sent["options"] = {**kept, **self.runner_options(model)}
+        sent["keep_alive"] = UPSTREAM_KEEP_ALIVE
+        return sent
+
+    async def acquire(self, model: str, client: Client, urgency: str = "normal") -> tuple[Hold, Ticket]:
+        """Make `model` resident for one request of `client`; give the Hold back with `release`."""
+        ticket = Ticket(model)
+
+        def seen(event: Event) -> None:
+            if getattr(event, "model", None) == model and isinstance(event, ModelLoaded | ResidencyWaiting):
+                ticket.events.append(event)
+                if isinstance(event, ModelLoaded):
+                    ticket.load_s = event.seconds
+
+        started = time.monotonic()
+        unsubscribe = self.manager.subscribe(seen)
+        try:
+            held = await self.manager.acquire(model, str(client), priority=PRIORITY.get(urgency, 0))
+        finally:
+            unsubscribe()
+            ticket.waited_s = time.monotonic() - started
+            for observe in self.wait_observers:
+                observe(model, ticket.waited_s)
+        return held, ticket
+
+    def release(self, held: Hold) -> None:
+        self.manager.release(held)
+
+    @asynccontextmanager
+    async def hold(self, model: str, client: Client, urgency: str = "normal") -> AsyncIterator[Ticket]:
+        """Make `model` resident for one request of `client` and keep it pinned meanwhile."""
+        held, ticket = await self.acquire(model, client, urgency)
+        try:
+            yield ticket
+        finally:
+            self.release(held)
+
+    def resident(self) -> set[str]:
+        return {v.name for v in self.manager.snapshot().slots if v.state == "resident"}

@@ -1,0 +1,47 @@
+"""Reading a request the same way on every route: its JSON body, who sent it, and what the
+access log and the metrics should say about it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+
+from crew.errors import InputError
+from crew.serve.authority import Authority, Client
+
+CLIENT_HEADER = "x-crew-client"
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; InputError (400) naming what is wrong otherwise."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise InputError(f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    return body
+
+
+def client_of(request: Request, auth: Authority) -> Client:
+    """The request's client: its `X-Crew-Client` header (crew sends its run), else the peer."""
+    name = request.headers.get(CLIENT_HEADER)
+    if not name:
+        peer = request.client
+        name = f"{peer.host}:{peer.port}" if peer else "unknown"
+    return auth.client(name[:120], request.url.path)
+
+
+def note(request: Request, model: str, waited_s: float | None = None) -> None:
+    """What the access log line says about this request."""
+    request.state.model = model
+    if waited_s is not None:
+        request.state.waited_s = waited_s
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
