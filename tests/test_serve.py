@@ -7,6 +7,11 @@ says about itself.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -19,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from crew.errors import SettingsError
 from crew.serve import check_exposure, is_loopback
 from crew.settings import load_settings
-from tests.fake_ollama import FakeOllama, FakeReply
+from tests.fake_ollama import GB, FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 from tests.serving import Served, running, serve_settings
 
@@ -320,3 +325,69 @@ def test_metrics_and_event_stream(served: Served, ollama: FakeOllama) -> None:
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("crew_resident_bytes", (("model", CODER),))] == ollama.resident()[CODER]
     assert samples[("crew_budget_bytes", ())] == 60e9
+
+
+# -- the process: start, drain, exit ------------------------------------------------------------
+
+
+def test_sigterm_drains_in_flight_requests_and_hands_models_back(ollama: FakeOllama, clean_env) -> None:  # type: ignore[no-untyped-def]
+    ollama.capacity = 60 * GB
+    env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_MEMORY_BUDGET_GB": "60", "CREW_LOG": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "crew", "serve", "--port", "0"], cwd=clean_env, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        ready = proc.stderr.readline()  # type: ignore[union-attr]
+        url = re.search(r"listening on (\S+)", ready)
+        assert url, ready
+        gate = threading.Event()
+        ollama.script(REVIEWER, FakeReply("slow answer", gate=gate, gate_after=1))
+        answers: list[str] = []
+
+        def ask() -> None:
+            with ol.Client(host=url.group(1)) as client:  # type: ignore[union-attr]
+                answers.append("".join(p.message.content or "" for p in client.chat(
+                    model=REVIEWER, messages=[{"role": "user", "content": "x"}], stream=True)))
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        assert ollama.streaming.wait(20)
+        proc.send_signal(signal.SIGTERM)
+        gate.set()  # the request in flight finishes after the signal...
+        asker.join(20)
+        assert answers == ["slow answer"]  # ...and its answer arrives whole
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+    # The server handed its model back to Ollama's expiry (keep_alive_after) on the way out.
+    last = [r for r in ollama.requests if r["body"] and r["body"].get("model") == REVIEWER][-1]
+    assert last["body"]["keep_alive"] == "5m" and last["body"]["messages"] == []
+
+
+def test_high_urgency_loads_before_queued_normal_requests(served: Served, ollama: FakeOllama) -> None:
+    # The architect fills the budget; the reviewer (normal) and the coder (high) wait for it.
+    gate = threading.Event()
+    ollama.script(ARCHITECT, FakeReply("busy", gate=gate))
+    results: dict[str, dict] = {}
+
+    def post(name: str, path: str, body: dict) -> None:
+        results[name] = httpx.post(f"{served.url}{path}", json=body, timeout=30).json()
+
+    threads = [threading.Thread(target=post, args=("architect", "/architect", {"prompt": "hold"}))]
+    threads[0].start()
+    assert ollama.generating.wait(10)
+    for name, body in (("normal", {"task_type": "review", "prompt": "a"}),
+                       ("high", {"task_type": "code", "prompt": "b", "urgency": "high"})):
+        thread = threading.Thread(target=post, args=(name, "/route", body))
+        thread.start()
+        threads.append(thread)
+        wanted = REVIEWER if name == "normal" else CODER
+        wait_until(lambda m=wanted: served.on_loop(lambda: served.authority.manager.waiting()).get(m) == 1)
+    gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert results["high"]["model"] == CODER and results["normal"]["model"] == REVIEWER
+    # Arrived second, loaded first.
+    assert ollama.load_names() == [ARCHITECT, CODER, REVIEWER]

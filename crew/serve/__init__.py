@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -81,7 +82,13 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
     server = uvicorn.Server(config)
     if on_ready is not None:
         on_ready(f"http://{settings.serve_host}:{port}")
-    asyncio.run(server.serve(sockets=[sock]))
+    # uvicorn drains on SIGTERM, then raises it again under the handler it found: with this
+    # one, a drained server exits 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise SettingsError(
             f"crew serve could not start (is Ollama at {settings.ollama_host} reachable?): "
