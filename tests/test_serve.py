@@ -391,3 +391,34 @@ def test_high_urgency_loads_before_queued_normal_requests(served: Served, ollama
     assert results["high"]["model"] == CODER and results["normal"]["model"] == REVIEWER
     # Arrived second, loaded first.
     assert ollama.load_names() == [ARCHITECT, CODER, REVIEWER]
+
+
+# -- crew as a client of crew serve -------------------------------------------------------------
+
+
+def test_crew_run_through_a_server_does_no_loading_of_its_own(served: Served, ollama: FakeOllama,
+                                                               clean_env) -> None:  # type: ignore[no-untyped-def]
+    from crew.run import run_spec
+    from tests.helpers import run
+    from tests.test_run import script_happy_path, write_spec
+
+    server_events: list = []
+    served.on_loop(lambda: served.authority.manager.subscribe(server_events.append))
+    script_happy_path(ollama)
+    events: list = []
+    settings = load_settings(ollama_host=served.url, memory_budget_gb=60)
+    outcome = run(run_spec(settings, write_spec(clean_env), render=events.append))
+    assert outcome.approved
+    kinds = [e.type for e in events]
+    # The crew process started no load and unloaded nothing: the server did, for its requests.
+    assert "model_load_started" not in kinds and "model_unloaded" not in kinds
+    server_loads = [e.model for e in server_events if e.type == "model_loaded"]
+    assert server_loads == ollama.load_names() and set(server_loads) == {ARCHITECT, CODER, REVIEWER}
+    # Each load a request of this crew waited for is in its records; the rest were its prefetches.
+    client_loads = [e for e in events if e.type == "model_loaded"]
+    prefetched = [e.model for e in server_events if e.type == "model_loaded" and e.reason == "prefetch"]
+    assert sorted([e.model for e in client_loads] + prefetched) == sorted(server_loads)
+    assert client_loads and all("crew serve" in e.reason for e in client_loads)
+    assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
+    assert ollama.peak_used <= 60 * GB and not ollama.self_evictions()
+    assert served.pins() and all(p == 0 for p in served.pins().values())

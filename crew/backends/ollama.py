@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -39,12 +41,36 @@ def tls_verify(host: str) -> bool:
     return not host.startswith("http://")
 
 
+# What a `crew serve` in front of Ollama said about the request in flight in this task: the seconds
+# it waited for its model and the load it waited for (response headers X-Crew-*). Set by the
+# caller around a request (crew.residency.served); filled by the client's response hook.
+SERVED_TICKET: ContextVar[dict[str, float] | None] = ContextVar("served_ticket", default=None)
+# How a crew server names this process in its access log and `/api/ps` holders.
+CLIENT_NAME = f"crew pid {os.getpid()}"
+
+
+async def _note_served(response: httpx.Response) -> None:
+    ticket = SERVED_TICKET.get()
+    if ticket is None:
+        return
+    for header, key in (("x-crew-waited-s", "waited_s"), ("x-crew-load-s", "load_s"),
+                        ("x-crew-load-bytes", "load_bytes")):
+        value = response.headers.get(header)
+        if value:
+            ticket[key] = float(value)
+
+
 def make_client(host: str, *, read_timeout: float | None = None) -> ollama.AsyncClient:
-    """An ollama.AsyncClient whose connect phase fails fast and whose reads have a timeout."""
+    """An ollama.AsyncClient whose connect phase fails fast and whose reads have a timeout.
+
+    It names this process to a crew server and reads what the server says about residency.
+    """
     import ollama
 
     timeout = httpx.Timeout(read_timeout, connect=5.0)
-    return ollama.AsyncClient(host=host, timeout=timeout, verify=tls_verify(host))
+    return ollama.AsyncClient(host=host, timeout=timeout, verify=tls_verify(host),
+                              headers={"X-Crew-Client": CLIENT_NAME},
+                              event_hooks={"response": [_note_served]})
 
 
 class OllamaBackend:
@@ -61,6 +87,8 @@ class OllamaBackend:
         self._client = make_client(host)
         self._keep_alive_after = keep_alive_after
         self._unload_timeout = unload_timeout
+        self.crew_server = False
+        """The host is a `crew serve` (set when opened): it loads and unloads, not this process."""
 
     @property
     def label(self) -> str:
@@ -81,6 +109,15 @@ class OllamaBackend:
 
     async def version(self) -> str:
         # The official client has no call for /api/version; it is read once (doctor, `auto`).
+        answer = await self._version_answer()
+        return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
+
+    async def served(self) -> bool:
+        """Whether the host is a `crew serve` in front of Ollama (it then decides residency)."""
+        answer = await self._version_answer()
+        return isinstance(answer, dict) and "crew" in answer
+
+    async def _version_answer(self) -> Any:
         async def get() -> Any:
             timeout = httpx.Timeout(METADATA_TIMEOUT_S, connect=5.0)
             async with httpx.AsyncClient(base_url=self._host, timeout=timeout,
@@ -89,8 +126,7 @@ class OllamaBackend:
                 response.raise_for_status()
                 return decode(response.content, self._host, "/api/version")
 
-        answer = await self._call(get)
-        return str(answer.get("version", "unknown")) if isinstance(answer, dict) else "unknown"
+        return await self._call(get)
 
     async def running(self) -> list[Resident]:
         # Parsed by the same function as `crew ps`'s standard-library read.

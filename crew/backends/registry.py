@@ -71,6 +71,8 @@ class BackendChoice:
     kind: BackendKind
     backend: Backend
     roles: Mapping[Role, RoleSettings] = field(default_factory=lambda: MappingProxyType({}))
+    served: bool = False
+    """The backend is a `crew serve`: it decides residency; this process only asks."""
 
     @property
     def name(self) -> str:
@@ -118,7 +120,8 @@ async def choose_backend(settings: Settings) -> BackendChoice:
 def _chosen(kind: BackendKind, backend: Backend, settings: Settings) -> BackendChoice:
     roles = settings.roles()
     adapted = kind.adapt(roles) if kind.adapt is not None else roles
-    return BackendChoice(kind, backend, MappingProxyType(dict(adapted)))
+    served = bool(getattr(backend, "crew_server", False))
+    return BackendChoice(kind, backend, MappingProxyType(dict(adapted)), served)
 
 
 # -- the backends crew ships -----------------------------------------------------------------
@@ -129,14 +132,19 @@ async def _open_ollama(settings: Settings, probe: bool) -> Backend:
     from crew.errors import OllamaUnreachable
 
     backend = OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after)
-    if probe:
-        try:
-            await backend.version()
-        except OllamaUnreachable:
+    try:
+        backend.crew_server = await backend.served()
+    except OllamaUnreachable:
+        if probe:
             await backend.aclose()
             raise BackendUnavailable(
                 f"Ollama does not answer at {settings.ollama_host} (start it with `ollama serve`)"
             ) from None
+    except BackendError:
+        if probe:
+            await backend.aclose()
+            raise
+        # Named explicitly: the first real request reports what is wrong with the host.
     return backend
 
 

@@ -50,13 +50,20 @@ class OffloadRule:
 def open_manager(settings: Settings, choice: BackendChoice, run: str) -> ResidencyManager:
     """The manager for a command on `choice`'s backend, with the roles' models registered.
 
-    On a server other processes share (Ollama), the models this one keeps are noted under
+    On a `crew serve`, the server decides what is resident (`ServedResidency`). On a server
+    other processes share (Ollama), the models this one keeps are noted under
     `run` for `crew ps` and other crews (see `crew.holders`), and load measurements carry over
     from earlier runs.
     """
     host = choice.backend.label
-    record = HolderRecord(settings.state_dir / "holders", host, run) if choice.shared else None
     budget = resolve_budget(settings.memory_budget_gb)
+    if choice.served:
+        from crew.backends.ollama import OllamaBackend
+        from crew.residency.served import ServedResidency
+
+        assert isinstance(choice.backend, OllamaBackend)
+        return ServedResidency(choice.backend, budget, load_timeout=settings.load_timeout_s)
+    record = HolderRecord(settings.state_dir / "holders", host, run) if choice.shared else None
     manager = ResidencyManager(
         choice.backend,
         budget,

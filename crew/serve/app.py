@@ -32,6 +32,7 @@ from crew.errors import (
     ModelTooLarge,
     RequestTimeout,
     ResidencyDeadlock,
+    SettingsError,
 )
 from crew.serve.authority import Authority
 from crew.serve.forward import UpstreamRefused
@@ -99,12 +100,13 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return error_response(request.url.path, *_field_message(exc))
 
-    from crew.serve import ollama_routes, openai_routes, ops, seed_routes
+    from crew.serve import crew_routes, ollama_routes, openai_routes, ops, seed_routes
 
     app.include_router(seed_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ops.router)
+    app.include_router(crew_routes.router)
     app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000))
     return app
 
@@ -114,6 +116,10 @@ async def open_default_authority(settings: Settings) -> Authority:
     from crew.residency import open_manager
 
     choice = await choose_backend(settings.model_copy(update={"backend": "ollama"}))
+    if choice.served:
+        await choice.backend.aclose()
+        raise SettingsError(f"CREW_OLLAMA_HOST ({settings.ollama_host}) is itself a crew server: point "
+                            "crew serve at Ollama (e.g. http://127.0.0.1:11434)")
     manager = open_manager(settings, choice, f"serve-{os.getpid()}")
     upstream = httpx.AsyncClient(base_url=settings.ollama_host, timeout=UPSTREAM_TIMEOUT,
                                  verify=not settings.ollama_host.startswith("http://"))

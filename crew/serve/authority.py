@@ -53,7 +53,16 @@ class Ticket:
     waited_s: float = 0.0
     load_s: float | None = None
     """Seconds of the load this request waited for, if it waited for one."""
+    load_bytes: int | None = None
     events: list[Event] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        """What the answer tells a crew client (it records its own events from them)."""
+        out = {"X-Crew-Waited-S": f"{self.waited_s:.6f}"}
+        if self.load_s is not None:
+            out["X-Crew-Load-S"] = f"{self.load_s:.6f}"
+            out["X-Crew-Load-Bytes"] = str(self.load_bytes or 0)
+        return out
 
 
 class Authority:
@@ -118,6 +127,7 @@ class Authority:
                 ticket.events.append(event)
                 if isinstance(event, ModelLoaded):
                     ticket.load_s = event.seconds
+                    ticket.load_bytes = event.bytes
 
         started = time.monotonic()
         unsubscribe = self.manager.subscribe(seen)

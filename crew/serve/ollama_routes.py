@@ -144,10 +144,11 @@ async def _model_request(request: Request, path: str, content_field: str) -> Res
     if body.get("stream", True) is False:
         answer = await call(auth, client, path, model, body)
         note(request, model, answer.ticket.waited_s)
-        return JSONResponse(answer.data)
+        return JSONResponse(answer.data, headers=answer.ticket.headers())
     upstream = await open_stream(auth, client, path, model, body)
     note(request, model, upstream.ticket.waited_s)
-    return HeldStream(_relay_lines(upstream), upstream.aclose, media_type="application/x-ndjson")
+    return HeldStream(_relay_lines(upstream), upstream.aclose, media_type="application/x-ndjson",
+                      headers=upstream.ticket.headers())
 
 
 async def _relay_lines(upstream: Upstream) -> AsyncIterator[bytes]:
@@ -162,6 +163,7 @@ async def _load_or_unload(
     request: Request, auth: Authority, client: Client, model: str, body: dict[str, Any], *, generate: bool
 ) -> Response:
     keep_alive = body.get("keep_alive")
+    headers: dict[str, str] = {}
     if keep_alive in (0, "0", "0s", "0m"):
         # Open WebUI's "unload": other clients may be using the model; the manager decides.
         reason = "unload"
@@ -169,12 +171,13 @@ async def _load_or_unload(
         async with auth.hold(model, client) as ticket:
             note(request, model, ticket.waited_s)
         reason = "load"
+        headers = ticket.headers()
     done: dict[str, Any] = {"model": model, "created_at": now_iso(), "done": True, "done_reason": reason}
     if generate:
         done["response"] = ""
     else:
         done["message"] = {"role": "assistant", "content": ""}
-    return JSONResponse(done)
+    return JSONResponse(done, headers=headers)
 
 
 async def _whole(request: Request, path: str) -> Response:
@@ -184,7 +187,7 @@ async def _whole(request: Request, path: str) -> Response:
     note(request, model)
     answer = await call(auth, client_of(request, auth), path, model, body)
     note(request, model, answer.ticket.waited_s)
-    return JSONResponse(answer.data)
+    return JSONResponse(answer.data, headers=answer.ticket.headers())
 
 
 async def _pass_get(request: Request, path: str) -> Response:
