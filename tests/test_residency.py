@@ -544,3 +544,46 @@ def test_a_crew_evicts_its_own_idle_model_before_one_another_live_crew_keeps(
     run(scenario())
     assert [u["model"] for u in ollama.unloads] == ["m2:b"]  # its own, not crew A's m1
     assert ollama.peak_used <= 30 * GB and ollama.self_evictions() == []
+
+
+def test_a_model_another_client_still_uses_is_waited_for_not_an_error(ollama: FakeOllama) -> None:
+    """Without crew serve: another crew's model is evicted while its request still runs on Ollama.
+    The unload waits for that request (bounded by the load timeout) and says why; no error."""
+    from tests.fake_ollama import FakeReply
+
+    gate = threading.Event()
+    ollama.script(CODER, FakeReply("long answer", gate=gate))
+
+    async def main() -> list[str]:
+        other = make_manager(ollama, busy_notice_s=0.01)
+        mine = make_manager(ollama, busy_notice_s=0.01)
+        recorder = Recorder(mine)
+        async with other.hold(CODER):
+            client = ollama_client(ollama)
+            request = asyncio.ensure_future(asyncio.to_thread(
+                client.chat, model=CODER, messages=[{"role": "user", "content": "x"}], options=OPTIONS))
+            await asyncio.to_thread(ollama.generating.wait, 10)
+        # `other` released its hold, but its request is still running on Ollama.
+        loading = asyncio.ensure_future(_use(mine, ARCHITECT))
+        await recorder.wait_for("residency_waiting", timeout=10)
+        gate.set()
+        await asyncio.wait_for(request, 10)
+        await asyncio.wait_for(loading, 10)
+        client.close()
+        await other.aclose()
+        await mine.aclose()
+        return [e.blocked_by[0] for e in recorder.of("residency_waiting")]
+
+    blocked = run(main())
+    assert "another client is still using it" in blocked[0]
+    assert ollama.load_names() == [CODER, ARCHITECT] and not ollama.self_evictions()
+    assert ollama.peak_used <= 60 * GB
+
+
+def ollama_client(fake: FakeOllama) -> ollama.Client:
+    return ollama.Client(host=fake.url)
+
+
+async def _use(manager: ResidencyManager, model: str) -> None:
+    async with manager.hold(model):
+        pass

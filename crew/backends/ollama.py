@@ -29,7 +29,9 @@ log = logging.getLogger("crew.ollama")
 
 T = TypeVar("T")
 
-UNLOAD_TIMEOUT_S = 60.0
+# Ollama unloads a model only once its running requests end: another client's long answer can
+# hold it. The registry passes the load timeout (CREW_LOAD_TIMEOUT_S), which bounds this wait.
+UNLOAD_TIMEOUT_S = 300.0
 # Unload returns before memory is free; /api/ps is polled with a growing pause between reads.
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.25
@@ -175,7 +177,8 @@ class OllamaBackend:
             if loop.time() > deadline:
                 raise BackendError(
                     f"{model} is still resident {self._unload_timeout:g} s after crew unloaded it: "
-                    "a long request may still be running on it; check `ollama ps`"
+                    "another client is still using it; raise CREW_LOAD_TIMEOUT_S, or run `crew serve` "
+                    "and point every client at it so that one process decides"
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MAX_S)

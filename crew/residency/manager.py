@@ -55,6 +55,8 @@ from crew.residency.slots import Slot, SlotView, Snapshot
 log = logging.getLogger("crew.residency")
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
+# An unload that takes longer than this is waiting for another client's request to end.
+BUSY_NOTICE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,10 @@ class ResidencyManager:
         held_elsewhere: Callable[[], frozenset[str]] | None = None,
         eviction: EvictionPolicy | None = None,
         machine_memory: int | None = None,
+        busy_notice_s: float = BUSY_NOTICE_S,
     ) -> None:
         self._backend = backend
+        self._busy_notice_s = busy_notice_s
         self._budget = budget
         self._allow_partial = allow_partial_offload
         # With partial offload allowed, a model over this still cannot run (None: no limit).
@@ -516,9 +520,19 @@ class ResidencyManager:
 
     async def _unload(self, slot: Slot, reason: str, evicted_for: str | None) -> None:
         started = self._clock()
+        unloading = asyncio.ensure_future(self._backend.unload(slot.name))
         try:
-            await self._backend.unload(slot.name)
+            done, _ = await asyncio.wait({unloading}, timeout=self._busy_notice_s)
+            if not done:
+                # Ollama keeps a model until its requests end: someone else is using this one.
+                self._emit(ResidencyWaiting(
+                    model=evicted_for or slot.name, bytes=slot.size,
+                    blocked_by=[f"{slot.name} (another client is still using it; waiting up to "
+                                "CREW_LOAD_TIMEOUT_S for its requests to end)"],
+                ))
+            await unloading
         except BaseException:
+            unloading.cancel()
             slot.state = "resident"  # still there, as far as we know; reconcile will tell
             self._reconciled_at = None
             self._notify()
