@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     """Largest request body `crew serve` accepts (413 over it)."""
     serve_num_ctx: int = Field(32768, ge=512, le=1_048_576)
     """num_ctx `crew serve` gives models outside the roles (capped at the model's context)."""
+    serve_client_num_ctx: bool = False
+    """`crew serve` takes the num_ctx the first request for a model outside the roles asks for
+    (capped at the model's context); later requests cannot change it. Off: serve_num_ctx."""
     serve_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long `crew serve` lets requests in flight finish."""
 

@@ -213,6 +213,9 @@ class FakeOllama:
             self.peak_used = 0
             self.waited_for_unload = 0
             self.load_gate: threading.Event | None = None
+            self.generate_seconds: dict[str, float] = {}
+            """Benchmarks: how long an answer of each model takes (holding its runner, as real
+            generation does). Tests leave it empty: no timed tests."""
             self.generating = threading.Event()
             self.streaming = threading.Event()
             """Set when a stream reaches its `gate_after` chunk."""
@@ -606,6 +609,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.generating.set()
             if reply.gate is not None and reply.gate_after is None:
                 reply.gate.wait()
+            if self.fake.generate_seconds.get(name):
+                time.sleep(self.fake.generate_seconds[name])
             prompt = [{"content": body.get("prompt", "")}] if generate else messages
             if body.get("stream", True):
                 self._stream(name, reply, prompt, load_ns, generate)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
 
+from crew.serve import bind
 from crew.serve.app import create_app
 from crew.serve.authority import Authority
 from crew.settings import Settings, load_settings
@@ -55,8 +55,7 @@ def serve_settings(fake: FakeOllama, budget_gb: float = TEAM_BUDGET_GB, **overri
 @contextmanager
 def running(settings: Settings) -> Iterator[Served]:
     """A uvicorn server with `settings` on a free loopback port; stopped (and drained) on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
@@ -86,3 +85,13 @@ def running(settings: Settings) -> Iterator[Served]:
         thread.join(timeout=15)
         sock.close()
         assert not thread.is_alive(), "crew serve did not stop within 15 s"
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `check` until true; fail (never hang) after `timeout`."""
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not met within the timeout")

@@ -26,7 +26,7 @@ from crew.serve import check_exposure, is_loopback
 from crew.settings import load_settings
 from tests.fake_ollama import GB, FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER
-from tests.serving import Served, running, serve_settings
+from tests.serving import Served, running, serve_settings, wait_until
 
 
 @pytest.fixture
@@ -57,16 +57,6 @@ def chats_for(fake: FakeOllama, model: str) -> list[dict]:
     return [c for c in fake.chats if c["model"] == model]
 
 
-def wait_until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll `check` until true; fail (never hang) after `timeout`."""
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        done.wait(0.01)
-    raise AssertionError("condition not met within the timeout")
-
-
 # -- the Ollama API through the official client ----------------------------------------------------
 
 
@@ -84,7 +74,7 @@ def test_ollama_client_chat_keeps_servers_options_and_keep_alive(served: Served,
     assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in sent)
     assert sent[0]["options"]["temperature"] == 0.5  # sampling options are the client's
     assert ollama.load_names() == [REVIEWER] and not ollama.option_reloads()
-    assert served.pins() == {REVIEWER: 0}
+    wait_until(lambda: served.pins() == {REVIEWER: 0})  # a stream's hold goes just after its last line
 
 
 def test_ollama_client_generate_tools_and_thinking(served: Served, ollama: FakeOllama) -> None:
@@ -417,8 +407,24 @@ def test_crew_run_through_a_server_does_no_loading_of_its_own(served: Served, ol
     # Each load a request of this crew waited for is in its records; the rest were its prefetches.
     client_loads = [e for e in events if e.type == "model_loaded"]
     prefetched = [e.model for e in server_events if e.type == "model_loaded" and e.reason == "prefetch"]
-    assert sorted([e.model for e in client_loads] + prefetched) == sorted(server_loads)
+    # (A request that joined one of its own prefetches while it loaded records that load too.)
+    assert {e.model for e in client_loads} <= set(server_loads)
+    assert len(client_loads) >= len(server_loads) - len(prefetched)
     assert client_loads and all("crew serve" in e.reason for e in client_loads)
     assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
     assert ollama.peak_used <= 60 * GB and not ollama.self_evictions()
-    assert served.pins() and all(p == 0 for p in served.pins().values())
+    wait_until(lambda: bool(served.pins()) and all(p == 0 for p in served.pins().values()))
+
+
+def test_a_clients_num_ctx_only_where_crew_toml_allows(ollama: FakeOllama, clean_env) -> None:  # type: ignore[no-untyped-def]
+    from tests.fake_ollama import FakeModel
+
+    ollama.reset(models=[*ollama.models.values(), FakeModel("other:7b", 4 * GB)])
+    (clean_env / "crew.toml").write_text("serve_client_num_ctx = true\n")
+    with running(serve_settings(ollama)) as s, ol.Client(host=s.url) as client:
+        for num_ctx in (8192, 16384):  # the first request decides; the second cannot reload it
+            client.chat(model="other:7b", messages=[{"role": "user", "content": "x"}],
+                        options={"num_ctx": num_ctx})
+        client.chat(model=REVIEWER, messages=[{"role": "user", "content": "x"}], options={"num_ctx": 8192})
+    assert [c["options"]["num_ctx"] for c in ollama.chats] == [8192, 8192, 32768]  # roles: always theirs
+    assert not ollama.option_reloads()

@@ -16,7 +16,7 @@ import ollama as ol
 import openai
 
 from tests.fake_ollama import GB, FakeModel, FakeOllama, FakeReply
-from tests.serving import running, serve_settings
+from tests.serving import running, serve_settings, wait_until
 
 ALPHA, BETA, GAMMA = "alpha:7b", "beta:8b", "gamma:9b"
 # Resident at num_ctx 32768: ~13.8, ~14.8 and ~15.9 GB. 32 GB holds any two, never three.
@@ -92,9 +92,10 @@ def test_three_crews_and_thirty_clients(ollama: FakeOllama, clean_env: Path) -> 
             calls = [line for line in (clean_env / f"w{i}" / "events.jsonl").read_text().splitlines()
                      if '"type":"model_call"' in line.replace(" ", "")]
             assert calls
-        # Nothing pinned, nobody waiting, once everyone is gone.
-        assert served.on_loop(lambda: (served.authority.manager.holders(),
-                                       served.authority.manager.waiting())) == ({}, {})
+        # Nothing pinned, nobody waiting, once everyone is gone (a stream's hold goes just after
+        # its last line).
+        wait_until(lambda: served.on_loop(lambda: (served.authority.manager.holders(),
+                                                   served.authority.manager.waiting())) == ({}, {}))
         assert all(p == 0 for p in served.pins().values())
     # What Ollama saw: never over the budget, no eviction of its own, no reload for options, and no
     # client's keep_alive or num_ctx.

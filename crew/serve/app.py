@@ -41,6 +41,9 @@ from crew.settings import Settings
 
 log = logging.getLogger("crew.serve")
 
+# The server is the one process deciding residency, so a grant may rest on an /api/ps read this
+# recent (loads and evictions always read it fresh); CREW_RECONCILE_TTL_S can only raise it.
+SERVE_RECONCILE_TTL_S = 1.0
 # Open connection to Ollama for the longest answer; connecting fails fast.
 UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
 
@@ -120,7 +123,9 @@ async def open_default_authority(settings: Settings) -> Authority:
         await choice.backend.aclose()
         raise SettingsError(f"CREW_OLLAMA_HOST ({settings.ollama_host}) is itself a crew server: point "
                             "crew serve at Ollama (e.g. http://127.0.0.1:11434)")
-    manager = open_manager(settings, choice, f"serve-{os.getpid()}")
+    ttl = max(settings.reconcile_ttl_s, SERVE_RECONCILE_TTL_S)
+    derived = settings.model_copy(update={"reconcile_ttl_s": ttl})
+    manager = open_manager(derived, choice, f"serve-{os.getpid()}")
     upstream = httpx.AsyncClient(base_url=settings.ollama_host, timeout=UPSTREAM_TIMEOUT,
                                  verify=not settings.ollama_host.startswith("http://"))
     return Authority(settings, manager, upstream)

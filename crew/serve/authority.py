@@ -90,18 +90,29 @@ class Authority:
     def role_of(self, model: str) -> Role | None:
         return next((role for role, m in self.roles.items() if m == model), None)
 
-    async def ensure(self, model: str) -> str:
-        """The model's canonical name, registered with the manager; ModelNotPulled if unknown."""
+    async def ensure(self, model: str, body: Mapping[str, Any] | None = None) -> str:
+        """The model's canonical name, registered with the manager; ModelNotPulled if unknown.
+
+        A model outside the roles runs at `serve_num_ctx`, or, where crew.toml allows it
+        (`serve_client_num_ctx`), at the num_ctx of the first request that names it.
+        """
         model = normalize_model(model)
         facts = await self.manager.facts(model)  # 404 for a model Ollama does not have
         if not self.manager.registered(model):
             async with self._register_lock:
                 if not self.manager.registered(model):
-                    num_ctx = self.settings.serve_num_ctx
+                    num_ctx = self._client_num_ctx(body) or self.settings.serve_num_ctx
                     if facts.context_length:
                         num_ctx = min(num_ctx, facts.context_length)
                     self.manager.register(model, {"num_ctx": num_ctx})
         return model
+
+    def _client_num_ctx(self, body: Mapping[str, Any] | None) -> int | None:
+        options = (body or {}).get("options")
+        asked = options.get("num_ctx") if isinstance(options, dict) else None
+        if not self.settings.serve_client_num_ctx or not isinstance(asked, int) or isinstance(asked, bool):
+            return None
+        return asked if asked >= 512 else None
 
     def runner_options(self, model: str) -> dict[str, Any]:
         return {k: v for k, v in self.manager.options(model).items() if k in RUNNER_OPTIONS}

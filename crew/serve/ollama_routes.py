@@ -136,7 +136,7 @@ router.add_api_route("/api/blobs/{digest}", _managed("create"), methods=["HEAD",
 async def _model_request(request: Request, path: str, content_field: str) -> Response:
     auth = authority(request)
     body = await json_body(request)
-    model = await auth.ensure(_model_field(body))
+    model = await auth.ensure(_model_field(body), body)
     client = client_of(request, auth)
     note(request, model)
     if not body.get(content_field) and not body.get("suffix"):
