@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -428,3 +429,26 @@ def test_a_clients_num_ctx_only_where_crew_toml_allows(ollama: FakeOllama, clean
         client.chat(model=REVIEWER, messages=[{"role": "user", "content": "x"}], options={"num_ctx": 8192})
     assert [c["options"]["num_ctx"] for c in ollama.chats] == [8192, 8192, 32768]  # roles: always theirs
     assert not ollama.option_reloads()
+
+
+def test_a_client_that_leaves_while_waiting_leaves_the_queue(served: Served, ollama: FakeOllama) -> None:
+    gate = threading.Event()
+    ollama.script(ARCHITECT, FakeReply("busy", gate=gate))
+    busy = threading.Thread(target=httpx.post, args=(f"{served.url}/architect",),
+                            kwargs={"json": {"prompt": "hold"}, "timeout": 30})
+    busy.start()
+    try:
+        assert ollama.generating.wait(10)
+        host, port = served.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": REVIEWER, "messages": [{"role": "user", "content": "x"}]}).encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # a client that will leave
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            wait_until(lambda: served.on_loop(lambda: served.authority.manager.waiting()) == {REVIEWER: 1})
+        # Gone: out of the queue at once, while the architect still holds the memory.
+        wait_until(lambda: served.on_loop(lambda: served.authority.manager.waiting()) == {})
+    finally:
+        gate.set()
+        busy.join(30)
+    httpx.post(f"{served.url}/architect", json={"prompt": "again"}, timeout=30)
+    assert ollama.load_names() == [ARCHITECT]  # the reviewer was never loaded for nobody

@@ -34,7 +34,7 @@ from crew.errors import (
     ResidencyDeadlock,
     SettingsError,
 )
-from crew.serve.authority import Authority
+from crew.serve.authority import Authority, ClientGone
 from crew.serve.forward import UpstreamRefused
 from crew.serve.ops import Metrics, access_log
 from crew.settings import Settings
@@ -52,6 +52,8 @@ def status_of(exc: CrewError) -> int:
     """The HTTP status for a crew error."""
     if isinstance(exc, UpstreamRefused):
         return exc.status
+    if isinstance(exc, ClientGone):
+        return 499  # nginx's "client closed request": nobody reads it, the access log does
     table: list[tuple[type[CrewError], int]] = [
         (InputError, 400), (ModelNotPulled, 404), (ModelCapabilityError, 400),
         (ModelTooLarge, 507), (ResidencyDeadlock, 409), (BudgetError, 507), (RequestTimeout, 504),

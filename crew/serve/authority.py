@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
+from crew.errors import CrewError
 from crew.events import Event, ModelLoaded, ResidencyWaiting
 from crew.ollama_api import normalize_model
 from crew.residency import Hold, ResidencyManager
@@ -30,6 +31,11 @@ RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_
 UPSTREAM_KEEP_ALIVE = -1
 
 Urgency = Literal["normal", "high", "critical"]
+
+
+class ClientGone(CrewError):
+    """The client disconnected before its request could run."""
+
 PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": 2}
 
 
@@ -40,6 +46,9 @@ class Client:
     name: str
     route: str
     seq: int
+    gone: Callable[[], Awaitable[object]] | None = field(default=None, compare=False)
+    """Returns when the client has disconnected: a request that waits for its model leaves the
+    queue then, instead of loading a model for nobody."""
 
     def __str__(self) -> str:
         return f"{self.name} {self.route} #{self.seq}"
@@ -84,8 +93,8 @@ class Authority:
             if not manager.registered(model):
                 manager.register(model, {"num_ctx": rs.num_ctx})
 
-    def client(self, name: str, route: str) -> Client:
-        return Client(name, route, next(self._seq))
+    def client(self, name: str, route: str, gone: Callable[[], Awaitable[object]] | None = None) -> Client:
+        return Client(name, route, next(self._seq), gone)
 
     def role_of(self, model: str) -> Role | None:
         return next((role for role, m in self.roles.items() if m == model), None)
@@ -143,13 +152,28 @@ class Authority:
         started = time.monotonic()
         unsubscribe = self.manager.subscribe(seen)
         try:
-            held = await self.manager.acquire(model, str(client), priority=PRIORITY.get(urgency, 0))
+            held = await self._acquire_while_connected(model, client, urgency)
         finally:
             unsubscribe()
             ticket.waited_s = time.monotonic() - started
             for observe in self.wait_observers:
                 observe(model, ticket.waited_s)
         return held, ticket
+
+    async def _acquire_while_connected(self, model: str, client: Client, urgency: str) -> Hold:
+        acquiring = asyncio.ensure_future(
+            self.manager.acquire(model, str(client), priority=PRIORITY.get(urgency, 0)))
+        if client.gone is None:
+            return await acquiring
+        watching = asyncio.ensure_future(client.gone())
+        try:
+            await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not acquiring.done():
+                acquiring.cancel()  # the client left while waiting: out of the queue at once
+                raise ClientGone(f"{client} disconnected while waiting for {model}")
+        return acquiring.result()
 
     def release(self, held: Hold) -> None:
         self.manager.release(held)

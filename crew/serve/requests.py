@@ -33,7 +33,13 @@ def client_of(request: Request, auth: Authority) -> Client:
     if not name:
         peer = request.client
         name = f"{peer.host}:{peer.port}" if peer else "unknown"
-    return auth.client(name[:120], request.url.path)
+    return auth.client(name[:120], request.url.path, gone=lambda: _disconnected(request))
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next ASGI message is the client going away.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def note(request: Request, model: str, waited_s: float | None = None) -> None:
