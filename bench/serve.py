@@ -34,6 +34,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,7 +72,14 @@ async def crew_worker(mode: str, url: str, delay: float) -> dict[str, Any]:
     manager = None
     http = httpx.AsyncClient(base_url=url)
     if mode == "own":
-        manager = ResidencyManager(OllamaBackend(url), MemoryBudget(CAPACITY_GB * GB, "bench"))
+        # As `crew run` opens it: each crew notes the models it keeps (crew.holders), and the
+        # others' notes steer its evictions.
+        from crew.holders import HolderRecord
+
+        record = HolderRecord(Path(os.environ["BENCH_STATE"]) / "holders", url, f"bench-{os.getpid()}")
+        manager = ResidencyManager(OllamaBackend(url), MemoryBudget(CAPACITY_GB * GB, "bench"),
+                                   held_elsewhere=record.held_elsewhere)
+        manager.subscribe(record)
         for model in (A, C, R):
             manager.register(model, OPTIONS)
     try:
@@ -129,8 +137,10 @@ def run_mode(fake: FakeOllama, mode: str, crews: int, scale: float, gap: float) 
     if mode == "serve":
         server, url = start_server(fake)
     started = time.monotonic()
+    state = tempfile.mkdtemp(prefix="crew-bench-")
     workers = [subprocess.Popen([sys.executable, __file__, "--worker", mode, url,
-                                 str(i * gap / scale)], stdout=subprocess.PIPE, text=True)
+                                 str(i * gap / scale)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "BENCH_STATE": state})
                for i in range(crews)]
     results = [json.loads(w.communicate()[0]) for w in workers]
     makespan = time.monotonic() - started
