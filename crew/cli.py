@@ -134,7 +134,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
         share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
-        until = "forever" if m.kept_by_crew else _clock(m.expires_at)
+        until = "forever" if m.pinned_forever else _clock(m.expires_at)
         held = m.held_by
         by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
         rows.append((m.name, _gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))

@@ -109,16 +109,21 @@ class HeldModel:
     context_length: int | None
     expires_at: datetime | None
     kept_by_crew: bool
-    """Loaded by crew (keep_alive -1, which Ollama reports as an expiry centuries away)."""
+    """Kept by a live crew, or pinned forever (keep_alive -1, which Ollama reports as an expiry
+    centuries away: crews before leases did that)."""
     since: datetime | None
     """When a running crew loaded it (Ollama does not say)."""
     held_by: dict[str, Any] | None
     """The crew process and run that keep it, if one is alive."""
 
     @property
+    def pinned_forever(self) -> bool:
+        return bool(self.expires_at and self.expires_at > datetime.now(UTC) + timedelta(days=3650))
+
+    @property
     def orphaned(self) -> bool:
-        """Pinned by a crew that ended without handing it back (killed?)."""
-        return self.kept_by_crew and self.held_by is None
+        """Pinned forever by a crew that ended without handing it back (killed?)."""
+        return self.pinned_forever and self.held_by is None
 
 
 def who_holds(running: Sequence[Resident], kept: Mapping[str, Holder]) -> list[HeldModel]:
@@ -131,7 +136,7 @@ def who_holds(running: Sequence[Resident], kept: Mapping[str, Holder]) -> list[H
             name=r.name, size=r.size, size_vram=r.size_vram,
             gpu_share=round(r.size_vram / r.size, 3) if r.size else None,
             context_length=r.context_length, expires_at=r.expires_at,
-            kept_by_crew=bool(r.expires_at and r.expires_at > forever),
+            kept_by_crew=holder is not None or bool(r.expires_at and r.expires_at > forever),
             since=datetime.fromtimestamp(holder.since, UTC) if holder else None,
             held_by={"pid": holder.pid, "run": holder.run} if holder else None,
         ))

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     reconcile_ttl_s: float = Field(0.0, ge=0)
     """How long a read of /api/ps may be trusted for a request to a resident model. 0 reads it
     before every request (~2 ms each); loads and evictions always read it fresh."""
+    lease_s: float = Field(300.0, gt=0)
+    """How long a model crew keeps stays in Ollama without crew: every request and a renewal
+    before it runs out extend it, so a killed crew frees the memory within one lease."""
     keep_alive_after: str | float = "5m"
     """What keep_alive crew leaves its models with when it exits (Ollama's syntax)."""
     workspaces_dir: Path = Path("workspaces")

@@ -384,6 +384,16 @@ class FakeOllama:
                 return  # alone and too large: split between GPU and CPU
             self._cond.wait()
 
+    def expire_due(self) -> None:
+        """Unload idle runners whose keep_alive ran out (Ollama does it with a timer; doing it
+        before each request is the same to any client)."""
+        with self._cond:
+            now = time.time()
+            for name, runner in list(self.runners.items()):
+                if (runner.refs == 0 and not runner.expiring and runner.keep_alive >= 0
+                        and runner.idle_since + runner.keep_alive <= now):
+                    self._remove(name, "expired")
+
     def release(self, runner: _Runner) -> None:
         with self._cond:
             runner.refs -= 1
@@ -490,6 +500,7 @@ class _Handler(BaseHTTPRequestHandler):
         return fake
 
     def do_GET(self) -> None:  # noqa: N802
+        self.fake.expire_due()
         self.fake.requests.append({"method": "GET", "path": self.path, "body": None})
         try:
             if self.path == "/api/version":
@@ -510,6 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_POST(self) -> None:  # noqa: N802
+        self.fake.expire_due()
         try:
             body = self._body()
             if self.path == "/api/show":

@@ -66,7 +66,7 @@ def test_create_runs_inside_a_hold_with_the_preloads_options(ollama: FakeOllama)
     chat = ollama.chats[0]
     assert chat["options"] == {"num_ctx": 16384, "temperature": 0.2, "seed": 3}
     assert ollama.loads[0]["options"]["num_ctx"] == 16384
-    assert chat["keep_alive"] == -1 and chat["think"] is True
+    assert chat["keep_alive"] == 300 and chat["think"] is True
     assert ollama.option_reloads() == []
     call = [e for e in events if e.type == "model_call"][0]
     assert (call.prompt_tokens, call.completion_tokens) == (

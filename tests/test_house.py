@@ -204,6 +204,9 @@ class RecordingBackend:
         self.calls.append(("unload", model))
         self.resident.pop(model, None)
 
+    async def renew(self, model: str, options: Mapping[str, Any]) -> None:
+        self.calls.append(("renew", model))
+
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         self.calls.append(("release", model))
 

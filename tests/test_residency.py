@@ -28,7 +28,7 @@ async def chat(fake: FakeOllama, model: str) -> None:
     """A real request for `model`, as a team member would send it (same options)."""
     async with ollama.AsyncClient(host=fake.url) as client:
         await client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
-                          options=OPTIONS, keep_alive=-1)
+                          options=OPTIONS, keep_alive=300)
 
 
 def assert_server_kept_control(fake: FakeOllama) -> None:
@@ -38,7 +38,7 @@ def assert_server_kept_control(fake: FakeOllama) -> None:
     assert fake.waited_for_unload == 0, "a load was sent before an unload had finished"
 
 
-def test_load_is_an_empty_chat_with_the_roles_options_and_keep_alive_forever(ollama: FakeOllama) -> None:
+def test_load_is_an_empty_chat_with_the_roles_options_and_a_finite_lease(ollama: FakeOllama) -> None:
     async def scenario() -> None:
         async with make_manager(ollama) as manager:
             async with manager.hold(REVIEWER):
@@ -49,7 +49,7 @@ def test_load_is_an_empty_chat_with_the_roles_options_and_keep_alive_forever(oll
     loads = [r["body"] for r in ollama.requests
              if r["path"] == "/api/chat" and r["body"]["messages"] == []]
     assert loads[0]["options"] == OPTIONS
-    assert loads[0]["keep_alive"] == -1
+    assert loads[0]["keep_alive"] == 300  # a lease (CREW_LEASE_S), never -1
     assert ollama.load_names() == [REVIEWER]
     assert ollama.option_reloads() == []
     assert not any(r["path"].startswith("/api/unload") for r in ollama.requests)

@@ -72,7 +72,7 @@ def test_ollama_client_chat_keeps_servers_options_and_keep_alive(served: Served,
     sent = chats_for(ollama, REVIEWER)
     assert len(sent) == 2
     # The clients' keep_alive and num_ctx never reached Ollama; the server's did.
-    assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in sent)
+    assert all(c["keep_alive"] == 300 and c["options"]["num_ctx"] == 32768 for c in sent)
     assert sent[0]["options"]["temperature"] == 0.5  # sampling options are the client's
     assert ollama.load_names() == [REVIEWER] and not ollama.option_reloads()
     wait_until(lambda: served.pins() == {REVIEWER: 0})  # a stream's hold goes just after its last line
@@ -106,7 +106,7 @@ def test_ollama_client_reads_tags_show_ps_and_embeds(served: Served, ollama: Fak
     assert [m.model for m in running] == [REVIEWER]
     raw = httpx.get(f"{served.url}/api/ps").json()
     assert raw["models"][0]["crew"] == {"role": "reviewer", "holders": [], "waiting": 0}
-    assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
+    assert all(c["keep_alive"] == 300 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
     assert httpx.get(f"{served.url}/api/version").json()["crew"]
 
 
@@ -152,7 +152,7 @@ def test_openai_client_chat_streamed_and_not(served: Served, ollama: FakeOllama)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c"
     assert chunks[-1].choices[0].finish_reason == "stop"
     sent = chats_for(ollama, CODER)
-    assert len(sent) == 3 and all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in sent)
+    assert len(sent) == 3 and all(c["keep_alive"] == 300 and c["options"]["num_ctx"] == 32768 for c in sent)
     assert sent[0]["options"]["num_predict"] == 50 and sent[0]["options"]["temperature"] == 0.1
     assert [m.id for m in client.models.list().data] == [ARCHITECT, CODER, REVIEWER]
     assert ollama.load_names() == [CODER]
@@ -412,7 +412,7 @@ def test_crew_run_through_a_server_does_no_loading_of_its_own(served: Served, ol
     assert {e.model for e in client_loads} <= set(server_loads)
     assert len(client_loads) >= len(server_loads) - len(prefetched)
     assert client_loads and all("crew serve" in e.reason for e in client_loads)
-    assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
+    assert all(c["keep_alive"] == 300 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
     assert ollama.peak_used <= 60 * GB and not ollama.self_evictions()
     wait_until(lambda: bool(served.pins()) and all(p == 0 for p in served.pins().values()))
 

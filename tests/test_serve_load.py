@@ -102,5 +102,5 @@ def test_three_crews_and_thirty_clients(ollama: FakeOllama, clean_env: Path) -> 
     assert ollama.peak_used <= BUDGET_GB * GB
     assert not ollama.self_evictions() and not ollama.option_reloads()
     assert len(ollama.chats) >= 30
-    assert all(c["keep_alive"] == -1 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
+    assert all(c["keep_alive"] == 300 and c["options"]["num_ctx"] == 32768 for c in ollama.chats)
     assert set(ollama.load_names()) == {ALPHA, BETA, GAMMA}

@@ -93,6 +93,11 @@ class Backend(Protocol):
         """Unload the model; return only once its memory is free."""
         ...
 
+    async def renew(self, model: str, options: Mapping[str, Any]) -> None:
+        """Extend the lease of a resident model kept between requests (no reload: same options).
+        Backends without expiry do nothing."""
+        ...
+
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         """Hand the model back to the server's own expiry (crew is leaving)."""
         ...

@@ -156,6 +156,9 @@ class EmbeddedBackend:
 
             await asyncio.to_thread(free)
 
+    async def renew(self, model: str, options: Mapping[str, Any]) -> None:
+        return None  # in-process models have no expiry
+
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         await self.unload(model)  # nothing outlives this process
 

@@ -32,6 +32,7 @@ T = TypeVar("T")
 # Ollama unloads a model only once its running requests end: another client's long answer can
 # hold it. The registry passes the load timeout (CREW_LOAD_TIMEOUT_S), which bounds this wait.
 UNLOAD_TIMEOUT_S = 300.0
+DEFAULT_LEASE_S = 300.0
 # Unload returns before memory is free; /api/ps is polled with a growing pause between reads.
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.25
@@ -84,11 +85,14 @@ class OllamaBackend:
         *,
         keep_alive_after: str | float = "5m",
         unload_timeout: float = UNLOAD_TIMEOUT_S,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self._host = host
         self._client = make_client(host)
         self._keep_alive_after = keep_alive_after
         self._unload_timeout = unload_timeout
+        self.lease_s = lease_s
+        """keep_alive of every load and request: never -1, so nothing stays if crew is killed."""
         self.crew_server = False
         """The host is a `crew serve` (set when opened): it loads and unloads, not this process."""
 
@@ -160,7 +164,7 @@ class OllamaBackend:
         # bounds it instead.
         async with ollama_errors(self._host, model):
             await self._client.chat(
-                model=model, messages=[], options=dict(options), keep_alive=-1, stream=False
+                model=model, messages=[], options=dict(options), keep_alive=self.lease_s, stream=False
             )
 
     async def unload(self, model: str) -> None:
@@ -182,6 +186,14 @@ class OllamaBackend:
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MAX_S)
+
+    async def renew(self, model: str, options: Mapping[str, Any]) -> None:
+        # Same options as the load: Ollama re-arms the expiry without reloading.
+        await self._call(
+            lambda: self._client.chat(model=model, messages=[], options=dict(options),
+                                      keep_alive=self.lease_s, stream=False),
+            model,
+        )
 
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         # Same options as the load, so this re-arms the expiry timer without a reload.

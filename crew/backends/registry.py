@@ -132,7 +132,7 @@ async def _open_ollama(settings: Settings, probe: bool) -> Backend:
     from crew.errors import OllamaUnreachable
 
     backend = OllamaBackend(settings.ollama_host, keep_alive_after=settings.keep_alive_after,
-                            unload_timeout=settings.load_timeout_s)
+                            unload_timeout=settings.load_timeout_s, lease_s=settings.lease_s)
     try:
         backend.crew_server = await backend.served()
     except OllamaUnreachable:

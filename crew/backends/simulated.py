@@ -47,6 +47,9 @@ class SimulatedBackend:
     async def unload(self, model: str) -> None:
         self._resident.pop(model, None)
 
+    async def renew(self, model: str, options: Mapping[str, Any]) -> None:
+        return None  # in-process models have no expiry
+
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         return None
 

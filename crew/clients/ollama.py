@@ -17,7 +17,7 @@ import ollama
 from autogen_core import FunctionCall
 from pydantic import BaseModel
 
-from crew.backends.ollama import make_client
+from crew.backends.ollama import DEFAULT_LEASE_S, make_client
 from crew.clients.base import Ask, ModelClient, Piece
 from crew.clients.convert import function_call, to_ollama_messages, to_tool
 from crew.ollama_api import ollama_errors
@@ -33,6 +33,11 @@ class RoutedOllamaClient(ModelClient):
         return self._backend.label
 
     @property
+    def _lease_s(self) -> float:
+        lease = getattr(self._backend, "lease_s", None)
+        return float(lease) if lease else DEFAULT_LEASE_S
+
+    @property
     def _client(self) -> ollama.AsyncClient:
         # Made on first use, and again after an interrupt closed the last one.
         if self._http is None:
@@ -46,7 +51,9 @@ class RoutedOllamaClient(ModelClient):
             "messages": to_ollama_messages(ask.messages),
             # Runner options must match the preload, or Ollama reloads: a caller cannot change num_ctx.
             "options": {**self._options, **extra_options, "num_ctx": self._options["num_ctx"]},
-            "keep_alive": -1,  # the manager decides when it leaves, not Ollama's timer
+            # A lease, renewed by each request and by the manager: never -1, so a killed crew's
+            # models leave within one lease.
+            "keep_alive": self._lease_s,
         }
         if ask.advertised:
             request["tools"] = [to_tool(tool) for tool in ask.advertised]

@@ -72,6 +72,7 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
         reconcile_ttl=settings.reconcile_ttl_s,
         measurements=Measurements(settings.state_dir, host) if record else None,
         held_elsewhere=record.held_elsewhere if record else None,
+        lease_s=getattr(choice.backend, "lease_s", None),
     )
     if record is not None:
         manager.subscribe(record)

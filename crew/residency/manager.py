@@ -113,8 +113,13 @@ class ResidencyManager:
         eviction: EvictionPolicy | None = None,
         machine_memory: int | None = None,
         busy_notice_s: float = BUSY_NOTICE_S,
+        lease_s: float | None = None,
     ) -> None:
         self._backend = backend
+        # Models we keep between requests have a finite lease in the backend; it is renewed a
+        # third of the way through, so one missed renewal never lets a model expire.
+        self._lease_s = lease_s
+        self._renewer: asyncio.Task[None] | None = None
         self._busy_notice_s = busy_notice_s
         self._budget = budget
         self._allow_partial = allow_partial_offload
@@ -271,6 +276,8 @@ class ResidencyManager:
         if self._closed:
             return
         self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
         for slot in list(self._slots.values()):
             if slot.task is not None and not slot.task.done():
                 slot.task.cancel()
@@ -348,6 +355,7 @@ class ResidencyManager:
         slot.holders[waiter.owner] += 1
         slot.last_used = self._clock()
         self._queue.granted(waiter)
+        self._ensure_renewing()
         self._notify()  # the head's patience changed; deferred requests may re-plan
         return slot
 
@@ -548,6 +556,33 @@ class ResidencyManager:
     async def _find(self, model: str) -> Resident | None:
         running = await self._backend.running()
         return next((r for r in running if r.name == model), None)
+
+    # -- leases ------------------------------------------------------------------------
+
+    def _ensure_renewing(self) -> None:
+        if self._lease_s is None or self._renewer is not None or self._closed:
+            return
+        self._renewer = asyncio.create_task(self._renew_leases())
+        self._renewer.add_done_callback(_retrieve)
+
+    async def _renew_leases(self) -> None:
+        assert self._lease_s is not None
+        period = self._lease_s / 3
+        while not self._closed:
+            await asyncio.sleep(period)
+            try:
+                async with self._lock:
+                    await self._reconcile(force=True)  # never renew (reload) what has gone
+                    now = self._clock()
+                    due = [s for s in self._slots.values()
+                           if s.ours and s.state == "resident" and not s.pins
+                           and now - max(s.last_used, s.renewed_at) >= period]
+                    for slot in due:
+                        await self._backend.renew(slot.name, self._models.profile(slot.name))
+                        slot.renewed_at = self._clock()
+            except CrewError as exc:
+                self._reconciled_at = None
+                log.debug("could not renew leases: %s", exc)
 
     # -- reconciling with the backend ---------------------------------------------------
 

@@ -29,6 +29,8 @@ class Slot:
     mismatched: bool = False
     """Resident with other runner options than ours: Ollama would reload it on our request."""
     partial: bool = False
+    renewed_at: float = 0.0
+    """When its lease was last renewed (crew.residency.manager)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ the catalog of runner options it enforces, and the upstream connection requests 
 Every model request a client sends runs inside `Authority.hold`, owned by that request (named
 after its client), so the budget, the grouping of requests by resident model and the fairness
 bound span every process on the machine. The server, not the client, decides runner options and
-`keep_alive`: `upstream_body` rewrites what a client sent before it reaches Ollama.
+`keep_alive` (crew's lease, renewed by the manager): `upstream_body` rewrites what a client sent
+before it reaches Ollama.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from crew.settings import Role, Settings
 
 # Options that shape the runner: a request that changes one makes Ollama reload the model.
 RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
-# The manager keeps models; Ollama's own timer must never unload them under it.
-UPSTREAM_KEEP_ALIVE = -1
 
 Urgency = Literal["normal", "high", "critical"]
 
@@ -135,7 +134,7 @@ class Authority:
         kept = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
         sent["model"] = model
         sent["options"] = {**kept, **self.runner_options(model)}
-        sent["keep_alive"] = UPSTREAM_KEEP_ALIVE
+        sent["keep_alive"] = self.settings.lease_s
         return sent
 
     async def acquire(self, model: str, client: Client, urgency: str = "normal") -> tuple[Hold, Ticket]:
