@@ -456,6 +456,8 @@ class TerminalRenderer:
         if kind == "run_started":
             self.workspace = event.workspace
             self._models = dict(event.models)
+            if event.fallback:
+                self._note(f"note: {event.fallback}")
             self._note(f"workspace {event.workspace}{' (resumed)' if event.resumed else ''}")
         elif kind == "chunk":
             self._header(event.source)

@@ -204,6 +204,8 @@ class RunStarted(BaseEvent):
     """The model each agent runs on (after the backend's choice), by agent name."""
     sandbox: str = "none"
     """Where agent commands run: bwrap, unshare, seatbelt or none (see crew.sandbox)."""
+    fallback: str | None = None
+    """Why `--backend auto` chose the backend it did, when it fell back."""
 
 
 class SandboxWarning(BaseEvent):

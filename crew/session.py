@@ -144,31 +144,37 @@ async def open_session(
     """A session in a new workspace (or `resume`'s), closed the same way on every exit path."""
     # Before anything is created: CREW_SANDBOX=require with no sandbox stops here.
     sandbox = await asyncio.to_thread(detect, settings.sandbox, settings.tool_network)
-    workspace = (
-        Workspace.open(resume) if resume is not None
-        else await asyncio.to_thread(
-            Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo, mode=mode
+    # And a backend that cannot serve: no empty workspace is left behind for a run that never began.
+    choice = await choose_backend(settings)
+    try:
+        workspace = (
+            Workspace.open(resume) if resume is not None
+            else await asyncio.to_thread(
+                Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo, mode=mode
+            )
         )
-    )
-    if workspace.mode not in (None, mode):
-        # A team's saved state only fits a team of the same kind: loading it would damage it.
-        raise WorkspaceError(f"{workspace.root} was made by `crew {workspace.mode}`: continue it with "
-                             f"`crew {workspace.mode} --resume {workspace.root}`")
+        if workspace.mode not in (None, mode):
+            # A team's saved state only fits a team of the same kind: loading it would damage it.
+            raise WorkspaceError(f"{workspace.root} was made by `crew {workspace.mode}`: continue it "
+                                 f"with `crew {workspace.mode} --resume {workspace.root}`")
+    except BaseException:
+        await choice.backend.aclose()
+        raise
     workspace.lock()  # one process at a time in a workspace: two would interleave its records
     try:
         if task is not None and resume is None:
             (workspace.root / "spec.md").write_text(task)
-        choice = await choose_backend(settings)
         manager = open_manager(settings, choice, workspace.id)
         records = Records(workspace, render, choice.models())
     except BaseException:
         workspace.unlock()  # from here on, closing the session unlocks it
+        await choice.backend.aclose()
         raise
     session = Session(settings, choice, workspace, manager, records, mode=mode, spec=spec,
                       sandbox=sandbox)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None,
                             models={NAMES[role]: model for role, model in choice.models().items()},
-                            sandbox=sandbox.kind))
+                            sandbox=sandbox.kind, fallback=choice.fallback))
     if not sandbox.confines_files:
         records.emit(SandboxWarning(kind=sandbox.kind, message=sandbox.describe()))
     manager.subscribe(session.emit)

@@ -10,8 +10,10 @@ costs nothing to import.
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +75,8 @@ class BackendChoice:
     roles: Mapping[Role, RoleSettings] = field(default_factory=lambda: MappingProxyType({}))
     served: bool = False
     """The backend is a `crew serve`: it decides residency; this process only asks."""
+    fallback: str | None = None
+    """Why `auto` chose this backend over one tried before it (said first in a run's output)."""
 
     @property
     def name(self) -> str:
@@ -111,10 +115,28 @@ async def choose_backend(settings: Settings) -> BackendChoice:
     reasons: list[str] = []
     for kind in (k for k in _REGISTRY.values() if k.auto):
         try:
-            return _chosen(kind, await kind.open(settings, True), settings)
+            chosen = _chosen(kind, await kind.open(settings, True), settings)
         except BackendUnavailable as exc:
+            if kind.name == "ollama" and wants_ollama(settings):
+                # Configured or installed: a stopped Ollama is a mistake to report, not a reason
+                # to spend minutes on the small embedded model.
+                raise BackendError(
+                    f"cannot reach Ollama at {settings.ollama_host}: start it with `ollama serve` (or "
+                    "open the Ollama app), or run on the small embedded model with --backend embedded"
+                ) from None
             reasons.append(str(exc))
+            continue
+        if reasons:
+            chosen = replace(chosen, fallback=f"using the {kind.name} backend: {' and '.join(reasons)}")
+        return chosen
     raise BackendError(f"no model backend: {' and '.join(reasons) or 'none is registered'}")
+
+
+def wants_ollama(settings: Settings) -> bool:
+    """The user pointed crew at Ollama (CREW_OLLAMA_HOST, OLLAMA_HOST or crew.toml), or it is
+    installed here (`ollama` on PATH)."""
+    return ("ollama_host" in settings.model_fields_set or bool(os.environ.get("OLLAMA_HOST"))
+            or shutil.which("ollama") is not None)
 
 
 def _chosen(kind: BackendKind, backend: Backend, settings: Settings) -> BackendChoice:
