@@ -74,6 +74,8 @@ class ChatSession:
         # selector hands over while the team's output stream may still hold that message.
         self.turn_after: str | None = None
         self.shown: set[str] = set()
+        self.replayed: set[str] = set()
+        """Messages handed back to the team on a resume without saved state: recorded already."""
         self.shown_changed = asyncio.Event()
 
     def observe(self, event: Event) -> None:
@@ -195,7 +197,7 @@ class ChatSession:
             if self.team is not None:  # cut the model call in flight, or the turn runs to its end
                 asyncio.ensure_future(self.team.interrupt())
 
-    async def run(self, first: str | None) -> str:
+    async def run(self, first: str | list[BaseChatMessage] | None) -> str:
         """Run rounds until the person quits; the stop reason."""
         assert self.team is not None
         task = first
@@ -217,13 +219,16 @@ class ChatSession:
                 return "the person quit"
         return "the person quit"
 
-    async def _round(self, task: str | None, token: CancellationToken) -> bool:
+    async def _round(self, task: str | list[BaseChatMessage] | None, token: CancellationToken) -> bool:
         assert self.team is not None
         async for item in self.team.chat.run_stream(task=task, cancellation_token=token):
             if isinstance(item, TaskResult):
                 said_quit = any(isinstance(m, BaseChatMessage) and m.source == HUMAN
                                 and m.to_text().strip() == "/quit" for m in item.messages)
                 return said_quit or self.quit.is_set()
+            if isinstance(item, BaseChatMessage) and item.id in self.replayed:
+                self.records.release(item.id)
+                continue
             if isinstance(item, BaseChatMessage) and item.source == "user":
                 record(self.records, _as_person(item))
                 self.records.release(item.id)
@@ -244,7 +249,7 @@ async def chat_session(
     settings: Settings, spec: Path | None, *, render: Callable[[Event], None],
     write: Callable[[str], None], resume: Path | None = None, workspace_path: Path | None = None,
 ) -> Path:
-    first = read_spec(spec) if spec is not None else None
+    first: str | list[BaseChatMessage] | None = read_spec(spec) if spec is not None else None
     loop = asyncio.get_running_loop()
     async with open_session(settings, mode="chat", render=render, spec=spec, resume=resume,
                             workspace_path=workspace_path) as session:
@@ -255,9 +260,15 @@ async def chat_session(
         try:
             human = UserProxyAgent(HUMAN, description="The person using crew.", input_func=chat.ask)
             chat.team = await session.build_team(human=human)
-            said = await session.restore() if resume is not None else None
-            for message_id in said or []:
+            restored = await session.restore() if resume is not None else None
+            for message_id in restored.said if restored else []:
                 chat.mark_shown(message_id)
+            if restored and restored.replay:  # no saved state (killed?): the records, replayed
+                replay: list[BaseChatMessage] = [TextMessage(source=s, content=c) for s, c in restored.replay]
+                for message in replay:
+                    chat.replayed.add(message.id)
+                    chat.mark_shown(message.id)
+                first = replay
             chat.say(f"crew chat in {session.workspace.root}. {HELP}")
             if first is None and resume is None:
                 first = await chat.ask()

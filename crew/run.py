@@ -20,7 +20,7 @@ from autogen_core import CancellationToken
 from crew.errors import CrewError, InputError
 from crew.events import AgentMessage, Event, parse_event
 from crew.records import AgentStats, Records
-from crew.session import open_session
+from crew.session import check_resumable, open_session
 from crew.settings import Settings
 from crew.team import Team, record
 from crew.workspace import Workspace
@@ -67,16 +67,22 @@ async def run_spec(
     task = read_spec(spec) if spec is not None else None
     if task is None and resume is None:
         raise InputError("give a spec file to run, or --resume workspaces/<id> to continue a run")
+    if resume is not None:
+        check_resumable(resume)
     async with open_session(settings, mode="run", render=render, spec=spec, task=task, resume=resume,
                             workspace_path=workspace_path, repo=repo) as session:
         team = await session.build_team(max_turns=max_turns)
-        restored = await session.restore() if resume is not None else None
-        if restored is None and task is not None:
+        given: str | list[BaseChatMessage] | None = task
+        replayed: set[str] = set()
+        if resume is not None:
+            restored = await session.restore()
+            given = [TextMessage(source=s, content=c) for s, c in restored.replay] or None
+            if restored.recorded:
+                replayed = {m.id for m in given or []}
+        elif task is not None:
             record(session.records, TextMessage(source="user", content=task))
         token = CancellationToken()
-        consuming = asyncio.ensure_future(
-            _consume(team, task if resume is None else None, session.records, token)
-        )
+        consuming = asyncio.ensure_future(_consume(team, given, session.records, token, replayed))
         try:
             # Shielded: on Ctrl-C the team's stream must not be cancelled first, or AutoGen waits
             # for the agent's whole generation before it stops. Cut the model calls, then stop it.
@@ -92,14 +98,20 @@ async def run_spec(
     return Outcome(session.workspace, session.records.approved, session.stop_reason, session.records.stats)
 
 
-async def _consume(team: Team, task: str | None, records: Records, token: CancellationToken) -> str:
-    """Feed the team's stream into the records; the stop reason."""
+async def _consume(
+    team: Team, task: str | list[BaseChatMessage] | None, records: Records, token: CancellationToken,
+    replayed: set[str],
+) -> str:
+    """Feed the team's stream into the records; the stop reason. `replayed`: ids of messages
+    handed back to the team on resume, recorded already."""
     stop_reason = "stopped"
     async for item in team.chat.run_stream(task=task, cancellation_token=token):
         if isinstance(item, TaskResult):
             stop_reason = _stop_reason(item, records.approved)
-        elif task is not None and isinstance(item, BaseChatMessage) and item.source == "user":
-            records.release(item.id)  # the task, recorded already; decisions about it may go out
+        elif isinstance(item, BaseChatMessage) and (
+            item.id in replayed or isinstance(task, str) and item.source == "user"
+        ):
+            records.release(item.id)  # recorded already; decisions about it may go out
         else:
             record(records, item)
     return stop_reason

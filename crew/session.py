@@ -15,15 +15,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crew.backends import BackendChoice, choose_backend
 from crew.errors import CrewError, WorkspaceError
-from crew.events import Event, RunFinished, RunStarted, SandboxWarning
+from crew.events import AgentMessage, Event, RunFinished, RunStarted, SandboxWarning, parse_event
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
-from crew.routing import NAMES
+from crew.routing import HUMAN, NAMES
 from crew.sandbox import Sandbox, detect
 from crew.settings import Settings
 from crew.tools import UNCONFINED
@@ -72,19 +73,37 @@ class Session:
                                      max_turns=max_turns, human=human, sandbox=self.sandbox)
         return self.team
 
-    async def restore(self) -> list[str] | None:
-        """Load the team state a stopped session saved; the ids of the messages said before
-        (their routing decisions may now be recorded), or None if there is no saved state."""
+    async def restore(self) -> Restored:
+        """What a stopped session left, for `--resume`, however it stopped.
+
+        The team state it saved, if it has one that holds the last recorded message. Otherwise
+        (killed with -9, a crash, a power cut: no state, or one older than the records) the
+        conversation is rebuilt from `events.jsonl`, written as things happened; and a run
+        stopped before anything was said starts again from its spec.md.
+        """
         assert self.team is not None, "build the team first"
-        path = self.workspace.root / "state.json"
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        await self.team.chat.load_state(state)
-        said = message_ids(state)
-        for message_id in said:
-            self.records.release(message_id)
-        return said
+        history = recorded_messages(self.workspace.root)
+        state = saved_state(self.workspace.root)
+        if state is not None and (not history or _holds(state, history[-1][1])):
+            try:
+                await self.team.chat.load_state(state)
+            except Exception as exc:  # noqa: BLE001 - a damaged state: the records still serve
+                log.debug("saved team state unusable (%s); rebuilding from events.jsonl", exc)
+            else:
+                said = message_ids(state)
+                for message_id in said:
+                    self.records.release(message_id)
+                return Restored(said=said)
+        if history:
+            return Restored(replay=history)
+        spec = self.workspace.root / "spec.md"
+        text = spec.read_text(errors="replace").strip() if spec.is_file() else ""
+        if text:
+            return Restored(replay=[("user", text)], recorded=False)
+        if self.mode == "chat":
+            return Restored()  # a chat where nobody spoke yet: the person starts it
+        raise _not_resumable(self.workspace.root)
+
 
     async def save(self) -> None:
         """Write the team's state to state.json (for --resume)."""
@@ -191,6 +210,73 @@ async def open_session(
             log.debug("closing after a failure failed too: %s", closing)
         raise
     await session.close()
+
+
+def saved_state(root: Path) -> Any:
+    """The team state a stopped session saved in `root`, or None (missing or unreadable)."""
+    path = root / "state.json"
+    try:
+        state = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def recorded_messages(root: Path) -> list[tuple[str, str]]:
+    """(source, content) of the conversation's messages in `root`'s events.jsonl, in order; a
+    line torn by a kill is skipped."""
+    path = root / "events.jsonl"
+    speakers = {"user", HUMAN, *NAMES.values()}
+    said: list[tuple[str, str]] = []
+    try:
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            event = parse_event(line)
+        except ValueError:
+            continue
+        if isinstance(event, AgentMessage) and event.source in speakers:
+            said.append((event.source, event.content))
+    return said
+
+
+def check_resumable(root: Path) -> None:
+    """Raise (one line) before anything starts if a run in `root` could not be resumed."""
+    workspace = Workspace.open(root)
+    spec = workspace.root / "spec.md"
+    if saved_state(workspace.root) is None and not recorded_messages(workspace.root) and not (
+        spec.is_file() and spec.read_text(errors="replace").strip()
+    ):
+        raise _not_resumable(workspace.root)
+
+
+def _not_resumable(root: Path) -> WorkspaceError:
+    return WorkspaceError(f"{root} cannot be resumed: nothing was said in it and it has no spec.md; "
+                          "start a new run with `crew run SPEC`")
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What `Session.restore` found."""
+
+    said: list[str] = field(default_factory=list)
+    """Ids of the messages in a loaded team state (their routing decisions may now be recorded)."""
+    replay: list[tuple[str, str]] = field(default_factory=list)
+    """(source, content) to hand the team again as its task: the conversation so far."""
+    recorded: bool = True
+    """The replayed messages are in events.jsonl already (not to be recorded twice)."""
+
+
+def _holds(state: Any, content: str) -> bool:
+    """Whether a saved team state has a message with this content (else it is older than the
+    records)."""
+    if isinstance(state, dict):
+        return state.get("content") == content or any(_holds(v, content) for v in state.values())
+    if isinstance(state, list):
+        return any(_holds(v, content) for v in state)
+    return False
 
 
 def message_ids(state: Any) -> list[str]:
