@@ -501,6 +501,9 @@ class TerminalRenderer:
                 f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
                 f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
                 f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
+        elif kind == "tool_loop_stopped":
+            self._note(f"{event.role}: turn ended: {event.name}({event.arguments}) returned the same "
+                       f"result {event.times} times")
         elif kind == "sandbox_warning":
             self._note(f"warning: agent commands: {event.message}")
         elif kind == "run_finished":

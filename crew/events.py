@@ -140,6 +140,17 @@ class ToolCallRefused(BaseEvent):
     problem: str
 
 
+class ToolLoopStopped(BaseEvent):
+    """An agent made the same tool call with the same result three times in one turn: the turn
+    ended with a note instead of another model call."""
+
+    type: Literal["tool_loop_stopped"] = "tool_loop_stopped"
+    role: str
+    name: str
+    arguments: str
+    times: int
+
+
 class ModelCallRetried(BaseEvent):
     """A model call failed before showing any token and was sent once more."""
 
@@ -237,6 +248,7 @@ Event = Annotated[
     | ContextFull
     | ToolCallRecovered
     | ToolCallRefused
+    | ToolLoopStopped
     | ModelCallRetried
     | RoutingDecision
     | AgentMessage

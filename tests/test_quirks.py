@@ -199,3 +199,23 @@ def test_the_embedded_backend_defaults_to_tool_call_edits_unless_told_otherwise(
     assert load_settings().coder.edit_format == "both"  # on Ollama
     monkeypatch.setenv("CREW_CODER_EDIT_FORMAT", "blocks")
     assert role_settings(load_settings().coder).edit_format == "blocks"
+
+
+def test_a_model_that_repeats_one_call_to_no_effect_has_its_turn_ended(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    from tests.test_run import run_in_process, write_spec
+
+    ollama.capacity = 60 * GB
+    ollama.script(ARCHITECT, "1. Look around, then write hello.py.\nNEXT: Coder")
+    same = FakeReply("", tool_calls=[{"name": "list_files", "arguments": {}}])
+    ollama.script(CODER, same, same, same, same, "never asked")
+    ollama.script(REVIEWER, "APPROVED")
+    outcome, events = run_in_process(ollama, write_spec(clean_env))
+    coder_calls = [c for c in ollama.chats if c["model"] == CODER]
+    assert len(coder_calls) == 3  # three identical results: no fourth request
+    stopped = [e for e in events if e.type == "tool_loop_stopped"]
+    assert [(e.role, e.name, e.times) for e in stopped] == [("coder", "list_files", 3)]
+    # The note is the Coder's message: the Reviewer sees it.
+    reviewer = [c for c in ollama.chats if c["model"] == REVIEWER][0]
+    assert any("crew stopped this turn" in str(m.get("content")) for m in reviewer["messages"])

@@ -43,8 +43,17 @@ from crew.clients.convert import (
     to_tool,
 )
 from crew.clients.recovery import recover
+from crew.clients.spin import spinning
 from crew.errors import AnswerFailed, CrewError, StreamInterrupted
-from crew.events import ContextFull, Event, ModelCall, ModelCallRetried, ToolCallRecovered, ToolCallRefused
+from crew.events import (
+    ContextFull,
+    Event,
+    ModelCall,
+    ModelCallRetried,
+    ToolCallRecovered,
+    ToolCallRefused,
+    ToolLoopStopped,
+)
 from crew.residency import ResidencyManager
 from crew.settings import RoleSettings
 
@@ -165,6 +174,9 @@ class ModelClient(ChatCompletionClient):
 
     async def create(self, messages: Sequence[LLMMessage], **args: Unpack[CreateArgs]) -> CreateResult:
         ask = self._ask(messages, args)
+        stopped = self._stop_spinning(messages)
+        if stopped is not None:
+            return stopped
         while True:
             answer, asked, started = await self._complete_with_retry(ask)
             usage = self._account(answer, asked, started)
@@ -196,6 +208,10 @@ class ModelClient(ChatCompletionClient):
         return self._streamed(ask)
 
     async def _streamed(self, ask: Ask) -> AsyncGenerator[str | CreateResult, None]:
+        stopped = self._stop_spinning(ask.messages)
+        if stopped is not None:
+            yield stopped
+            return
         while True:
             shown = False
             for attempt in (1, 2):
@@ -239,6 +255,16 @@ class ModelClient(ChatCompletionClient):
                 yield outcome
                 return
             ask = outcome
+
+    def _stop_spinning(self, messages: Sequence[LLMMessage]) -> CreateResult | None:
+        """The turn's end, without a model call, if the agent repeats one call to no effect."""
+        spin = spinning(messages)
+        if spin is None:
+            return None
+        self._emit(ToolLoopStopped(role=self._role, name=spin.name, arguments=spin.arguments,
+                                   times=spin.times))
+        return CreateResult(finish_reason="stop", content=spin.note(),
+                            usage=RequestUsage(prompt_tokens=0, completion_tokens=0), cached=False)
 
     def _retrying(self, exc: CrewError) -> None:
         self.failure = None  # it is being retried: not the error behind a later failure
