@@ -86,10 +86,12 @@ def model_path(name: str) -> Path:
 class EmbeddedBackend:
     """Models in this process, one llama.cpp context each."""
 
-    def __init__(self, *, threads: int | None = None) -> None:
+    def __init__(self, *, threads: int | None = None, check_native: bool = True) -> None:
         if not embedded_available():
             raise BackendError(f"the embedded backend is not installed: {INSTALL_HINT}")
         self._threads = threads
+        self._check_native = check_native
+        self._checked: set[Path] = set()
         self._models: dict[str, Any] = {}
         self._sizes: dict[str, int] = {}
         self._ctx: dict[str, int] = {}
@@ -125,6 +127,13 @@ class EmbeddedBackend:
 
     async def load(self, model: str, options: Mapping[str, Any]) -> None:
         path = model_path(model)
+        if self._check_native and path not in self._checked:
+            # A crash of the native library in this process would end crew with no word and
+            # nothing saved: try the model in a child first (crew.backends.native_check).
+            from crew.backends.native_check import check_model
+
+            await asyncio.to_thread(check_model, path)
+            self._checked.add(path)
         num_ctx = int(options.get("num_ctx") or 2048)
         llm, held = await asyncio.to_thread(self._construct, path, num_ctx, options.get("seed"))
         self._models[model] = llm
