@@ -2,6 +2,9 @@
 
 import sys
 
-from crew.cli import main
+try:
+    from crew.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python starts: nothing began, nothing to save
+    sys.exit(130)
 
 sys.exit(main())

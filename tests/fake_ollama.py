@@ -216,6 +216,9 @@ class FakeOllama:
             self.generate_seconds: dict[str, float] = {}
             """Benchmarks: how long an answer of each model takes (holding its runner, as real
             generation does). Tests leave it empty: no timed tests."""
+            self.epoch = getattr(self, "epoch", 0) + 1
+            """Which test's records these are: a request left over from an earlier test (still in
+            a handler thread) must not signal this one's events."""
             self.generating = threading.Event()
             self.streaming = threading.Event()
             """Set when a stream reaches its `gate_after` chunk."""
@@ -483,7 +486,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._send_json(status, {"error": message})
 
+    def _signal(self, event: threading.Event) -> None:
+        if self._epoch == self.fake.epoch:
+            event.set()
+
     def _body(self) -> dict[str, Any]:
+        self._epoch = self.fake.epoch
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else {}
@@ -618,7 +626,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self._done(name, "load", generate))
                 return
             reply = self.fake.next_reply(name)
-            self.fake.generating.set()
+            self._signal(self.fake.generating)
             if reply.gate is not None and reply.gate_after is None:
                 reply.gate.wait()
             if self.fake.generate_seconds.get(name):
@@ -706,7 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append({"role": "assistant", "content": "", "tool_calls": self._tool_calls(reply)})
         for sent, message in enumerate(lines):
             if reply.gate is not None and reply.gate_after == sent:
-                self.fake.streaming.set()
+                self._signal(self.fake.streaming)
                 reply.gate.wait()
             if reply.cut_after is not None and sent >= reply.cut_after:
                 self._cut()

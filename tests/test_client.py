@@ -24,7 +24,7 @@ from crew.events import Event
 from crew.residency import ResidencyManager
 from crew.settings import RoleSettings
 from tests.fake_ollama import FakeOllama, FakeReply
-from tests.helpers import CODER, REVIEWER, make_manager, run
+from tests.helpers import ARCHITECT, CODER, REVIEWER, make_manager, run
 
 T = TypeVar("T")
 ASK = [SystemMessage(content="You review code."), UserMessage(content="Is 1 + 1 == 2?", source="user")]
@@ -241,3 +241,32 @@ def test_a_real_autogen_agent_uses_tools_through_the_routed_client(ollama: FakeO
     assert with_client(ollama, CODER, body) == "The sum is 5."
     assert calls == ["2+3"]
     assert len(ollama.chats) == 2 and ollama.load_names() == [CODER]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_interrupt_while_waiting_for_the_model_means_no_request_at_all(
+    ollama: FakeOllama, streamed: bool
+) -> None:
+    """Ctrl-C while a call waits for its model: the cut finds no connection to close, so the call
+    must not start once the model is granted (it would run, unseen, past the interrupt)."""
+    import asyncio
+
+    async def body(client: RoutedOllamaClient, manager: ResidencyManager) -> None:
+        manager.register(ARCHITECT, {"num_ctx": 32768})
+        blocker = await manager.acquire(ARCHITECT, "someone else")  # the room the reviewer needs
+        asking = asyncio.ensure_future(
+            _drain(client.create_stream(ASK)) if streamed else client.create(ASK))
+        while not manager.waiting():  # guard: the call is queued behind the blocker
+            await asyncio.sleep(0)
+        await client.interrupt()
+        manager.release(blocker)
+        with pytest.raises(StreamInterrupted, match="interrupted"):
+            await asyncio.wait_for(asking, 10)
+
+    with_client(ollama, REVIEWER, body)
+    assert [c["model"] for c in ollama.chats] == []
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass

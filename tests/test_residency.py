@@ -587,3 +587,29 @@ def ollama_client(fake: FakeOllama) -> ollama.Client:
 async def _use(manager: ResidencyManager, model: str) -> None:
     async with manager.hold(model):
         pass
+
+
+def test_crews_sharing_an_ollama_without_a_server_are_told_to_use_one(ollama: FakeOllama) -> None:
+    from crew.settings import load_settings
+    from tests.helpers import manager_for
+
+    ollama.capacity = 60 * GB
+    settings = load_settings(ollama_host=ollama.url, memory_budget_gb=60)
+
+    async def scenario() -> list[str]:
+        other, _ = await manager_for(settings, "other-run")
+        mine, _ = await manager_for(settings, "my-run")
+        for manager in (other, mine):
+            for model in (ARCHITECT, CODER, REVIEWER):
+                manager.register(model, OPTIONS)
+        recorder = Recorder(mine)
+        async with other.hold(CODER):
+            pass  # the other crew keeps the coder (its note says so)
+        async with mine.hold(ARCHITECT):  # needs the coder's room
+            pass
+        await other.aclose()
+        await mine.aclose()
+        return [e.message for e in recorder.of("residency_warning")]
+
+    warnings = run(scenario())
+    assert len(warnings) == 1 and "crew serve" in warnings[0] and CODER in warnings[0]

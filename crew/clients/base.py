@@ -192,6 +192,7 @@ class ModelClient(ChatCompletionClient):
             asked = time.monotonic()
             try:
                 async with self._failures(), self._manager.hold(self._model):
+                    self._still_wanted(ask, epoch)
                     started = time.monotonic()
                     self._on_hold()
                     return await self._complete(ask), asked, started
@@ -224,6 +225,7 @@ class ModelClient(ChatCompletionClient):
                 try:
                     # The hold spans the whole stream: released when it is consumed, fails or is closed.
                     async with self._failures(), self._manager.hold(self._model):
+                        self._still_wanted(ask, epoch)
                         started = time.monotonic()
                         self._on_hold()
                         splitter = ThinkSplitter()
@@ -255,6 +257,13 @@ class ModelClient(ChatCompletionClient):
                 yield outcome
                 return
             ask = outcome
+
+    def _still_wanted(self, ask: Ask, epoch: int) -> None:
+        """Raise if the call was interrupted or cancelled while it waited for its model: the cut
+        found no connection to close then, and the request must not start after it."""
+        token = ask.cancellation_token
+        if self._interrupts != epoch or (token is not None and token.is_cancelled()):
+            raise StreamInterrupted(f"the {self._role}'s answer was interrupted")
 
     def _stop_spinning(self, messages: Sequence[LLMMessage]) -> CreateResult | None:
         """The turn's end, without a model call, if the agent repeats one call to no effect."""

@@ -126,6 +126,7 @@ class ResidencyManager:
         # With partial offload allowed, a model over this still cannot run (None: no limit).
         self._machine_memory = machine_memory
         self._offload_noted: set[str] = set()
+        self._shared_noted = False
         self._load_timeout = load_timeout
         self._reconcile_ttl = reconcile_ttl
         self._clock = clock
@@ -415,12 +416,12 @@ class ResidencyManager:
             if s.state == "resident" and not s.pins and not s.reserved
             and (waiter is starving or s.name not in wanted)
         ]
-        victims = self._choose_victims(candidates, shortfall - sum(s.size for s in forced))
+        victims = self._choose_victims(candidates, shortfall - sum(s.size for s in forced), waiter.model)
         if victims is None:
             return _Wait([s.name for s in others if s not in candidates] or ["a load in progress"])
         return _Load(victims + forced)
 
-    def _choose_victims(self, candidates: list[Slot], shortfall: int) -> list[Slot] | None:
+    def _choose_victims(self, candidates: list[Slot], shortfall: int, model: str) -> list[Slot] | None:
         """The idle set to evict that frees `shortfall` bytes, as the eviction policy picks it."""
         if shortfall <= 0:
             return []
@@ -428,6 +429,12 @@ class ResidencyManager:
             return None
         # Read only here, when something must go: other crews' notes are files (crew.holders).
         elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
+        if elsewhere and not self._shared_noted:
+            self._shared_noted = True  # once: the person has been told, and how to fix it
+            self._emit(ResidencyWarning(model=model, message=(
+                f"other crews keep models on this Ollama too ({', '.join(sorted(elsewhere))}); apart, "
+                "crews cannot see each other's loads in flight and evict what the others use: run "
+                "`crew serve` and point every crew at it (CREW_OLLAMA_HOST=http://127.0.0.1:8000)")))
         now = self._clock()
         offered = {
             Candidate(
