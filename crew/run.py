@@ -88,14 +88,24 @@ async def run_spec(
             # for the agent's whole generation before it stops. Cut the model calls, then stop it.
             session.stop_reason = await asyncio.shield(consuming)
         except asyncio.CancelledError:
+            # Cut the calls in flight and mark them interrupted (so a call still waiting for its
+            # model never starts), then stop the team; bounded, so a stuck stream cannot hold
+            # the cleanup (state, patch, models handed back) hostage.
+            await team.interrupt()
             token.cancel()
             await team.close()
             consuming.cancel()
-            await asyncio.gather(consuming, return_exceptions=True)
+            await asyncio.wait({consuming}, timeout=STOP_GRACE_S)
+            if consuming.done() and not consuming.cancelled():
+                consuming.exception()  # retrieved: the interrupt is what is reported
             raise
         except RuntimeError as exc:
             raise (team.failure() or CrewError(f"an agent failed: {exc}")) from None
     return Outcome(session.workspace, session.records.approved, session.stop_reason, session.records.stats)
+
+
+# How long a cancelled team may take to stop before the session closes without it.
+STOP_GRACE_S = 10.0
 
 
 async def _consume(

@@ -72,7 +72,7 @@ class Terminal:
 
 
 def start(fake: FakeOllama, cwd: Path, *args: str) -> Terminal:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=fake.url, CREW_MEMORY_BUDGET_GB="60", TERM="xterm")
     return Terminal([sys.executable, "-m", "crew", "chat", *args], cwd, env)
 

@@ -66,7 +66,7 @@ def test_after_kill_9_every_crew_model_expires_within_one_lease(ollama: FakeOlla
     gate = threading.Event()
     ollama.script(ARCHITECT, FakeReply(content="A long plan", gate=gate))
     (clean_env / "spec.md").write_text("Write hello.py with a greet(name) function.\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60",
                CREW_LEASE_S="120", CREW_STATE_DIR=str(clean_env / "state"))
     proc = subprocess.Popen([sys.executable, "-m", "crew", "run", "spec.md"], cwd=clean_env, env=env,

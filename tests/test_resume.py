@@ -22,7 +22,7 @@ PLAN = "1. Create hello.py with greet(name).\nNEXT: Coder"
 
 
 def start_run(fake: FakeOllama, folder: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=fake.url, CREW_MEMORY_BUDGET_GB="60",
                CREW_STATE_DIR=str(folder / "state"))
     return subprocess.Popen([sys.executable, "-m", "crew", "run", str(write_spec(folder)), "--workspace",

@@ -63,7 +63,7 @@ def test_end_to_end_run_as_a_subprocess(ollama: FakeOllama, clean_env: Path) -> 
     ollama.capacity = 60 * GB  # the architect alone, or coder and reviewer together
     script_happy_path(ollama)
     spec = write_spec(clean_env)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60")
     result = subprocess.run([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
                             capture_output=True, text=True, timeout=300, check=False)
@@ -264,7 +264,7 @@ def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clea
     gate = threading.Event()
     ollama.script(ARCHITECT, FakeReply(content="A long plan", gate=gate))
     spec = write_spec(clean_env)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60")
     proc = subprocess.Popen([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -515,7 +515,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_hand_the_models_back(
     gate = threading.Event()
     ollama.script(ARCHITECT, FakeReply(content="A long plan", gate=gate))
     spec = write_spec(clean_env)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREW_", "OLLAMA_"))}
+    env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60",
                CREW_STATE_DIR=str(clean_env / "state"))
     proc = subprocess.Popen([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
