@@ -259,6 +259,12 @@ def test_a_stopped_run_resumes_where_it_left_off(ollama: FakeOllama, clean_env: 
     assert any("Create hello.py" in m["content"] for m in ollama.chats[-1]["messages"])
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A shell runs background jobs (`.ci/run &`)
+    with SIGINT ignored, and a child inherits that: it would never see the test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clean_env: Path) -> None:
     ollama.capacity = 60 * GB
     gate = threading.Event()
@@ -267,7 +273,8 @@ def test_ctrl_c_stops_cleanly_saves_state_and_exits_130(ollama: FakeOllama, clea
     env = dict(os.environ)  # clean_env removed CREW_*, OLLAMA_* but the state dir
     env.update(PYTHONPATH=str(ROOT), CREW_OLLAMA_HOST=ollama.url, CREW_MEMORY_BUDGET_GB="60")
     proc = subprocess.Popen([sys.executable, "-m", "crew", "run", str(spec)], cwd=clean_env, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         assert ollama.generating.wait(120), "the architect never started generating"
         proc.send_signal(signal.SIGINT)
