@@ -14,6 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -300,6 +302,45 @@ def _settings_for(args: argparse.Namespace) -> Any:
 
     overrides = {"backend": args.backend} if getattr(args, "backend", None) else {}
     return load_settings(**overrides)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from crew.evaluation.report import write_report
+    from crew.evaluation.runner import Progress, load_results, parse_configs, run_eval
+    from crew.evaluation.suites import read_suite
+
+    configs = parse_configs(args.configs)
+    exercises = read_suite(args.suite)
+    if args.only:
+        wanted = set(args.only)
+        exercises = [e for e in exercises if e.name in wanted]
+        if not exercises:
+            raise InputError(f"no exercise named {', '.join(sorted(wanted))} in {args.suite}")
+    out: Path = args.resume or args.out or Path("evals") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.resume is None and out.exists() and load_results(out):
+        raise InputError(f"{out} has results already: continue it with --resume {out}, or choose --out")
+    settings = _settings_for(args)
+    render = JsonRenderer() if args.json_ else (lambda event: None)
+
+    def progress(p: Progress) -> None:
+        r = p.result
+        failed = f"failed ({r.error})" if r.error else "failed"
+        verdict = f"passed on try {r.passed_try}" if r.passed_try else failed
+        if args.json_:
+            _emit_json({"type": "eval_result", **asdict(r), "done": p.done, "total": p.total})
+        else:
+            print(f"[{p.done}/{p.total}] {r.config} {r.exercise}: {verdict}; {r.config} pass rate so far "
+                  f"{p.rate:.0%}", file=sys.stderr, flush=True)
+
+    results = _arun(run_eval(settings, exercises, configs, out=out, tries=args.tries, render=render,
+                             progress=progress))
+    data = write_report(out, results, configs)
+    if not args.json_:
+        print((out / "eval.md").read_text())
+        print(f"results in {out} (eval.json, eval.md)")
+    else:
+        _emit_json({"type": "eval_finished", "out": str(out), "configs": data["configs"]})
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -595,6 +636,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("run_id", nargs="?", help="the run to show")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p = add("eval", cmd_eval, "does the team beat one model? run a suite of exercises under several "
+            "configurations and grade them with hidden tests")
+    p.add_argument("suite", type=Path, help="a folder of exercises, a HumanEval .jsonl(.gz), or "
+                   "aider's polyglot folders")
+    p.add_argument("--configs", default="team,solo",
+                   help="team, solo, solo:<role>, reference, empty (comma-separated; default team,solo)")
+    p.add_argument("--tries", type=int, choices=(1, 2), default=2,
+                   help="2: a failed first try continues once with the failing test output")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these exercises")
+    p.add_argument("--out", type=Path, help="where results go (default: evals/<time>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted eval in DIR")
+    p.add_argument("--backend", choices=backend_names(), help="where models run")
+    p.add_argument("--json", dest="json_", action="store_true", help="print results as JSON lines")
     p = add("serve", cmd_serve, "serve the seed's router and the Ollama and OpenAI APIs: one residency "
             "authority for every client of this Ollama")
     p.add_argument("--host", help="address to listen on (default: CREW_SERVE_HOST or 127.0.0.1)")

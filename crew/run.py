@@ -21,7 +21,7 @@ from crew.errors import CrewError, InputError
 from crew.events import AgentMessage, Event, parse_event
 from crew.records import AgentStats, Records
 from crew.session import check_resumable, open_session
-from crew.settings import Settings
+from crew.settings import Role, Settings
 from crew.team import Team, record
 from crew.workspace import Workspace
 
@@ -63,7 +63,11 @@ async def run_spec(
     repo: Path | None = None,
     resume: Path | None = None,
     max_turns: int | None = None,
+    solo: Role | None = None,
+    follow_up: str | None = None,
 ) -> Outcome:
+    """Run the team (or, with `solo`, one agent on that role's model) on a spec; or continue a
+    stopped run (`resume`), with `follow_up` said to it first if given."""
     task = read_spec(spec) if spec is not None else None
     if task is None and resume is None:
         raise InputError("give a spec file to run, or --resume workspaces/<id> to continue a run")
@@ -71,7 +75,7 @@ async def run_spec(
         check_resumable(resume)
     async with open_session(settings, mode="run", render=render, spec=spec, task=task, resume=resume,
                             workspace_path=workspace_path, repo=repo) as session:
-        team = await session.build_team(max_turns=max_turns)
+        team = await session.build_team(max_turns=max_turns, solo=solo)
         given: str | list[BaseChatMessage] | None = task
         replayed: set[str] = set()
         if resume is not None:
@@ -79,6 +83,11 @@ async def run_spec(
             given = [TextMessage(source=s, content=c) for s, c in restored.replay] or None
             if restored.recorded:
                 replayed = {m.id for m in given or []}
+            if follow_up is not None:
+                said = TextMessage(source="user", content=follow_up)
+                record(session.records, said)
+                replayed.add(said.id)
+                given = [*(given or []), said]
         elif task is not None:
             record(session.records, TextMessage(source="user", content=task))
         token = CancellationToken()

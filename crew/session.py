@@ -26,7 +26,7 @@ from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
 from crew.routing import HUMAN, NAMES
 from crew.sandbox import Sandbox, detect
-from crew.settings import Settings
+from crew.settings import Role, Settings
 from crew.tools import UNCONFINED
 from crew.workspace import Workspace
 
@@ -66,11 +66,12 @@ class Session:
             callback(event)
         self.records.emit(event)
 
-    async def build_team(self, *, max_turns: int | None = None, human: ChatAgent | None = None) -> Team:
+    async def build_team(self, *, max_turns: int | None = None, human: ChatAgent | None = None,
+                         solo: Role | None = None) -> Team:
         from crew.team import build_team
 
         self.team = await build_team(self.settings, self.choice, self.manager, self.workspace, self.emit,
-                                     max_turns=max_turns, human=human, sandbox=self.sandbox)
+                                     max_turns=max_turns, human=human, sandbox=self.sandbox, solo=solo)
         return self.team
 
     async def restore(self) -> Restored:

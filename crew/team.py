@@ -30,7 +30,7 @@ from autogen_agentchat.messages import (
     ToolCallExecutionEvent,
     ToolCallRequestEvent,
 )
-from autogen_agentchat.teams import SelectorGroupChat
+from autogen_agentchat.teams import BaseGroupChat, RoundRobinGroupChat, SelectorGroupChat
 
 from crew.backends import BackendChoice
 from crew.clients import ModelClient
@@ -84,7 +84,7 @@ class Selector:
 class Team:
     """The group chat and what a session needs to read back from it."""
 
-    chat: SelectorGroupChat
+    chat: BaseGroupChat
     clients: dict[Role, ModelClient]
     termination: TerminationCondition
 
@@ -116,8 +116,12 @@ async def build_team(
     max_turns: int | None = None,
     human: ChatAgent | None = None,
     sandbox: Sandbox = UNCONFINED,
+    solo: Role | None = None,
 ) -> Team:
-    """Check every role's model with the backend, then assemble the team."""
+    """Check every role's model with the backend, then assemble the team. With `solo`, one agent
+    instead: the Coder's tools and limits on `solo`'s model (`crew eval`'s baseline)."""
+    if solo is not None:
+        return await _solo_team(settings, choice, manager, workspace, emit, solo, max_turns, sandbox)
     models = choice.models()
     prefetches: set[asyncio.Task[bool]] = set()
 
@@ -168,6 +172,37 @@ async def build_team(
         model_client_streaming=False,
     )
     return Team(chat, clients, termination)
+
+
+async def _solo_team(
+    settings: Settings, choice: BackendChoice, manager: ResidencyManager, workspace: Workspace,
+    emit: Callable[[Event], None], solo: Role, max_turns: int | None, sandbox: Sandbox,
+) -> Team:
+    model = choice.models()[solo]
+    client = choice.make_client(manager, solo, await manager.facts(model), emit)
+    await manager.check_fits(model)
+    manager.forecast([model], source="solo")
+    agent = AssistantAgent(
+        NAMES["coder"], model_client=client,
+        tools=list(_tools_for("coder", workspace, settings, sandbox)),
+        system_message=load_prompt(settings, "solo"), description="A programmer working alone.",
+        model_client_stream=True, max_tool_iterations=settings.max_tool_iterations,
+        reflect_on_tool_use=False,
+    )
+    turns = max_turns or settings.max_turns
+    done = FunctionalTermination(_solo_done) | TimeoutTermination(settings.max_seconds)
+    termination = done | MaxMessageTermination(turns * 50)
+    if settings.max_tokens:
+        termination = termination | TokenUsageTermination(max_total_token=settings.max_tokens)
+    chat = RoundRobinGroupChat([agent], termination_condition=termination, max_turns=turns,
+                               emit_team_events=False)
+    return Team(chat, {solo: client}, termination)
+
+
+def _solo_done(messages: Sequence[Any]) -> bool:
+    return any(isinstance(m, BaseChatMessage) and m.source == NAMES["coder"]
+               and any(line.strip().strip("*_`") == "DONE" for line in m.to_text().splitlines())
+               for m in messages)
 
 
 def record(records: Records, item: Any) -> None:

@@ -35,7 +35,7 @@ MAX_OUTPUT_BYTES = 64_000
 REAP_GUARD_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
 # Only what a build or test needs; never tokens, keys or the user's shell configuration.
-_SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
 def _clip(text: str, limit: int) -> str:
@@ -182,7 +182,7 @@ def _jsonc(path: str) -> bool:
 
 
 def scrubbed_env(workspace: Workspace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in _SAFE_ENV}
+    env = {k: v for k, v in os.environ.items() if k in SAFE_ENV}
     env["HOME"] = str(workspace.root)
     env.setdefault("PATH", "/usr/bin:/bin")
     return env

@@ -1,0 +1,151 @@
+"""`crew eval`: suites read, hidden tests graded, team and solo measured with scripted models."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from crew.cli import main
+from tests.fake_ollama import GB, FakeOllama, FakeReply
+from tests.helpers import ARCHITECT, CODER, REVIEWER
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = ROOT / "examples" / "eval"
+
+
+def eval_json(out: Path) -> dict:
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_the_built_in_suite_scores_100_with_references_and_0_untouched(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = clean_env / "ev"
+    assert main(["eval", str(SUITE), "--configs", "reference,empty", "--out", str(out)]) == 0
+    data = eval_json(out)
+    assert data["configs"]["reference"]["exercises"] == 10
+    assert data["configs"]["reference"]["pass@1"] == 1.0
+    assert data["configs"]["empty"]["pass@1"] == 0.0 and data["configs"]["empty"]["pass@2"] == 0.0
+    assert "| reference | 10 | 100% |" in (out / "eval.md").read_text()
+
+
+def write_exercise(root: Path, name: str, module: str, body: str) -> None:
+    folder = root / name
+    (folder / "tests").mkdir(parents=True)
+    (folder / "spec.md").write_text(f"Write double(x) in {module}.py.\n")
+    (folder / f"{module}.py").write_text("def double(x):\n    raise NotImplementedError\n")
+    (folder / "tests" / f"test_{module}.py").write_text(
+        f"from {module} import double\n\n\ndef test_double():\n    assert double(4) == 8\n")
+    (folder / "solution").mkdir()
+    (folder / "solution" / f"{module}.py").write_text(body)
+
+
+def writes(module: str, body: str) -> FakeReply:
+    return FakeReply("", tool_calls=[{"name": "write_file",
+                                      "arguments": {"path": f"{module}.py", "content": body}}])
+
+
+RIGHT = "def double(x):\n    return 2 * x\n"
+WRONG = "def double(x):\n    return x + 1\n"
+
+
+def test_team_and_solo_on_two_exercises_every_number(
+    ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ollama.capacity = 60 * GB
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+    suite = clean_env / "suite"
+    write_exercise(suite, "a_right", "alpha", RIGHT)
+    write_exercise(suite, "b_wrong", "beta", RIGHT)
+    # team, exercise a: plan, right code, approve. Exercise b: plan, wrong code, approve; the
+    # hidden test fails; try 2 is told the failure and still writes the wrong code.
+    ollama.script(ARCHITECT, "1. Write double.\nNEXT: Coder", "1. Write double.\nNEXT: Coder")
+    ollama.script(CODER, writes("alpha", RIGHT), "Done.\nNEXT: Reviewer",
+                  writes("beta", WRONG), "Done.\nNEXT: Reviewer",
+                  writes("beta", WRONG), "Done again.\nNEXT: Reviewer",
+                  # solo: a right on try 1; b wrong on try 1, right on try 2
+                  writes("alpha", RIGHT), "Wrote it.\nDONE",
+                  writes("beta", WRONG), "Wrote it.\nDONE",
+                  writes("beta", RIGHT), "Fixed.\nDONE")
+    ollama.script(REVIEWER, "APPROVED", "APPROVED", "APPROVED")
+    out = clean_env / "ev"
+    assert main(["eval", str(suite), "--configs", "team,solo", "--out", str(out), "--tries", "2"]) == 0
+    data = eval_json(out)
+    team, solo = data["configs"]["team"], data["configs"]["solo"]
+    assert (team["exercises"], team["pass@1"], team["pass@2"], team["errors"]) == (2, 0.5, 0.5, 0)
+    assert (solo["exercises"], solo["pass@1"], solo["pass@2"], solo["errors"]) == (2, 0.5, 1.0, 0)
+    results = {(r["exercise"], r["config"]): r for r in data["results"]}
+    assert results[("a_right", "team")]["passed_try"] == 1
+    assert results[("b_wrong", "team")]["passed_try"] is None
+    assert results[("a_right", "solo")]["passed_try"] == 1
+    assert results[("b_wrong", "solo")]["passed_try"] == 2
+    # The accounting of a real run: tokens as the fake counted them, loads as it made them.
+    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in data["results"]) == sum(
+        c["prompt_eval_count"] + c["eval_count"] for c in ollama.chats)
+    assert sum(r["loads"] for r in data["results"]) == len(ollama.loads)
+    assert team["mean_tokens"] == sum(
+        results[(e, "team")]["prompt_tokens"] + results[(e, "team")]["completion_tokens"]
+        for e in ("a_right", "b_wrong")) / 2
+    # Try 2 was told what failed, in the same conversation.
+    retold = [c for c in ollama.chats if any("hidden tests of this task failed" in str(m.get("content"))
+                                             for m in c["messages"])]
+    assert retold and "assert" in str(retold[0]["messages"])
+    # Solo is one agent on the Coder's model.
+    solo_models = {c["model"] for c in ollama.chats[-6:]}
+    assert solo_models == {CODER}
+
+
+def test_agents_never_see_the_hidden_tests(
+    ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ollama.capacity = 60 * GB
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+    suite = clean_env / "suite"
+    write_exercise(suite, "a", "alpha", RIGHT)
+    ollama.script(CODER, FakeReply("", tool_calls=[{"name": "read_file",
+                                                    "arguments": {"path": "tests/test_alpha.py"}}]),
+                  FakeReply("", tool_calls=[{"name": "list_files", "arguments": {}}]), "Nothing.\nDONE")
+    out = clean_env / "ev"
+    assert main(["eval", str(suite), "--configs", "solo", "--tries", "1", "--out", str(out)]) == 0
+    events = [json.loads(line) for line in
+              (out / "solo" / "a" / "work" / "events.jsonl").read_text().splitlines()]
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert results[0]["content"].startswith("error") and "test_alpha" not in results[1]["content"]
+    assert "double(4) == 8" not in json.dumps(ollama.chats)
+
+
+def test_humaneval_and_polyglot_suites_are_read_and_graded(clean_env: Path) -> None:
+    humaneval = clean_env / "HumanEval.jsonl.gz"
+    item = {"task_id": "HumanEval/0", "entry_point": "inc",
+            "prompt": 'def inc(x):\n    """x plus one"""\n',
+            "canonical_solution": "    return x + 1\n",
+            "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
+    with gzip.open(humaneval, "wt") as handle:
+        handle.write(json.dumps(item) + "\n")
+    poly = clean_env / "polyglot" / "python" / "exercises" / "practice" / "two-fer"
+    (poly / ".docs").mkdir(parents=True)
+    (poly / ".meta").mkdir()
+    (poly / ".docs" / "instructions.md").write_text("Write two_fer(name='you').\n")
+    (poly / "two_fer.py").write_text("def two_fer(name='you'):\n    pass\n")
+    (poly / "two_fer_test.py").write_text(
+        "from two_fer import two_fer\n\n\n"
+        "def test_it():\n    assert two_fer('Bo') == 'One for Bo, one for me.'\n")
+    (poly / ".meta" / "example.py").write_text(
+        "def two_fer(name='you'):\n    return f'One for {name}, one for me.'\n")
+    for suite in (humaneval, clean_env / "polyglot"):
+        out = clean_env / f"ev-{suite.name}"
+        assert main(["eval", str(suite), "--configs", "reference,empty", "--out", str(out)]) == 0
+        data = eval_json(out)
+        assert data["configs"]["reference"]["pass@1"] == 1.0 and data["configs"]["empty"]["pass@1"] == 0.0
+
+
+def test_bad_suite_and_config_are_one_line(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(clean_env / "nowhere")]) == 2
+    assert main(["eval", str(SUITE), "--configs", "duo"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crew:")]
+    assert len(errors) == 2 and "no suite" in errors[0] and "unknown config 'duo'" in errors[1]
