@@ -149,3 +149,19 @@ def test_bad_suite_and_config_are_one_line(clean_env: Path, capsys: pytest.Captu
     assert main(["eval", str(SUITE), "--configs", "duo"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crew:")]
     assert len(errors) == 2 and "no suite" in errors[0] and "unknown config 'duo'" in errors[1]
+
+
+def test_an_interrupted_eval_resumes_where_it_stopped(clean_env: Path) -> None:
+    suite = clean_env / "suite"
+    write_exercise(suite, "a", "alpha", RIGHT)
+    write_exercise(suite, "b", "beta", RIGHT)
+    out = clean_env / "ev"
+    assert main(["eval", str(suite), "--configs", "reference", "--only", "a", "--out", str(out)]) == 0
+    with (out / "results.jsonl").open("a") as results:
+        results.write('{"exercise": "b", "config": "refe')  # a line torn by a kill
+    assert main(["eval", str(suite), "--configs", "reference", "--out", str(out)]) == 2  # not over it
+    assert main(["eval", str(suite), "--configs", "reference", "--resume", str(out)]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    graded = [json.loads(line)["exercise"] for line in lines if line.startswith("{") and line.endswith("}")]
+    assert graded == ["a", "b"]  # a was not graded again
+    assert eval_json(out)["configs"]["reference"]["exercises"] == 2

@@ -97,7 +97,11 @@ async def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     total = len(exercises) * len(configs)
     results = [r for r in done.values() if r.config in configs and r.exercise in {e.name for e in exercises}]
-    with open_append(out / "results.jsonl") as log:
+    path = out / "results.jsonl"
+    torn = path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
+    with open_append(path) as log:
+        if torn:
+            log.write("\n")  # a line cut by a kill stays alone, and is skipped when read
 
         def finished(result: Result) -> None:
             log.write(json.dumps(asdict(result)) + "\n")
