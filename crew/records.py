@@ -67,6 +67,8 @@ class Records:
             self._roles_of_model[model].append(NAMES[role])
         self.stats: dict[str, AgentStats] = {name: AgentStats() for name in NAMES.values()}
         self.approved = False
+        self.loads = 0
+        self.load_seconds = 0.0
         self._taken: set[str] = set()
         self._held: list[RoutingDecision] = []
 
@@ -87,6 +89,8 @@ class Records:
             stats.generation_seconds += event.seconds
             stats.wait_seconds += event.wait_seconds
         elif isinstance(event, ModelLoaded):
+            self.loads += 1  # once, however many roles share the model
+            self.load_seconds += event.seconds
             for name in self._roles_of_model.get(event.model, []):
                 self.stats[name].loads += 1
                 self.stats[name].load_seconds += event.seconds
@@ -138,7 +142,8 @@ class Records:
             "totals": {
                 "prompt_tokens": sum(s.prompt_tokens for s in self.stats.values()),
                 "completion_tokens": sum(s.completion_tokens for s in self.stats.values()),
-                "loads": sum(s.loads for s in self.stats.values()),
+                "loads": self.loads,
+                "load_seconds": round(self.load_seconds, 3),
                 "recovered_calls": sum(s.recovered_calls for s in self.stats.values()),
             },
             "roles": {name: role for name, role in ROLE_OF.items()},

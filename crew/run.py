@@ -52,6 +52,9 @@ class Outcome:
     approved: bool
     stop_reason: str
     agents: dict[str, AgentStats] = field(default_factory=dict)
+    loads: int = 0
+    """Model loads during the run (an agent's stats count a model shared by roles once each)."""
+    load_seconds: float = 0.0
 
 
 async def run_spec(
@@ -110,7 +113,9 @@ async def run_spec(
             raise
         except RuntimeError as exc:
             raise (team.failure() or CrewError(f"an agent failed: {exc}")) from None
-    return Outcome(session.workspace, session.records.approved, session.stop_reason, session.records.stats)
+    records = session.records
+    return Outcome(session.workspace, records.approved, session.stop_reason, records.stats,
+                   records.loads, records.load_seconds)
 
 
 # How long a cancelled team may take to stop before the session closes without it.

@@ -547,3 +547,13 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_hand_the_models_back(
     released = [r["body"]["model"] for r in ollama.requests
                 if r["path"] == "/api/chat" and r["body"].get("keep_alive") == "5m"]
     assert released == [ARCHITECT]
+
+
+def test_a_model_shared_by_two_roles_is_one_load_in_the_totals(ollama: FakeOllama, clean_env: Path) -> None:
+    ollama.capacity = 60 * GB
+    ollama.script(ARCHITECT, "1. Write hello.py.\nNEXT: Coder")
+    ollama.script(CODER, "Done.\nNEXT: Reviewer", "APPROVED")  # the Reviewer runs on the Coder's model
+    outcome, _ = run_in_process(ollama, write_spec(clean_env), settings={"reviewer": {"model": CODER}})
+    assert outcome.approved and ollama.load_names() == [ARCHITECT, CODER]
+    summary = json.loads((outcome.workspace.root / "summary.json").read_text())
+    assert summary["totals"]["loads"] == 2 == outcome.loads

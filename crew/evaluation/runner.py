@@ -182,8 +182,8 @@ async def _agents(settings: Settings, exercise: Exercise, config: str, source: P
         for agent in outcome.agents.values():
             stats["prompt_tokens"] += agent.prompt_tokens
             stats["completion_tokens"] += agent.completion_tokens
-            stats["loads"] += agent.loads
-            stats["load_seconds"] += agent.load_seconds
+        stats["loads"] += outcome.loads
+        stats["load_seconds"] += outcome.load_seconds
         stop = outcome.stop_reason
         verdict = await grade(work, exercise)
         if verdict.passed:
