@@ -254,6 +254,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.action == "show":
         folder = find_run(settings.workspaces_dir, args.run_id or "")
+        if args.timeline or args.png:
+            from crew import timeline
+
+            line = timeline.build(timeline.read_events(folder))
+            if args.png:
+                timeline.chart(line, args.png)
+                print(f"wrote {args.png}")
+            if args.timeline:
+                print("\n".join(timeline.render(line)))
+            return EXIT_OK
         record = read_run(folder)
         summary = folder / "summary.json"
         data = json.loads(summary.read_text()) if record.complete else asdict(record)
@@ -636,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("run_id", nargs="?", help="the run to show")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
+    p.add_argument("--timeline", action="store_true",
+                   help="show: which models were resident when, loads, waits, who was speaking")
+    p.add_argument("--png", type=Path, metavar="FILE", help="show: the timeline as a chart (matplotlib)")
     p = add("eval", cmd_eval, "does the team beat one model? run a suite of exercises under several "
             "configurations and grade them with hidden tests")
     p.add_argument("suite", type=Path, help="a folder of exercises, a HumanEval .jsonl(.gz), or "

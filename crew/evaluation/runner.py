@@ -151,7 +151,8 @@ async def _one(settings: Settings, exercise: Exercise, config: str, folder: Path
                       seconds=time.monotonic() - started, stop_reason="checked")
     solo: Role | None = None
     if config.startswith("solo"):
-        solo = "coder" if config == "solo" else config.partition(":")[2]  # type: ignore[assignment]
+        wanted = "coder" if config == "solo" else config.partition(":")[2]
+        solo = next(role for role in ROLES if role == wanted)  # checked by parse_configs
     return await _agents(settings, exercise, config, source, work, tries, solo, render, started)
 
 
