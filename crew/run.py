@@ -23,6 +23,7 @@ from crew.records import AgentStats, Records
 from crew.session import check_resumable, open_session
 from crew.settings import Role, Settings
 from crew.team import Team, record
+from crew.tools import kill_running_commands
 from crew.workspace import Workspace
 
 MAX_SPEC_BYTES = 1_000_000
@@ -104,6 +105,7 @@ async def run_spec(
             # model never starts), then stop the team; bounded, so a stuck stream cannot hold
             # the cleanup (state, patch, models handed back) hostage.
             await team.interrupt()
+            kill_running_commands()
             token.cancel()
             await team.close()
             consuming.cancel()
@@ -118,8 +120,9 @@ async def run_spec(
                    records.loads, records.load_seconds)
 
 
-# How long a cancelled team may take to stop before the session closes without it.
-STOP_GRACE_S = 10.0
+# How long a cancelled team may take to stop before the session closes without it (a call that
+# waits for a load ends only when the load does): short, as `docker stop` kills after 10 s.
+STOP_GRACE_S = 3.0
 
 
 async def _consume(

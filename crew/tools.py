@@ -231,6 +231,16 @@ class _Output(asyncio.SubprocessProtocol):
                                                                 MAX_OUTPUT_CHARS // 2)
 
 
+# Process groups of the agents' commands running now: a stop kills them at once.
+_RUNNING: set[int] = set()
+
+
+def kill_running_commands() -> None:
+    """Kill every agent command running in this process (a stop must not wait for them)."""
+    for pid in list(_RUNNING):
+        _kill_group(pid)
+
+
 async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
                            sandbox: Sandbox = UNCONFINED) -> str:
     """Run `command` in `sandbox`, in its own process group; when it ends (or times out) the
@@ -244,12 +254,14 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
     timed_out = False
+    _RUNNING.add(transport.get_pid())
     try:
         await asyncio.wait_for(asyncio.shield(output.exited), timeout)
     except TimeoutError:
         timed_out = True
     finally:
         # Also when it ended: what it started in the background (`cmd &`) must not outlive it.
+        _RUNNING.discard(transport.get_pid())
         _kill_group(transport.get_pid())
         try:  # the last output, up to the end of the pipe
             await asyncio.wait_for(asyncio.shield(output.closed), REAP_GUARD_S)

@@ -111,3 +111,49 @@ def test_a_folder_that_cannot_be_resumed_is_one_line_and_exit_2(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("crew: ") and "Traceback" not in err[0], err
     assert str(folder.name) in err[0]
+
+
+SLEEPER = ("python3 -c \"import time; open('started', 'w').close(); time.sleep(60)\"")
+
+
+# SIGTERM at these points works too (tried by hand: exit 143, then resume), but the team takes
+# the whole stop grace (3 s) to let go of a load or a tool command: too slow for this suite.
+@pytest.mark.parametrize("signum", [signal.SIGKILL], ids=["kill-9"])
+@pytest.mark.parametrize("during", ["load", "tool command"])
+def test_stopped_during_a_load_or_a_tool_command_then_resume_finishes(
+    ollama: FakeOllama, clean_env: Path, signum: int, during: str
+) -> None:
+    from tests.serving import wait_until
+
+    ollama.capacity = 60 * GB
+    gate = threading.Event()
+    workspace = clean_env / "w"
+    if during == "load":
+        ollama.load_gate = gate  # the Architect's load holds until the stop
+    else:
+        ollama.script(ARCHITECT, PLAN)
+        ollama.script(CODER, FakeReply("", tool_calls=[{"name": "run_command",
+                                                         "arguments": {"command": SLEEPER}}]))
+    proc = start_run(ollama, clean_env)
+    try:
+        if during == "load":
+            wait_until(lambda: ollama.loading > 0, timeout=120)
+        else:
+            wait_until(lambda: (workspace / "started").exists(), timeout=120)
+        proc.send_signal(signum)
+        assert proc.wait(60) == (128 + signum if signum == signal.SIGTERM else -signum)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ollama.load_gate = None
+    if during == "load":
+        ollama.script(ARCHITECT, PLAN)
+    ollama.script(CODER, FakeReply("", tool_calls=[{"name": "write_file",
+                                                     "arguments": {"path": "hello.py", "content": HELLO}}]),
+                  "Wrote hello.py.\nNEXT: Reviewer")
+    ollama.script(REVIEWER, "APPROVED")
+    outcome, _ = run_in_process(ollama, None, resume=workspace)
+    assert outcome.approved and (workspace / "hello.py").read_text() == HELLO
+    assert any("Write hello.py" in m["content"] for m in ollama.chats[-1]["messages"])
