@@ -30,12 +30,11 @@ from crew.settings import Role, Settings
 RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
 
 Urgency = Literal["normal", "high", "critical"]
+PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": 2}
 
 
 class ClientGone(CrewError):
     """The client disconnected before its request could run."""
-
-PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ class Client:
     gone: Callable[[], Awaitable[object]] | None = field(default=None, compare=False)
     """Returns when the client has disconnected: a request that waits for its model leaves the
     queue then, instead of loading a model for nobody."""
+    noted: Callable[[str, float | None], None] | None = field(default=None, compare=False)
+    """Told the model a request asks for, then the seconds it waited (the access log)."""
 
     def __str__(self) -> str:
         return f"{self.name} {self.route} #{self.seq}"
@@ -92,8 +93,11 @@ class Authority:
             if not manager.registered(model):
                 manager.register(model, {"num_ctx": rs.num_ctx})
 
-    def client(self, name: str, route: str, gone: Callable[[], Awaitable[object]] | None = None) -> Client:
-        return Client(name, route, next(self._seq), gone)
+    def client(
+        self, name: str, route: str, gone: Callable[[], Awaitable[object]] | None = None,
+        noted: Callable[[str, float | None], None] | None = None,
+    ) -> Client:
+        return Client(name, route, next(self._seq), gone, noted)
 
     def role_of(self, model: str) -> Role | None:
         return next((role for role, m in self.roles.items() if m == model), None)
@@ -148,6 +152,8 @@ class Authority:
                     ticket.load_s = event.seconds
                     ticket.load_bytes = event.bytes
 
+        if client.noted is not None:
+            client.noted(model, None)
         started = time.monotonic()
         unsubscribe = self.manager.subscribe(seen)
         try:
@@ -157,6 +163,8 @@ class Authority:
             ticket.waited_s = time.monotonic() - started
             for observe in self.wait_observers:
                 observe(model, ticket.waited_s)
+            if client.noted is not None:
+                client.noted(model, ticket.waited_s)
         return held, ticket
 
     async def _acquire_while_connected(self, model: str, client: Client, urgency: str) -> Hold:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from crew.serve.authority import Authority
+from crew.serve.requests import authority
 
 router = APIRouter(prefix="/crew/v1")
 
@@ -30,11 +30,6 @@ class Prefetch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
-
-
-def authority(request: Request) -> Authority:
-    auth: Authority = request.app.state.authority
-    return auth
 
 
 @router.post("/forecast")

@@ -21,16 +21,11 @@ from crew.errors import CrewError, InputError
 from crew.ollama_api import ollama_errors
 from crew.serve.authority import Authority, Client
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream
-from crew.serve.requests import client_of, json_body, note, now_iso
+from crew.serve.requests import authority, client_of, json_body, note, now_iso
 
 router = APIRouter()
 
 MANAGED_BY_OLLAMA = ("pull", "push", "create", "copy", "delete")
-
-
-def authority(request: Request) -> Authority:
-    auth: Authority = request.app.state.authority
-    return auth
 
 
 @router.get("/")
@@ -138,15 +133,12 @@ async def _model_request(request: Request, path: str, content_field: str) -> Res
     body = await json_body(request)
     model = await auth.ensure(_model_field(body), body)
     client = client_of(request, auth)
-    note(request, model)
     if not body.get(content_field) and not body.get("suffix"):
         return await _load_or_unload(request, auth, client, model, body, generate=path == "/api/generate")
     if body.get("stream", True) is False:
         answer = await call(auth, client, path, model, body)
-        note(request, model, answer.ticket.waited_s)
         return JSONResponse(answer.data, headers=answer.ticket.headers())
     upstream = await open_stream(auth, client, path, model, body)
-    note(request, model, upstream.ticket.waited_s)
     return HeldStream(_relay_lines(upstream), upstream.aclose, media_type="application/x-ndjson",
                       headers=upstream.ticket.headers())
 
@@ -166,10 +158,11 @@ async def _load_or_unload(
     headers: dict[str, str] = {}
     if keep_alive in (0, "0", "0s", "0m"):
         # Open WebUI's "unload": other clients may be using the model; the manager decides.
+        note(request, model)  # no hold is taken, which would note it
         reason = "unload"
     else:
-        async with auth.hold(model, client) as ticket:
-            note(request, model, ticket.waited_s)
+        held, ticket = await auth.acquire(model, client)  # loaded and kept: nothing to run on it
+        auth.release(held)
         reason = "load"
         headers = ticket.headers()
     done: dict[str, Any] = {"model": model, "created_at": now_iso(), "done": True, "done_reason": reason}
@@ -184,9 +177,7 @@ async def _whole(request: Request, path: str) -> Response:
     auth = authority(request)
     body = await json_body(request)
     model = await auth.ensure(_model_field(body))
-    note(request, model)
     answer = await call(auth, client_of(request, auth), path, model, body)
-    note(request, model, answer.ticket.waited_s)
     return JSONResponse(answer.data, headers=answer.ticket.headers())
 
 

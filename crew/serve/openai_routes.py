@@ -18,18 +18,17 @@ from fastapi.responses import JSONResponse, Response
 
 from crew.errors import CrewError, InputError
 from crew.ollama_api import ollama_errors
-from crew.serve.authority import Authority
 from crew.serve.forward import HeldStream, Upstream, call, open_stream
-from crew.serve.requests import client_of, json_body, note
+from crew.serve.requests import authority, client_of, json_body
 
 router = APIRouter(prefix="/v1")
 
 _FINISH = {"stop": "stop", "length": "length"}
 
 
-def authority(request: Request) -> Authority:
-    auth: Authority = request.app.state.authority
-    return auth
+def _finish(data: dict[str, Any]) -> str:
+    """OpenAI's finish_reason for an Ollama answer's done_reason."""
+    return _FINISH.get(str(data.get("done_reason")), "stop")
 
 
 @router.get("/models")
@@ -50,14 +49,11 @@ async def chat_completions(request: Request) -> Response:
     model = await auth.ensure(_required(body, "model"))
     native = to_native_chat(body)
     client = client_of(request, auth)
-    note(request, model)
     ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if not body.get("stream"):
         answer = await call(auth, client, "/api/chat", model, native)
-        note(request, model, answer.ticket.waited_s)
         return JSONResponse(chat_completion(ident, model, answer.data))
     upstream = await open_stream(auth, client, "/api/chat", model, native)
-    note(request, model, upstream.ticket.waited_s)
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return HeldStream(_chat_chunks(ident, model, upstream, usage), upstream.aclose,
                       media_type="text/event-stream")
@@ -75,20 +71,17 @@ async def completions(request: Request) -> Response:
     if body.get("suffix"):
         native["suffix"] = body["suffix"]
     client = client_of(request, auth)
-    note(request, model)
     ident = f"cmpl-{uuid.uuid4().hex[:24]}"
     if not body.get("stream"):
         answer = await call(auth, client, "/api/generate", model, native)
-        note(request, model, answer.ticket.waited_s)
         data = answer.data
         return JSONResponse({
             "id": ident, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": data.get("response", ""), "logprobs": None,
-                         "finish_reason": _FINISH.get(str(data.get("done_reason")), "stop")}],
+                         "finish_reason": _finish(data)}],
             "usage": _usage(data),
         })
     upstream = await open_stream(auth, client, "/api/generate", model, native)
-    note(request, model, upstream.ticket.waited_s)
     return HeldStream(_text_chunks(ident, model, upstream), upstream.aclose, media_type="text/event-stream")
 
 
@@ -97,9 +90,7 @@ async def embeddings(request: Request) -> Response:
     auth = authority(request)
     body = await json_body(request)
     model = await auth.ensure(_required(body, "model"))
-    note(request, model)
     answer = await call(auth, client_of(request, auth), "/api/embed", model, {"input": body.get("input", "")})
-    note(request, model, answer.ticket.waited_s)
     vectors = answer.data.get("embeddings") or []
     return JSONResponse({
         "object": "list", "model": model,
@@ -210,7 +201,7 @@ def chat_completion(ident: str, model: str, data: dict[str, Any]) -> dict[str, A
         out["reasoning"] = message["thinking"]
     if calls:
         out["tool_calls"] = calls
-    finish = "tool_calls" if calls else _FINISH.get(str(data.get("done_reason")), "stop")
+    finish = "tool_calls" if calls else _finish(data)
     return {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": out, "finish_reason": finish}], "usage": _usage(data)}
 
@@ -245,7 +236,7 @@ async def _chat_chunks(
                 called = True
                 yield chunk({"tool_calls": calls})
             if line.get("done"):
-                finish = "tool_calls" if called else _FINISH.get(str(line.get("done_reason")), "stop")
+                finish = "tool_calls" if called else _finish(line)
                 yield chunk({}, finish)
                 if include_usage:
                     yield _sse({"id": ident, "object": "chat.completion.chunk", "created": created,
@@ -263,7 +254,7 @@ async def _text_chunks(ident: str, model: str, upstream: Upstream) -> AsyncItera
             if "error" in line:
                 yield _sse({"error": {"message": str(line["error"]), "type": "server_error"}})
                 return
-            finish = _FINISH.get(str(line.get("done_reason")), "stop") if line.get("done") else None
+            finish = _finish(line) if line.get("done") else None
             yield _sse({"id": ident, "object": "text_completion", "created": created, "model": model,
                         "choices": [{"index": 0, "text": line.get("response", ""), "finish_reason": finish}]})
     except CrewError as exc:

@@ -27,13 +27,20 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def authority(request: Request) -> Authority:
+    """The app's Authority (made by its lifespan)."""
+    auth: Authority = request.app.state.authority
+    return auth
+
+
 def client_of(request: Request, auth: Authority) -> Client:
     """The request's client: its `X-Crew-Client` header (crew sends its run), else the peer."""
     name = request.headers.get(CLIENT_HEADER)
     if not name:
         peer = request.client
         name = f"{peer.host}:{peer.port}" if peer else "unknown"
-    return auth.client(name[:120], request.url.path, gone=lambda: _disconnected(request))
+    return auth.client(name[:120], request.url.path, gone=lambda: _disconnected(request),
+                       noted=lambda model, waited: note(request, model, waited))
 
 
 async def _disconnected(request: Request) -> None:

@@ -21,7 +21,7 @@ from crew.ollama_api import ollama_errors
 from crew.routing import NAMES, TASK_TYPES
 from crew.serve.authority import Authority, Client, Urgency
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream
-from crew.serve.requests import client_of, note
+from crew.serve.requests import authority, client_of
 from crew.settings import ROLES, Role
 
 router = APIRouter()
@@ -65,11 +65,6 @@ class Routed(BaseModel):
     role: Role
     model: str
     reason: str
-
-
-def authority(request: Request) -> Authority:
-    auth: Authority = request.app.state.authority
-    return auth
 
 
 def route_for(auth: Authority, task_type: str, urgency: str, role: Role | None = None) -> Routed:
@@ -123,14 +118,11 @@ async def _serve(request: Request, req: RouteRequest, role: Role | None = None) 
     routed = route_for(auth, req.task_type, req.urgency, role)
     await auth.ensure(routed.model)
     client = client_of(request, auth)
-    note(request, routed.model)
     if not req.stream:
         result = await answer(auth, client, req, routed)
-        note(request, routed.model, result["waited_s"])
         return JSONResponse(result)
     started = time.monotonic()
     upstream = await open_stream(auth, client, "/api/chat", routed.model, _native(req), req.urgency)
-    note(request, routed.model, upstream.ticket.waited_s)
     return HeldStream(_pieces(routed, upstream, started), upstream.aclose, media_type="application/x-ndjson")
 
 
