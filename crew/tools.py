@@ -18,6 +18,7 @@ import os
 import signal
 import tomllib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from crew.errors import WorkspaceEscape
@@ -35,7 +36,7 @@ MAX_OUTPUT_BYTES = 64_000
 REAP_GUARD_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
 # Only what a build or test needs; never tokens, keys or the user's shell configuration.
-SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+_SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
 def _clip(text: str, limit: int) -> str:
@@ -181,9 +182,10 @@ def _jsonc(path: str) -> bool:
     return name.startswith(("tsconfig", "jsconfig")) or ".vscode" in path.replace("\\", "/").split("/")
 
 
-def scrubbed_env(workspace: Workspace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in SAFE_ENV}
-    env["HOME"] = str(workspace.root)
+def scrubbed_env(home: Path) -> dict[str, str]:
+    """The environment of an agent's command (and of grading): no secrets, HOME in its folder."""
+    env = {k: v for k, v in os.environ.items() if k in _SAFE_ENV}
+    env["HOME"] = str(home)
     env.setdefault("PATH", "/usr/bin:/bin")
     return env
 
@@ -238,7 +240,7 @@ _RUNNING: set[int] = set()
 def kill_running_commands() -> None:
     """Kill every agent command running in this process (a stop must not wait for them)."""
     for pid in list(_RUNNING):
-        _kill_group(pid)
+        kill_group(pid)
 
 
 async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
@@ -246,7 +248,7 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     """Run `command` in `sandbox`, in its own process group; when it ends (or times out) the
     whole group goes (and, in a PID namespace, everything it started)."""
     loop = asyncio.get_running_loop()
-    env = scrubbed_env(workspace)
+    env = scrubbed_env(workspace.root)
     argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected())
     transport, output = await loop.subprocess_exec(
         lambda: _Output(loop), *argv, cwd=workspace.root, env=env,
@@ -262,7 +264,7 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     finally:
         # Also when it ended: what it started in the background (`cmd &`) must not outlive it.
         _RUNNING.discard(transport.get_pid())
-        _kill_group(transport.get_pid())
+        kill_group(transport.get_pid())
         try:  # the last output, up to the end of the pipe
             await asyncio.wait_for(asyncio.shield(output.closed), REAP_GUARD_S)
         except TimeoutError:
@@ -273,7 +275,8 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     return f"exit code {transport.get_returncode()}\n{output.text()}"
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL a process group (a command and whatever it started); gone already is fine."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

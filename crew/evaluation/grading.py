@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from pathlib import Path
 
 from crew.errors import InputError
 from crew.evaluation.suites import Exercise
-from crew.tools import SAFE_ENV
+from crew.tools import kill_group, scrubbed_env
 from crew.workspace import CREW_FILES
 
 GRADE_TIMEOUT_S = 120.0
@@ -63,11 +61,10 @@ def _copy_work(workspace: Path, into: Path) -> None:
 
 
 async def _pytest(root: Path, timeout: float) -> Grade:
-    env = {k: v for k, v in os.environ.items() if k in SAFE_ENV}
+    env = scrubbed_env(root)
     # No third-party pytest plugins: hidden tests are plain tests, and loading every installed
     # plugin costs more than the tests themselves (0.43 s against 0.17 s a grade here).
-    env.update(HOME=str(root), PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-    env.setdefault("PATH", "/usr/bin:/bin")
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
         cwd=root, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -80,9 +77,6 @@ async def _pytest(root: Path, timeout: float) -> Grade:
     except TimeoutError:
         return Grade(False, f"the tests took longer than {timeout:g} s and were stopped")
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(process.pid)
         if process.returncode is None:
             await process.wait()
