@@ -7,6 +7,7 @@ carries a `type` literal and parses back without ambiguity (`parse_event`).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -267,3 +268,19 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def parse_event(line: str | bytes) -> Event:
     """Parse one JSON line (as written to events.jsonl) back into its event class."""
     return _EVENT_ADAPTER.validate_json(line)
+
+
+def read_events(path: Path) -> list[Event]:
+    """The events of an events.jsonl in order; none if it is missing or unreadable, and a line
+    torn by a kill (or any line that is not an event) is skipped."""
+    try:
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    except OSError:
+        return []
+    events: list[Event] = []
+    for line in lines:
+        try:
+            events.append(parse_event(line))
+        except ValueError:
+            continue
+    return events

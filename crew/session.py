@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from crew.backends import BackendChoice, choose_backend
 from crew.errors import CrewError, WorkspaceError
-from crew.events import AgentMessage, Event, RunFinished, RunStarted, SandboxWarning, parse_event
+from crew.events import AgentMessage, Event, RunFinished, RunStarted, SandboxWarning, read_events
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
 from crew.routing import HUMAN, NAMES
@@ -226,21 +226,9 @@ def saved_state(root: Path) -> Any:
 def recorded_messages(root: Path) -> list[tuple[str, str]]:
     """(source, content) of the conversation's messages in `root`'s events.jsonl, in order; a
     line torn by a kill is skipped."""
-    path = root / "events.jsonl"
     speakers = {"user", HUMAN, *NAMES.values()}
-    said: list[tuple[str, str]] = []
-    try:
-        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            event = parse_event(line)
-        except ValueError:
-            continue
-        if isinstance(event, AgentMessage) and event.source in speakers:
-            said.append((event.source, event.content))
-    return said
+    return [(e.source, e.content) for e in read_events(root / "events.jsonl")
+            if isinstance(e, AgentMessage) and e.source in speakers]
 
 
 def check_resumable(root: Path) -> None:

@@ -19,11 +19,11 @@ from crew.events import (
     ResidencyWaiting,
     RoutingDecision,
     RunFinished,
-    parse_event,
 )
+from crew.events import read_events as events_in
 
-LOADING, RESIDENT, WAITING = "loading", "resident", "waiting"
-MARKS = {LOADING: "▒", RESIDENT: "█", WAITING: "·"}
+LOADING, RESIDENT = "loading", "resident"
+MARKS = {LOADING: "▒", RESIDENT: "█"}
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,7 @@ def read_events(folder: Path) -> list[Event]:
     path = folder / "events.jsonl"
     if not path.is_file():
         raise InputError(f"{folder} has no events.jsonl: nothing to draw")
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            events.append(parse_event(line))
-        except ValueError:
-            continue  # a line torn by a kill
+    events = events_in(path)
     if not events:
         raise InputError(f"{path} holds no events: nothing to draw")
     return events
