@@ -44,11 +44,11 @@ class ServedResidency(ResidencyManager):
     async def hold(
         self, model: str, owner: Hashable | None = None, *, priority: int = 0
     ) -> AsyncIterator[Hold]:
-        self.options(model)  # still: a model must be registered
+        held = await self.acquire(model, owner)
         ticket: dict[str, float] = {}
         token = SERVED_TICKET.set(ticket)
         try:
-            yield Hold(model, owner or "served", Slot(model, 0, "resident", ours=False, last_used=0.0))
+            yield held
         finally:
             SERVED_TICKET.reset(token)
             self._record(model, ticket)
@@ -64,7 +64,8 @@ class ServedResidency(ResidencyManager):
                                    reason=f"loaded by crew serve at {self._host} for this request"))
 
     async def acquire(self, model: str, owner: Hashable | None = None, *, priority: int = 0) -> Hold:
-        self.options(model)
+        """A hold that pins nothing here: the server holds the model for each request itself."""
+        self.options(model)  # still: a model must be registered
         return Hold(model, owner or "served", Slot(model, 0, "resident", ours=False, last_used=0.0))
 
     def release(self, held: Hold) -> None:
