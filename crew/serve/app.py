@@ -12,7 +12,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,6 +37,7 @@ from crew.errors import (
 from crew.serve.authority import Authority, ClientGone
 from crew.serve.forward import UpstreamRefused
 from crew.serve.ops import Metrics, access_log
+from crew.serve.requests import client_name
 from crew.settings import Settings
 
 log = logging.getLogger("crew.serve")
@@ -159,7 +160,8 @@ class Gate:
             await send(message)
 
         try:
-            refusal = self._refusal(scope)
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            refusal = self._refusal(headers)
             if refusal is not None:
                 await error_response(scope["path"], *refusal)(scope, receive, sending)
                 return
@@ -170,8 +172,7 @@ class Gate:
         finally:
             self._log(scope, int(status["code"]), time.monotonic() - started)
 
-    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    def _refusal(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         if self.token is not None:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
@@ -207,9 +208,6 @@ class Gate:
         metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
         if metrics is not None:
             metrics.requests.labels(route, str(status)).inc()
-        headers = dict(scope["headers"])
-        client = scope.get("client")
-        who = headers.get(b"x-crew-client", b"").decode("latin-1") or (
-            f"{client[0]}:{client[1]}" if client else "-")
-        access_log.info("%s %s %s %d model=%s waited=%.3fs took=%.3fs", who, scope["method"], scope["path"],
-                        status, state.get("model", "-"), float(state.get("waited_s", 0.0)), seconds)
+        access_log.info("%s %s %s %d model=%s waited=%.3fs took=%.3fs", client_name(scope), scope["method"],
+                        scope["path"], status, state.get("model", "-"), float(state.get("waited_s", 0.0)),
+                        seconds)

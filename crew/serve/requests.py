@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
+from starlette.types import Scope
 
 from crew.errors import InputError
 from crew.serve.authority import Authority, Client
@@ -33,13 +34,19 @@ def authority(request: Request) -> Authority:
     return auth
 
 
-def client_of(request: Request, auth: Authority) -> Client:
-    """The request's client: its `X-Crew-Client` header (crew sends its run), else the peer."""
-    name = request.headers.get(CLIENT_HEADER)
+def client_name(scope: Scope) -> str:
+    """Who sent a request: its `X-Crew-Client` header (crew sends its run), else the peer."""
+    wanted = CLIENT_HEADER.encode()
+    name = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == wanted), "")
     if not name:
-        peer = request.client
-        name = f"{peer.host}:{peer.port}" if peer else "unknown"
-    return auth.client(name[:120], request.url.path, gone=lambda: _disconnected(request),
+        peer = scope.get("client")
+        name = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+    return name[:120]
+
+
+def client_of(request: Request, auth: Authority) -> Client:
+    """The request's client, as the hold's owner."""
+    return auth.client(client_name(request.scope), request.url.path, gone=lambda: _disconnected(request),
                        noted=lambda model, waited: note(request, model, waited))
 
 
