@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -136,8 +137,6 @@ async def _one(settings: Settings, exercise: Exercise, config: str, folder: Path
     source = folder / "start"
     work = folder / "work"
     if folder.exists():  # left by an interrupted eval: this exercise starts again
-        import shutil
-
         shutil.rmtree(folder)
     _starting_repo(source, exercise)
     if config in CHECK_CONFIGS:
@@ -204,8 +203,7 @@ def _starting_repo(source: Path, exercise: Exercise) -> None:
     git(source, "init", "-q", "-b", "main")
     _write(source, exercise.files)
     git(source, "add", "-A")
-    git(source, "-c", "user.name=crew", "-c", "user.email=crew@localhost", "commit", "-q",
-        "--allow-empty", "-m", "the exercise's starting files")
+    git(source, "commit", "-q", "--allow-empty", "-m", "the exercise's starting files")
 
 
 def _checkout(source: Path, work: Path) -> None:
