@@ -16,6 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "examples" / "eval"
 
 
+@pytest.fixture
+def on_the_fake(ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crew eval` through the CLI runs on the fake, 60 GB: the Architect alone, or the others."""
+    ollama.capacity = 60 * GB
+    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+
+
 def eval_json(out: Path) -> dict:
     return json.loads((out / "eval.json").read_text())
 
@@ -53,11 +61,8 @@ WRONG = "def double(x):\n    return x + 1\n"
 
 
 def test_team_and_solo_on_two_exercises_every_number(
-    ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ollama: FakeOllama, on_the_fake: None, clean_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ollama.capacity = 60 * GB
-    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
-    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
     suite = clean_env / "suite"
     write_exercise(suite, "a_right", "alpha", RIGHT)
     write_exercise(suite, "b_wrong", "beta", RIGHT)
@@ -99,12 +104,7 @@ def test_team_and_solo_on_two_exercises_every_number(
     assert solo_models == {CODER}
 
 
-def test_agents_never_see_the_hidden_tests(
-    ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ollama.capacity = 60 * GB
-    monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
-    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "60")
+def test_agents_never_see_the_hidden_tests(ollama: FakeOllama, on_the_fake: None, clean_env: Path) -> None:
     suite = clean_env / "suite"
     write_exercise(suite, "a", "alpha", RIGHT)
     ollama.script(CODER, FakeReply("", tool_calls=[{"name": "read_file",
