@@ -17,7 +17,7 @@ import ollama
 from autogen_core import FunctionCall
 from pydantic import BaseModel
 
-from crew.backends.ollama import DEFAULT_LEASE_S, make_client
+from crew.backends.ollama import OllamaBackend, make_client
 from crew.clients.base import Ask, ModelClient, Piece
 from crew.clients.convert import function_call, to_ollama_messages, to_tool
 from crew.ollama_api import ollama_errors
@@ -34,8 +34,8 @@ class RoutedOllamaClient(ModelClient):
 
     @property
     def _lease_s(self) -> float:
-        lease = getattr(self._backend, "lease_s", None)
-        return float(lease) if lease else DEFAULT_LEASE_S
+        assert isinstance(self._backend, OllamaBackend), "this client talks to Ollama only"
+        return self._backend.lease_s
 
     @property
     def _client(self) -> ollama.AsyncClient:
