@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from autogen_agentchat.agents import UserProxyAgent
@@ -24,6 +23,7 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
+from crew.chat_input import Reader
 from crew.errors import CrewError, WorkspaceError
 from crew.events import Event, RoutingDecision
 from crew.memory import GB
@@ -35,38 +35,36 @@ from crew.team import Team, record
 from crew.workspace import git
 
 PROMPT = "you> "
-HELP = "/ps /models /diff /undo /save /quit — or write to the team; @coder addresses one agent"
+COMMANDS = ("/ps", "/models", "/diff", "/undo", "/save", "/help", "/quit")
+HELP = (f"{' '.join(c for c in COMMANDS if c != '/help')} — or write to the team; @coder addresses one "
+        "agent; Tab completes, Alt-Enter starts a new line")
 
 
-class LineReader:
-    """Lines of standard input, read by a daemon thread so nothing blocks the event loop."""
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+@dataclass(frozen=True)
+class ChatScreen:
+    """How the session meets the person: set up by the command line, which owns the terminal."""
 
-    def _pump(self) -> None:
-        for line in sys.stdin:
-            self._loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\n"))
-        self._loop.call_soon_threadsafe(self._lines.put_nowait, None)
-
-    async def readline(self) -> str | None:
-        return await self._lines.get()
+    write: Callable[[str], None]
+    reader: Callable[[Path], Reader]
+    """Given the workspace (history, path completion), the person's reader."""
+    show_diff: Callable[[str], None] | None = None
+    """Shows /diff's output (coloured on a terminal); default: `write`."""
 
 
 class ChatSession:
     """The person's side of a session: the prompt, slash commands, Ctrl-C."""
 
-    def __init__(self, session: Session, write: Callable[[str], None]) -> None:
+    def __init__(self, session: Session, screen: ChatScreen) -> None:
         self.session = session
         self.settings = session.settings
         self.workspace = session.workspace
         self.manager = session.manager
         self.records = session.records
-        self.write = write
+        self.write = screen.write
+        self.show_diff = screen.show_diff or self.say
         self.team: Team | None = None
-        self.reader: LineReader | None = None
+        self.reader: Reader | None = None
         self.at_prompt = False
         self.quit = asyncio.Event()
         self.token: CancellationToken | None = None
@@ -100,9 +98,8 @@ class ChatSession:
         self.turn_after = None
         self._prefetch_likely_next()
         while True:
-            self.write(PROMPT)
             self.at_prompt = True
-            line_task = asyncio.ensure_future(self.reader.readline())
+            line_task = asyncio.ensure_future(self.reader.read(PROMPT))
             quit_task = asyncio.ensure_future(self.quit.wait())
             done, _ = await asyncio.wait({line_task, quit_task}, return_when=asyncio.FIRST_COMPLETED)
             quit_task.cancel()
@@ -155,7 +152,10 @@ class ChatSession:
 
     async def cmd_diff(self) -> None:
         diff = await asyncio.to_thread(self._diff)
-        self.say(diff or "  (no changes yet)")
+        if diff:
+            self.show_diff(diff)
+        else:
+            self.say("  (no changes yet)")
 
     def _diff(self) -> str:
         git(self.workspace.root, "add", "-A")
@@ -246,16 +246,16 @@ def _as_person(item: BaseChatMessage) -> BaseChatMessage:
 
 
 async def chat_session(
-    settings: Settings, spec: Path | None, *, render: Callable[[Event], None],
-    write: Callable[[str], None], resume: Path | None = None, workspace_path: Path | None = None,
+    settings: Settings, spec: Path | None, *, render: Callable[[Event], None], screen: ChatScreen,
+    resume: Path | None = None, workspace_path: Path | None = None,
 ) -> Path:
     first: str | list[BaseChatMessage] | None = read_spec(spec) if spec is not None else None
     loop = asyncio.get_running_loop()
     async with open_session(settings, mode="chat", render=render, spec=spec, resume=resume,
                             workspace_path=workspace_path) as session:
-        chat = ChatSession(session, write)
+        chat = ChatSession(session, screen)
         session.observe(chat.observe)
-        chat.reader = LineReader()
+        chat.reader = screen.reader(session.workspace.root)
         loop.add_signal_handler(signal.SIGINT, chat.on_sigint)
         try:
             human = UserProxyAgent(HUMAN, description="The person using crew.", input_func=chat.ask)
@@ -284,4 +284,4 @@ async def chat_session(
     return session.workspace.root
 
 
-__all__ = ["chat_session"]
+__all__ = ["COMMANDS", "ChatScreen", "chat_session"]

@@ -1,6 +1,7 @@
 """The command line: parse, call one coroutine, render, exit.
 
-This is the only module that prints. Errors become one line on stderr and an exit code from
+This module and the renderers it picks (`renderers`, `rich_renderer`) are the only code that
+prints. Errors become one line on stderr and an exit code from
 `EXIT_CODES`; set CREW_RAISE_ERRORS=1 to see the traceback instead. AutoGen is imported only
 inside the commands that run a team, so `crew --help` and `crew ps` start fast.
 """
@@ -14,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from crew.errors import (
     SettingsError,
     WorkspaceError,
 )
+from crew.renderers import JsonRenderer, Renderer, for_terminal, rich_wanted
 
 EXIT_OK = 0
 EXIT_NOT_APPROVED = 1
@@ -98,6 +101,14 @@ def _arun(coroutine: Coroutine[Any, Any, T]) -> T:
         if received:
             raise Terminated(received[0]) from None
         raise
+
+
+def _arun_rendered(renderer: Renderer, coroutine: Coroutine[Any, Any, T]) -> T:
+    """`_arun`, with the renderer's live area gone (and the cursor back) before anything else prints."""
+    try:
+        return _arun(coroutine)
+    finally:
+        renderer.close()
 
 
 def _gb(n: int) -> str:
@@ -380,9 +391,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = settings.deterministic()
     if args.out is not None:
         _check_writable(args.out)  # before any model work, not after it
-    renderer = JsonRenderer() if args.json_ else TerminalRenderer()
+    renderer = JsonRenderer() if args.json_ else for_terminal()
     try:
-        outcome = _arun(run_spec(
+        outcome = _arun_rendered(renderer, run_spec(
             settings, args.spec, render=renderer, workspace_path=args.workspace, repo=args.repo,
             resume=args.resume, max_turns=args.max_turns,
         ))
@@ -411,16 +422,46 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from crew.chat import chat_session
 
     settings = _settings_for(args)
-    renderer = TerminalRenderer()
+    renderer = for_terminal()
+    root = _arun_rendered(renderer, chat_session(
+        settings, args.spec, render=renderer, screen=_chat_screen(settings, renderer), resume=args.resume,
+        workspace_path=args.workspace))
+    print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
+    return EXIT_OK
+
+
+def _chat_screen(settings: Any, renderer: Any) -> Any:
+    """The person's side of `crew chat`: a line editor and coloured diffs on a terminal, plain
+    lines when standard input or output is not one (scripts, CI)."""
+    from crew.chat import COMMANDS, ChatScreen
+    from crew.chat_input import ChatCompleter, ChatHistory, LineReader, PromptReader
+    from crew.routing import NAMES
+    from crew.workspace import CHAT_HISTORY
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    root = _arun(chat_session(settings, args.spec, render=renderer, write=write,
-                              resume=args.resume, workspace_path=args.workspace))
-    print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
-    return EXIT_OK
+    pause = getattr(renderer, "prompting", None)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return ChatScreen(write, lambda root: LineReader(write, pause or nullcontext))
+
+    def reader(root: Path) -> Any:
+        history = ChatHistory(root / CHAT_HISTORY, settings.state_dir / CHAT_HISTORY)
+        completer = ChatCompleter(COMMANDS, list(NAMES.values()), root)
+        status = getattr(renderer, "status", None)
+        return PromptReader(history, completer, status=status.line if status else None,
+                            pause=pause or nullcontext)
+
+    show_diff = None
+    if rich_wanted():
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        def show_diff(diff: str) -> None:
+            Console().print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+
+    return ChatScreen(write, reader, show_diff)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -428,8 +469,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=_read_stdin)
-    renderer = JsonRenderer() if args.json_ else TerminalRenderer()
-    outcome = _arun(review_diff(settings, diff, renderer))
+    renderer = JsonRenderer() if args.json_ else for_terminal()
+    outcome = _arun_rendered(renderer, review_diff(settings, diff, renderer))
     write_outputs(outcome, args.out)
     print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
           f"finding(s); {args.out / 'review.md'}", file=sys.stderr)
@@ -453,114 +494,6 @@ def _print_summary(outcome: Any) -> None:
     _table(rows)
     verdict = "APPROVED" if outcome.approved else "NOT APPROVED"
     print(f"\n{verdict} ({outcome.stop_reason}); workspace {outcome.workspace.root}")
-
-
-class JsonRenderer:
-    """--json: every event as one JSON line on stdout."""
-
-    def __init__(self) -> None:
-        self.workspace: str | None = None
-
-    def __call__(self, event: Any) -> None:
-        if event.type == "run_started":
-            self.workspace = event.workspace
-        print(event.model_dump_json(), flush=True)
-
-
-class TerminalRenderer:
-    """Content on stdout as it streams; routing and residency notices on stderr."""
-
-    def __init__(self) -> None:
-        self.workspace: str | None = None
-        self._models: dict[str, str] = {}  # by agent name, as the session's backend runs them
-        self._speaking: str | None = None
-        self._midline = False
-        self._streamed_for: str | None = None
-        self._held_notes: list[str] = []  # notices that came in the middle of a streamed line
-
-    def _header(self, source: str) -> None:
-        if self._speaking != source:
-            self._end_line()
-            model = self._models.get(source)
-            print(f"\n── {source}{f' ({model})' if model else ''} ──", flush=True)
-            self._speaking = source
-
-    def _end_line(self) -> None:
-        if self._midline:
-            print(flush=True)
-            self._midline = False
-        self._flush_notes()
-
-    def _note(self, text: str) -> None:
-        if self._midline:  # never split a line being streamed: show it once the line is done
-            self._held_notes.append(text)
-            return
-        print(text, file=sys.stderr, flush=True)
-
-    def _flush_notes(self) -> None:
-        for text in self._held_notes:
-            print(text, file=sys.stderr, flush=True)
-        self._held_notes.clear()
-
-    def __call__(self, event: Any) -> None:
-        kind = event.type
-        if kind == "run_started":
-            self.workspace = event.workspace
-            self._models = dict(event.models)
-            if event.fallback:
-                self._note(f"note: {event.fallback}")
-            self._note(f"workspace {event.workspace}{' (resumed)' if event.resumed else ''}")
-        elif kind == "chunk":
-            self._header(event.source)
-            print(event.text, end="", flush=True)
-            self._midline = not event.text.endswith("\n")
-            self._streamed_for = event.source
-            if not self._midline:
-                self._flush_notes()
-        elif kind == "message":
-            if event.source == "user":
-                self._note(f"task: {event.content.strip().splitlines()[0][:100]}")
-            elif self._streamed_for == event.source:
-                self._end_line()  # already shown as it streamed
-            else:
-                self._header(event.source)
-                print(event.content, flush=True)
-            self._streamed_for = None
-        elif kind == "tool_call":
-            self._note(f"  ↳ {event.source} calls {event.name}({event.arguments[:120]})")
-        elif kind == "tool_call_recovered":
-            self._note(f"  ↻ {event.role}'s {event.name} call came as {event.form} text: running it")
-        elif kind == "tool_call_refused":
-            self._note(f"  ✗ {event.role}'s call in its text cannot run: {event.problem}")
-        elif kind == "model_call_retried":
-            self._note(f"retrying {event.model} once: {event.error}")
-        elif kind == "tool_result" and event.is_error:
-            self._note(f"  ✗ {event.name}: {event.content[:200]}")
-        elif kind == "routing":
-            self._note(f"→ {event.speaker}: {event.reason}")
-        elif kind == "model_load_started":
-            self._note(f"loading {event.model} ({_gb(event.bytes)}) ...")
-        elif kind == "model_loaded":
-            self._note(f"loaded {event.model} in {event.seconds:.1f} s")
-        elif kind == "model_unloaded":
-            why = f"evicted for {event.evicted_for}" if event.evicted_for else event.reason
-            self._note(f"unloaded {event.model} ({_gb(event.bytes)}, {why})")
-        elif kind in ("residency_warning",):
-            self._note(f"warning: {event.message}")
-        elif kind == "context_full":
-            self._note(
-                f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
-                f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
-                f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
-        elif kind == "tool_loop_stopped":
-            self._note(f"{event.role}: turn ended: {event.name}({event.arguments}) returned the same "
-                       f"result {event.times} times")
-        elif kind == "sandbox_warning":
-            self._note(f"warning: agent commands: {event.message}")
-        elif kind == "run_finished":
-            self._end_line()  # and the notices held back by a line that never ended
-        elif kind == "residency_waiting":
-            self._note(f"waiting for memory: {event.model} (held by {', '.join(event.blocked_by)})")
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:

@@ -218,6 +218,8 @@ class RunStarted(BaseEvent):
     """Where agent commands run: bwrap, unshare, seatbelt or none (see crew.sandbox)."""
     fallback: str | None = None
     """Why `--backend auto` chose the backend it did, when it fell back."""
+    budget: int = 0
+    """The memory budget models are kept within, in bytes (0 in records older than the field)."""
 
 
 class SandboxWarning(BaseEvent):

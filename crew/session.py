@@ -194,7 +194,7 @@ async def open_session(
                       sandbox=sandbox)
     records.emit(RunStarted(workspace=str(workspace.root), resumed=resume is not None,
                             models={NAMES[role]: model for role, model in choice.models().items()},
-                            sandbox=sandbox.kind, fallback=choice.fallback))
+                            sandbox=sandbox.kind, fallback=choice.fallback, budget=manager.budget.bytes))
     if not sandbox.confines_files:
         records.emit(SandboxWarning(kind=sandbox.kind, message=sandbox.describe()))
     manager.subscribe(session.emit)

@@ -23,9 +23,11 @@ from crew.files import write_atomic, write_json
 
 RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
 LOCK_FILE = ".crew.lock"
+CHAT_HISTORY = "chat_history"
+"""What the person wrote in `crew chat` here, for the line editor's history."""
 # Every file crew keeps at the workspace root: out of git, out of the tools' reach, read-only
 # in the sandbox.
-CREW_FILES = (*RECORDS, "workspace.json", LOCK_FILE)
+CREW_FILES = (*RECORDS, "workspace.json", LOCK_FILE, CHAT_HISTORY)
 _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
 # An agent's command can write the workspace's git config: crew's own git calls must not run
 # what it planted there: hooks, an fsmonitor command (and, for diffs, `--no-ext-diff

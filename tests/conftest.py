@@ -14,6 +14,13 @@ from tests.fake_ollama import FakeOllama
 MACHINE_MEMORY = 32_000_000_000
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker more than the cores. About a third of the suite's time is spent
+    waiting (on crew subprocesses, servers, pseudo-terminals), which a spare worker fills:
+    the fast suite takes ~28 s instead of ~30 s on 2 cores."""
+    return (os.cpu_count() or 1) + 1
+
+
 @pytest.fixture(scope="session")
 def _server() -> Iterator[FakeOllama]:
     server = FakeOllama().start()

@@ -165,7 +165,9 @@ class FakeOllama:
 
     def __init__(self, port: int = 0) -> None:
         self._http = _Http(self, port)
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, at the end of every test that uses the fake.
+        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
         self._cond = threading.Condition()
         self._load_lock = threading.Lock()
         self.reset()

@@ -11,9 +11,10 @@ import pytest
 
 from crew.backends import choose_backend
 from crew.backends.embedded import embedded_available
-from crew.cli import TerminalRenderer, main
+from crew.cli import main
 from crew.errors import BackendError
 from crew.events import RunStarted
+from crew.renderers import PlainRenderer
 from crew.settings import load_settings
 from tests.helpers import run
 
@@ -62,7 +63,7 @@ def test_nobody_asked_for_ollama_falls_back_and_says_so_first(
     try:
         assert choice.name == "embedded"
         assert choice.fallback is not None and "Ollama does not answer" in choice.fallback
-        TerminalRenderer()(RunStarted(workspace="w", fallback=choice.fallback))
+        PlainRenderer()(RunStarted(workspace="w", fallback=choice.fallback))
         first = capsys.readouterr().err.splitlines()[0]
         assert first.startswith("note: using the embedded backend") and "ollama serve" in first
     finally:

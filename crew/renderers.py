@@ -1,0 +1,167 @@
+"""How events appear: JSON lines, plain text, or (on a terminal) rich Markdown with a status line.
+
+Part of the command line, the one layer that prints: the session below emits events and
+never writes to the screen. `for_terminal` picks the renderer a command's output gets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Protocol
+
+
+class Renderer(Protocol):
+    workspace: str | None
+
+    def __call__(self, event: Any) -> None: ...
+
+    def close(self) -> None:
+        """The command is over (however it ended): finish what is on the screen."""
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def notice(event: Any) -> str | None:
+    """The one line a routing, residency or tool event shows as (None: not a notice)."""
+    kind = event.type
+    if kind == "tool_call":
+        return f"  ↳ {event.source} calls {event.name}({event.arguments[:120]})"
+    if kind == "tool_call_recovered":
+        return f"  ↻ {event.role}'s {event.name} call came as {event.form} text: running it"
+    if kind == "tool_call_refused":
+        return f"  ✗ {event.role}'s call in its text cannot run: {event.problem}"
+    if kind == "model_call_retried":
+        return f"retrying {event.model} once: {event.error}"
+    if kind == "tool_result" and event.is_error:
+        return f"  ✗ {event.name}: {event.content[:200]}"
+    if kind == "routing":
+        return f"→ {event.speaker}: {event.reason}"
+    if kind == "model_load_started":
+        return f"loading {event.model} ({_gb(event.bytes)}) ..."
+    if kind == "model_loaded":
+        return f"loaded {event.model} in {event.seconds:.1f} s"
+    if kind == "model_unloaded":
+        why = f"evicted for {event.evicted_for}" if event.evicted_for else event.reason
+        return f"unloaded {event.model} ({_gb(event.bytes)}, {why})"
+    if kind == "residency_warning":
+        return f"warning: {event.message}"
+    if kind == "context_full":
+        return (f"warning: the {event.role}'s conversation is ~{event.tokens} tokens of its num_ctx "
+                f"{event.num_ctx}; past it the model no longer sees the oldest ones. Raise "
+                f"CREW_{event.role.upper()}_NUM_CTX if memory allows (`crew plan` shows how far)")
+    if kind == "tool_loop_stopped":
+        return (f"{event.role}: turn ended: {event.name}({event.arguments}) returned the same "
+                f"result {event.times} times")
+    if kind == "sandbox_warning":
+        return f"warning: agent commands: {event.message}"
+    if kind == "residency_waiting":
+        return f"waiting for memory: {event.model} (held by {', '.join(event.blocked_by)})"
+    return None
+
+
+def started_notices(event: Any) -> list[str]:
+    """What a run_started event shows: the backend's fallback, the workspace."""
+    lines = [f"note: {event.fallback}"] if event.fallback else []
+    return [*lines, f"workspace {event.workspace}{' (resumed)' if event.resumed else ''}"]
+
+
+def header(source: str, model: str | None) -> str:
+    return f"{source}{f' ({model})' if model else ''}"
+
+
+class JsonRenderer:
+    """--json: every event as one JSON line on stdout."""
+
+    def __init__(self) -> None:
+        self.workspace: str | None = None
+
+    def __call__(self, event: Any) -> None:
+        if event.type == "run_started":
+            self.workspace = event.workspace
+        print(event.model_dump_json(), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class PlainRenderer:
+    """Content on stdout as it streams; routing and residency notices on stderr."""
+
+    def __init__(self) -> None:
+        self.workspace: str | None = None
+        self._models: dict[str, str] = {}  # by agent name, as the session's backend runs them
+        self._speaking: str | None = None
+        self._midline = False
+        self._streamed_for: str | None = None
+        self._held_notes: list[str] = []  # notices that came in the middle of a streamed line
+
+    def _header(self, source: str) -> None:
+        if self._speaking != source:
+            self._end_line()
+            print(f"\n── {header(source, self._models.get(source))} ──", flush=True)
+            self._speaking = source
+
+    def _end_line(self) -> None:
+        if self._midline:
+            print(flush=True)
+            self._midline = False
+        self._flush_notes()
+
+    def _note(self, text: str) -> None:
+        if self._midline:  # never split a line being streamed: show it once the line is done
+            self._held_notes.append(text)
+            return
+        print(text, file=sys.stderr, flush=True)
+
+    def _flush_notes(self) -> None:
+        for text in self._held_notes:
+            print(text, file=sys.stderr, flush=True)
+        self._held_notes.clear()
+
+    def __call__(self, event: Any) -> None:
+        kind = event.type
+        if kind == "run_started":
+            self.workspace = event.workspace
+            self._models = dict(event.models)
+            for line in started_notices(event):
+                self._note(line)
+        elif kind == "chunk":
+            self._header(event.source)
+            print(event.text, end="", flush=True)
+            self._midline = not event.text.endswith("\n")
+            self._streamed_for = event.source
+            if not self._midline:
+                self._flush_notes()
+        elif kind == "message":
+            if event.source == "user":
+                self._note(f"task: {event.content.strip().splitlines()[0][:100]}")
+            elif self._streamed_for == event.source:
+                self._end_line()  # already shown as it streamed
+            else:
+                self._header(event.source)
+                print(event.content, flush=True)
+            self._streamed_for = None
+        elif kind == "run_finished":
+            self.close()
+        elif (text := notice(event)) is not None:
+            self._note(text)
+
+    def close(self) -> None:
+        self._end_line()  # and the notices held back by a line that never ended
+
+
+def rich_wanted() -> bool:
+    """Rich output: stdout is a terminal and the person did not ask for plain text (NO_COLOR, dumb)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def for_terminal() -> Renderer:
+    """Rich Markdown and a status line on a terminal; plain lines when piped or NO_COLOR is set."""
+    if rich_wanted():
+        from crew.rich_renderer import RichRenderer
+
+        return RichRenderer()
+    return PlainRenderer()

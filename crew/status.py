@@ -1,0 +1,52 @@
+"""Residency as a session's events tell it, in one line: the terminal's status line.
+
+Built from events only (never by asking the manager), so the chat's prompt toolbar and the
+renderer's footer say the same thing as `events.jsonl`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crew.memory import GB
+
+
+class ResidencyStatus:
+    """Which models are resident, loading or waiting, and their share of the budget."""
+
+    def __init__(self) -> None:
+        self.budget = 0
+        self.resident: dict[str, int] = {}
+        self.loading: dict[str, int] = {}
+        self.waiting: dict[str, list[str]] = {}
+
+    def observe(self, event: Any) -> None:
+        kind, model = event.type, str(getattr(event, "model", ""))
+        if kind == "run_started":
+            self.budget = event.budget
+        elif kind == "model_load_started":
+            self.loading[model] = event.bytes
+            self.waiting.pop(model, None)
+        elif kind in ("model_loaded", "model_appeared"):
+            self.loading.pop(model, None)
+            self.waiting.pop(model, None)
+            self.resident[model] = event.bytes
+        elif kind in ("model_unloaded", "model_vanished", "model_released"):
+            self.resident.pop(model, None)
+            self.loading.pop(model, None)
+        elif kind == "residency_waiting":
+            self.waiting[model] = list(event.blocked_by)
+        elif kind == "model_call":
+            self.waiting.pop(model, None)
+
+    def line(self) -> str:
+        """E.g. `qwen3:14b 9.0 GB · qwen3-coder:30b 19.0 GB · 28.0 of 48.0 GB (58%) · loading …`."""
+        parts = [f"{name} {size / GB:.1f} GB" for name, size in self.resident.items()]
+        parts = parts or ["no model resident"]
+        used = sum(self.resident.values())
+        if self.budget:
+            parts.append(f"{used / GB:.1f} of {self.budget / GB:.1f} GB ({100 * used / self.budget:.0f}%)")
+        parts += [f"loading {name} ({size / GB:.1f} GB)" for name, size in self.loading.items()]
+        parts += [f"waiting for memory: {name} (held by {', '.join(by)})"
+                  for name, by in self.waiting.items()]
+        return " · ".join(parts)
