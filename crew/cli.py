@@ -128,22 +128,59 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from crew.holders import holders, who_holds
-    from crew.memory import resolve_budget
-    from crew.ollama_api import running_on
+    from crew.memory import GB, resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
-    budget = resolve_budget(settings.memory_budget_gb)
-    running = running_on(settings.ollama_host)
-    models = who_holds(running, holders(settings.state_dir / "holders", settings.ollama_host))
-    used = sum(r.size for r in running)
-    if args.json_:
-        _emit_json({"host": settings.ollama_host, "budget": {"bytes": budget.bytes, "source": budget.source},
-                    "used": used, "models": [asdict(m) for m in models]})
+    if not settings.hosts:
+        budget = resolve_budget(settings.memory_budget_gb)
+        host = _ps_host(settings, settings.ollama_host, budget.bytes, budget.source)
+        if args.json_:
+            _emit_json(host)
+        else:
+            _print_host(host)
         return EXIT_OK
+    # Several hosts: every one is shown, one that does not answer among them; then its error.
+    hosts, failure = [], None
+    for spec in settings.hosts:
+        budget_gb = spec.memory_budget_gb
+        try:
+            host = _ps_host(settings, spec.url, int(budget_gb * GB) if budget_gb else None, "crew.toml")
+        except CrewError as exc:
+            host, failure = {"host": spec.url, "error": str(exc)}, failure or exc
+        hosts.append({"name": spec.label, **host})
+    if args.json_:
+        _emit_json({"hosts": hosts})
+    else:
+        for host in hosts:
+            print(f"── {host['name']} ({host['host']}) ──")
+            if "error" in host:
+                print(f"does not answer: {host['error']}")
+            else:
+                _print_host(host)
+            print()
+    if failure is not None:
+        raise failure
+    return EXIT_OK
+
+
+def _ps_host(settings: Any, url: str, budget: int | None, source: str) -> dict[str, Any]:
+    """What one Ollama host holds and who keeps it, as `crew ps --json` gives it."""
+    from dataclasses import asdict
+
+    from crew.holders import holders, who_holds
+    from crew.ollama_api import running_on
+
+    running = running_on(url)
+    models = who_holds(running, holders(settings.state_dir / "holders", url))
+    return {"host": url, "budget": {"bytes": budget, "source": source} if budget else None,
+            "used": sum(r.size for r in running), "models": [asdict(m) for m in models]}
+
+
+def _print_host(host: dict[str, Any]) -> None:
+    from crew.holders import HeldModel
+
+    models = [HeldModel(**m) for m in host["models"]]
     rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
         share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
@@ -152,12 +189,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
         by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
         rows.append((m.name, _gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
     _table(rows)
-    print(f"\n{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
+    budget = host["budget"]
+    of = f" of {_gb(budget['bytes'])} budget ({budget['source']})" if budget else " resident"
+    print(f"\n{_gb(host['used'])}{of}")
     for m in models:
         if m.orphaned:
             print(f"{m.name} is pinned by a crew that ended without handing it back (killed?): "
                   f"`ollama stop {m.name}` frees it; a new crew run evicts it when it needs room")
-    return EXIT_OK
 
 
 def _clock(moment: Any) -> str:
@@ -306,6 +344,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return EXIT_OK
     print(f"ollama_host        {settings.ollama_host}")
+    for host in settings.hosts:  # several hosts (`crew ps` shows them all)
+        budget_gb = f", {host.memory_budget_gb:g} GB" if host.memory_budget_gb else ""
+        print(f"host               {host.label} ({host.url}{budget_gb})")
     print(f"memory budget      {_gb(budget.bytes)} ({budget.source})")
     offload = {True: "allowed", False: "refused", "auto": "auto (when the machine's memory holds the model)"}
     print(f"partial offload    {offload[settings.allow_partial_offload]}")

@@ -12,11 +12,13 @@ import re
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -81,6 +83,42 @@ class ReviewerSettings(RoleSettings):
     model: str = "qwen3:14b"
 
 
+def host_url(value: str) -> str:
+    """An Ollama host as a URL, read as Ollama reads OLLAMA_HOST (`box` is http://box:11434)."""
+    value = value.strip()
+    if not value.rstrip("/"):
+        raise ValueError("must be a URL such as http://127.0.0.1:11434")
+    if "://" not in value:
+        # Ollama's own reading of a bare host: `0.0.0.0` or `box` means port 11434, not 80.
+        value = value.rstrip("/")
+        authority = value.split("/", 1)[0]
+        has_port = re.search(r":\d+$", authority) and not authority.endswith("]")
+        value = "http://" + (value if has_port else authority + ":11434" + value[len(authority):])
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
+    return value.rstrip("/")
+
+
+class HostSettings(BaseModel):
+    """One Ollama host of several (`[[hosts]]` in crew.toml, or CREW_OLLAMA_HOSTS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    memory_budget_gb: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """What crew may fill on that host, in GB; unset, the host's own Ollama cannot say it."""
+    name: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return host_url(value)
+
+    @property
+    def label(self) -> str:
+        return self.name or urlsplit(self.url).netloc
+
+
 def _default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     if xdg:
@@ -104,6 +142,10 @@ class Settings(BaseSettings):
 
     ollama_host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
     """Where Ollama listens. Unset, it is OLLAMA_HOST (as the ollama CLI reads it), else localhost."""
+    hosts: Annotated[list[HostSettings], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("hosts", "crew_ollama_hosts"))
+    """Several Ollama hosts (CREW_OLLAMA_HOSTS, comma-separated, each `URL` or `name=URL`; or
+    `[[hosts]]` tables in crew.toml with url, memory_budget_gb, name): `crew ps` shows them all."""
     backend: str = "auto"
     """A registered backend (`ollama`, `embedded`), or auto: Ollama when it answers, else the
     embedded llama.cpp backend when installed."""
@@ -163,17 +205,17 @@ class Settings(BaseSettings):
     @field_validator("ollama_host")
     @classmethod
     def _host_is_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value:
-            raise ValueError("must be a URL such as http://127.0.0.1:11434")
-        if "://" not in value:
-            # Ollama's own reading of a bare host: `0.0.0.0` or `box` means port 11434, not 80.
-            authority = value.split("/", 1)[0]
-            has_port = re.search(r":\d+$", authority) and not authority.endswith("]")
-            value = "http://" + (value if has_port else authority + ":11434" + value[len(authority):])
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
-        return value
+        return host_url(value)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts_from_text(cls, value: Any) -> Any:
+        # CREW_OLLAMA_HOSTS="http://gpu1:11434,gpu2" or "a=http://gpu1:11434,b=gpu2"
+        if not isinstance(value, str):
+            return value
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        return [{"url": url, "name": name or None}
+                for name, _, url in (e.rpartition("=") if "=" in e else ("", "", e) for e in entries)]
 
     @field_validator("prompts_dir")
     @classmethod
@@ -232,6 +274,9 @@ class Settings(BaseSettings):
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] in ("hosts", "crew_ollama_hosts"):
+        return f"hosts[{loc[1]}].{loc[2]} (CREW_OLLAMA_HOSTS or [[hosts]] in {CONFIG_FILE})" if len(loc) > 2 \
+            else f"hosts (CREW_OLLAMA_HOSTS or [[hosts]] in {CONFIG_FILE})"
     dotted = ".".join(str(part) for part in loc)
     env = "CREW_" + "_".join(str(part) for part in loc).upper()
     return f"{dotted} ({env})"

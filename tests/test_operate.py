@@ -303,3 +303,45 @@ def test_models_doctor_and_plan_use_sizes_measured_in_earlier_runs(
     assert plan["co_resident"] == [["coder", "reviewer"]] and plan["loads"] == [ARCHITECT, CODER, REVIEWER]
     assert json.loads((clean_env / "state" / "measured.json").read_text())[env.url][
         f"{CODER} num_ctx=32768"]["load_seconds"] == 12.0  # the simulation wrote nothing
+
+
+def test_ps_shows_every_host_of_several_and_the_one_that_does_not_answer(
+    env: FakeOllama, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: Path,
+) -> None:
+    second = FakeOllama().start()
+    try:
+        env.preload(REVIEWER)
+        second.preload(CODER)
+        (clean_env / "crew.toml").write_text(
+            f'[[hosts]]\nurl = "{env.url}"\nname = "gpu1"\nmemory_budget_gb = 48\n\n'
+            f'[[hosts]]\nurl = "{second.url.removeprefix("http://")}"\n')
+        code, ps = crew_json(capsys, "ps")
+        assert code == 0
+        assert [(h["name"], h["host"], [m["name"] for m in h["models"]]) for h in ps["hosts"]] == [
+            ("gpu1", env.url, [REVIEWER]), (second.url.removeprefix("http://"), second.url, [CODER])]
+        assert ps["hosts"][0]["budget"]["bytes"] == 48 * GB and ps["hosts"][1]["budget"] is None
+        assert ps["hosts"][1]["used"] == second.resident()[CODER]
+        assert {"method": "GET", "path": "/api/ps", "body": None} in second.requests
+    finally:
+        second.stop()
+
+    # The environment names the hosts too; one that is down is shown as such, the rest still are.
+    monkeypatch.setenv("CREW_OLLAMA_HOSTS", f"gpu1={env.url},gpu2={second.url}")
+    assert main(["ps"]) == 2
+    out, err = capsys.readouterr()
+    assert f"── gpu1 ({env.url}) ──" in out and REVIEWER in out
+    assert f"── gpu2 ({second.url}) ──\ndoes not answer:" in out
+    assert err.count("\n") == 1 and second.url in err
+
+
+@pytest.mark.parametrize("hosts", ["gpu1=ftp://box", ",", "gpu1=http://"])
+def test_a_bad_host_list_is_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], hosts: str,
+) -> None:
+    monkeypatch.setenv("CREW_OLLAMA_HOSTS", hosts)
+    code = main(["ps"])
+    err = capsys.readouterr().err
+    if hosts == ",":  # nothing listed: one host, as without the setting (Ollama is not running here)
+        assert code == 2 and "CREW_OLLAMA_HOSTS" not in err
+        return
+    assert code == 2 and "CREW_OLLAMA_HOSTS or [[hosts]] in crew.toml" in err and err.count("\n") == 1
