@@ -40,7 +40,6 @@ HELP = (f"{' '.join(c for c in COMMANDS if c != '/help')} — or write to the te
         "agent; Tab completes, Alt-Enter starts a new line")
 
 
-
 @dataclass(frozen=True)
 class ChatScreen:
     """How the session meets the person: set up by the command line, which owns the terminal."""

@@ -134,53 +134,52 @@ def cmd_ps(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.hosts:
         budget = resolve_budget(settings.memory_budget_gb)
-        host = _ps_host(settings, settings.ollama_host, budget.bytes, budget.source)
+        models, used = _resident_on(settings, settings.ollama_host)
         if args.json_:
-            _emit_json(host)
+            _emit_json({"host": settings.ollama_host, "used": used, "models": [asdict(m) for m in models],
+                        "budget": {"bytes": budget.bytes, "source": budget.source}})
         else:
-            _print_host(host)
+            _print_resident(models, f"{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
         return EXIT_OK
     # Several hosts: every one is shown, one that does not answer among them; then its error.
-    hosts, failure = [], None
-    for spec in settings.hosts:
-        budget_gb = spec.memory_budget_gb
+    shown: list[dict[str, Any]] = []
+    failure: CrewError | None = None
+    for host in settings.hosts:
+        budget_bytes = int(host.memory_budget_gb * GB) if host.memory_budget_gb else None
+        budget_json = {"bytes": budget_bytes, "source": "[[hosts]]"} if budget_bytes else None
+        entry: dict[str, Any] = {"name": host.label, "host": host.url, "budget": budget_json}
+        if not args.json_:
+            print(f"── {host.label} ({host.url}) ──")
         try:
-            host = _ps_host(settings, spec.url, int(budget_gb * GB) if budget_gb else None, "crew.toml")
+            models, used = _resident_on(settings, host.url)
         except CrewError as exc:
-            host, failure = {"host": spec.url, "error": str(exc)}, failure or exc
-        hosts.append({"name": spec.label, **host})
-    if args.json_:
-        _emit_json({"hosts": hosts})
-    else:
-        for host in hosts:
-            print(f"── {host['name']} ({host['host']}) ──")
-            if "error" in host:
-                print(f"does not answer: {host['error']}")
-            else:
-                _print_host(host)
+            failure = failure or exc
+            shown.append({**entry, "error": str(exc)})
+            if not args.json_:
+                print(f"does not answer: {exc}\n")
+            continue
+        shown.append({**entry, "used": used, "models": [asdict(m) for m in models]})
+        if not args.json_:
+            of = f" of {_gb(budget_bytes)} budget" if budget_bytes else " resident"
+            _print_resident(models, f"{_gb(used)}{of}")
             print()
+    if args.json_:
+        _emit_json({"hosts": shown})
     if failure is not None:
         raise failure
     return EXIT_OK
 
 
-def _ps_host(settings: Any, url: str, budget: int | None, source: str) -> dict[str, Any]:
-    """What one Ollama host holds and who keeps it, as `crew ps --json` gives it."""
-    from dataclasses import asdict
-
+def _resident_on(settings: Any, url: str) -> tuple[list[Any], int]:
+    """What one Ollama host holds and who keeps it; the bytes resident."""
     from crew.holders import holders, who_holds
     from crew.ollama_api import running_on
 
     running = running_on(url)
-    models = who_holds(running, holders(settings.state_dir / "holders", url))
-    return {"host": url, "budget": {"bytes": budget, "source": source} if budget else None,
-            "used": sum(r.size for r in running), "models": [asdict(m) for m in models]}
+    return who_holds(running, holders(settings.state_dir / "holders", url)), sum(r.size for r in running)
 
 
-def _print_host(host: dict[str, Any]) -> None:
-    from crew.holders import HeldModel
-
-    models = [HeldModel(**m) for m in host["models"]]
+def _print_resident(models: list[Any], total: str) -> None:
     rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
         share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
@@ -189,9 +188,7 @@ def _print_host(host: dict[str, Any]) -> None:
         by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
         rows.append((m.name, _gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
     _table(rows)
-    budget = host["budget"]
-    of = f" of {_gb(budget['bytes'])} budget ({budget['source']})" if budget else " resident"
-    print(f"\n{_gb(host['used'])}{of}")
+    print(f"\n{total}")
     for m in models:
         if m.orphaned:
             print(f"{m.name} is pinned by a crew that ended without handing it back (killed?): "
