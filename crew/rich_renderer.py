@@ -46,13 +46,16 @@ class MarkdownStream:
     """The last lines of a reply may still change (a paragraph reflows, a table grows)."""
     RENDER_EVERY_S = 0.1
     """Re-rendering the whole reply on every token would cost O(n²) on a long one."""
+    CPU_SHARE = 0.1
+    """At most this share of a core goes to rendering: the gap between two renders grows with
+    their cost (an 8 KB reply takes ~0.05 s to render), so a model on the same CPU keeps the rest."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.text = ""
         self.printed = 0
         self.tail: Lines = []
-        self._rendered_at = 0.0
+        self._next_render = 0.0
 
     def _lines(self) -> Lines:
         return self.console.render_lines(ChatMarkdown(self.text), self.console.options, pad=False)
@@ -60,11 +63,12 @@ class MarkdownStream:
     def add(self, text: str) -> Lines:
         """Take streamed text; the lines that became final (to print once), if it was time to render."""
         self.text += text
-        now = time.monotonic()
-        if now - self._rendered_at < self.RENDER_EVERY_S:
+        started = time.monotonic()
+        if started < self._next_render:
             return []
-        self._rendered_at = now
         lines = self._lines()
+        cost = time.monotonic() - started
+        self._next_render = started + max(self.RENDER_EVERY_S, cost / self.CPU_SHARE)
         stable = max(self.printed, len(lines) - self.LIVE_LINES)
         final, self.printed, self.tail = lines[self.printed:stable], stable, lines[stable:]
         return final

@@ -33,8 +33,14 @@ def terminal() -> tuple[Console, io.StringIO]:
     return Console(file=screen, force_terminal=True, width=80, color_system="truecolor"), screen
 
 
+def every_chunk_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock on which a second passes between any two readings: every chunk is rendered."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr("crew.rich_renderer.time.monotonic", lambda: float(next(ticks)))
+
+
 def test_a_streamed_reply_is_markdown_with_highlighted_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(MarkdownStream, "RENDER_EVERY_S", 0.0)  # render every chunk: the live part too
+    every_chunk_renders(monkeypatch)  # the live part too
     console, screen = terminal()
     render = RichRenderer(console)
     render(RunStarted(workspace="w", models={"Coder": "qwen3-coder:30b"}, budget=48 * GB))
@@ -52,10 +58,10 @@ def test_a_streamed_reply_is_markdown_with_highlighted_code(monkeypatch: pytest.
     assert "NEXT: Reviewer" in text
 
 
-def test_every_line_of_a_streamed_reply_is_printed_once_for_good() -> None:
+def test_every_line_of_a_streamed_reply_is_printed_once_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    every_chunk_renders(monkeypatch)
     console, _ = terminal()
     stream = MarkdownStream(console)
-    stream.RENDER_EVERY_S = 0.0
     text = "".join(f"line {n}\n" for n in range(20))
     printed = []
     for piece in re.findall(r".{1,5}", text, re.S):
@@ -106,3 +112,24 @@ def test_plain_output_where_stdout_is_no_terminal_or_no_color_is_set(
         monkeypatch.setenv(key, value)
     monkeypatch.setattr("sys.stdout.isatty", lambda: tty)
     assert isinstance(renderers.for_terminal(), renderers.PlainRenderer) is plain
+
+
+def test_rendering_a_long_reply_takes_at_most_a_tenth_of_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A render that costs 50 ms, 30 chunks a second for 60 s: without the bound it would take
+    every moment of a core (and fall behind); with it, renders are spaced ten times their cost."""
+    clock = [0.0]
+    monkeypatch.setattr("crew.rich_renderer.time.monotonic", lambda: clock[0])
+    stream = MarkdownStream(terminal()[0])
+    rendered = []
+
+    def costly() -> list:  # type: ignore[type-arg]
+        clock[0] += 0.05
+        rendered.append(clock[0])
+        return []
+
+    monkeypatch.setattr(stream, "_lines", costly)
+    for n in range(30 * 60):
+        clock[0] = max(clock[0], n / 30)
+        stream.add("x")
+    assert 0.05 * len(rendered) <= 0.1 * 60 + 0.05  # a tenth of the minute, give or take one render
+    assert len(rendered) >= 100  # and it still renders, about twice a second
