@@ -175,12 +175,14 @@ def test_the_routing_table_shown_is_the_one_the_team_uses(
 
 
 def test_operating_commands_do_not_import_autogen_and_ps_not_even_ollama(env: FakeOllama) -> None:
-    # `import ollama` is ~0.25 s here and httpx ~0.06 s: `crew ps` and `--help` start without them.
+    # `import ollama` is ~0.25 s here and httpx ~0.06 s: `crew ps` and `--help` start without them,
+    # and without the line editor. (httpx imports rich itself, for its own command line.)
     code = ("import sys; from crew.cli import main\n"
             "def loaded(*names): return [n for n in names if n in sys.modules]\n"
             "for c in (['ps'], ['--help'], ['doctor'], ['models'], ['plan'], ['runs']):\n"
             "    try: main(c)\n    except SystemExit: pass\n"
-            "    print('after', c[0], loaded('ollama', 'httpx', 'autogen_agentchat', 'autogen_core'))")
+            "    print('after', c[0], loaded('ollama', 'httpx', 'autogen_agentchat', 'autogen_core', "
+            "'prompt_toolkit'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     lines = [line for line in result.stdout.splitlines() if line.startswith("after ")]
