@@ -286,3 +286,18 @@ def read_events(path: Path) -> list[Event]:
         except ValueError:
             continue
     return events
+
+
+LOADING, RESIDENT = "loading", "resident"
+
+
+def residency_change(event: Event) -> tuple[str, str | None] | None:
+    """What `event` says about a model's residency: (model, `loading`, `resident`, or None when
+    it left memory); None if it says nothing. The status line and the timeline read it alike."""
+    if isinstance(event, ModelLoadStarted):
+        return event.model, LOADING
+    if isinstance(event, ModelLoaded | ModelAppeared):
+        return event.model, RESIDENT
+    if isinstance(event, ModelUnloaded | ModelVanished | ModelReleased):
+        return event.model, None
+    return None

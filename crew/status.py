@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crew.events import LOADING, residency_change
 from crew.memory import GB
 
 
@@ -21,23 +22,19 @@ class ResidencyStatus:
         self.waiting: dict[str, list[str]] = {}
 
     def observe(self, event: Any) -> None:
-        kind, model = event.type, str(getattr(event, "model", ""))
-        if kind == "run_started":
+        if event.type == "run_started":
             self.budget = event.budget
-        elif kind == "model_load_started":
-            self.loading[model] = event.bytes
-            self.waiting.pop(model, None)
-        elif kind in ("model_loaded", "model_appeared"):
+        elif (change := residency_change(event)) is not None:
+            model, state = change
             self.loading.pop(model, None)
-            self.waiting.pop(model, None)
-            self.resident[model] = event.bytes
-        elif kind in ("model_unloaded", "model_vanished", "model_released"):
             self.resident.pop(model, None)
-            self.loading.pop(model, None)
-        elif kind == "residency_waiting":
-            self.waiting[model] = list(event.blocked_by)
-        elif kind == "model_call":
-            self.waiting.pop(model, None)
+            if state is not None:
+                self.waiting.pop(model, None)
+                (self.loading if state == LOADING else self.resident)[model] = event.bytes
+        elif event.type == "residency_waiting":
+            self.waiting[event.model] = list(event.blocked_by)
+        elif event.type == "model_call":
+            self.waiting.pop(event.model, None)
 
     def line(self) -> str:
         """E.g. `qwen3:14b 9.0 GB · qwen3-coder:30b 19.0 GB · 28.0 of 48.0 GB (58%) · loading …`."""

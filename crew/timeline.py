@@ -9,8 +9,9 @@ from pathlib import Path
 
 from crew.errors import InputError
 from crew.events import (
+    LOADING,
+    RESIDENT,
     Event,
-    ModelAppeared,
     ModelLoaded,
     ModelLoadStarted,
     ModelReleased,
@@ -19,10 +20,10 @@ from crew.events import (
     ResidencyWaiting,
     RoutingDecision,
     RunFinished,
+    residency_change,
 )
 from crew.events import read_events as events_in
 
-LOADING, RESIDENT = "loading", "resident"
 MARKS = {LOADING: "▒", RESIDENT: "█"}
 
 
@@ -68,19 +69,16 @@ def build(events: list[Event]) -> Timeline:
     speaker: tuple[float, str] | None = None
     for event in sorted(events, key=lambda e: e.ts):
         at = event.ts - start
+        if (change := residency_change(event)) is not None:
+            model, state = change
+            close(model, event.ts)
+            if state is not None:
+                since[model] = (event.ts, state)
         if isinstance(event, ModelLoadStarted):
-            close(event.model, event.ts)
-            since[event.model] = (event.ts, LOADING)
             line.notes.append((at, f"load {event.model} ({event.bytes / 1e9:.1f} GB): {event.reason}"))
         elif isinstance(event, ModelLoaded):
-            close(event.model, event.ts)
-            since[event.model] = (event.ts, RESIDENT)
             line.notes.append((at, f"loaded {event.model} in {event.seconds:.1f} s"))
-        elif isinstance(event, ModelAppeared):
-            close(event.model, event.ts)
-            since[event.model] = (event.ts, RESIDENT)
         elif isinstance(event, ModelUnloaded | ModelVanished | ModelReleased):
-            close(event.model, event.ts)
             what = {"model_unloaded": "unloaded", "model_vanished": "gone (someone else)",
                     "model_released": "handed back"}[event.type]
             reason = f": {event.reason}" if isinstance(event, ModelUnloaded) else ""
