@@ -30,7 +30,7 @@ from crew.errors import (
     SettingsError,
     WorkspaceError,
 )
-from crew.renderers import JsonRenderer, Renderer, for_terminal, rich_wanted
+from crew.renderers import JsonRenderer, Renderer, for_terminal, gb, rich_wanted
 
 EXIT_OK = 0
 EXIT_NOT_APPROVED = 1
@@ -111,10 +111,6 @@ def _arun_rendered(renderer: Renderer, coroutine: Coroutine[Any, Any, T]) -> T:
         renderer.close()
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
-
-
 # -- commands -------------------------------------------------------------------------------
 
 
@@ -139,7 +135,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             _emit_json({"host": settings.ollama_host, "used": used, "models": [asdict(m) for m in models],
                         "budget": {"bytes": budget.bytes, "source": budget.source}})
         else:
-            _print_resident(models, f"{_gb(used)} of {_gb(budget.bytes)} budget ({budget.source})")
+            _print_resident(models, f"{gb(used)} of {gb(budget.bytes)} budget ({budget.source})")
         return EXIT_OK
     # Several hosts: every one is shown, one that does not answer among them; then its error.
     shown: list[dict[str, Any]] = []
@@ -160,8 +156,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
             continue
         shown.append({**entry, "used": used, "models": [asdict(m) for m in models]})
         if not args.json_:
-            of = f" of {_gb(budget_bytes)} budget" if budget_bytes else " resident"
-            _print_resident(models, f"{_gb(used)}{of}")
+            of = f" of {gb(budget_bytes)} budget" if budget_bytes else " resident"
+            _print_resident(models, f"{gb(used)}{of}")
             print()
     if args.json_:
         _emit_json({"hosts": shown})
@@ -186,7 +182,7 @@ def _print_resident(models: list[Any], total: str) -> None:
         until = "forever" if m.pinned_forever else _clock(m.expires_at)
         held = m.held_by
         by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
-        rows.append((m.name, _gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
+        rows.append((m.name, gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
     _table(rows)
     print(f"\n{total}")
     for m in models:
@@ -220,7 +216,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     mark = {True: "ok", False: "NO", None: "?"}
     print(f"ollama   {checkup.host}: " + (f"reachable, version {checkup.version}" if checkup.reachable
                                           else "NOT reachable"))
-    print(f"budget   {_gb(budget.bytes)} ({budget.source})")
+    print(f"budget   {gb(budget.bytes)} ({budget.source})")
     if checkup.sandbox:
         print(f"sandbox  {checkup.sandbox}")
     if checkup.roles:
@@ -228,7 +224,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for c in checkup.roles:
             size = c.resident_bytes or c.estimated_bytes
             rows.append((c.role, c.model, mark[c.pulled], "yes" if c.thinking else "no", str(c.num_ctx),
-                         _gb(size) if size else "-", "alone" if c.runs_alone else mark[c.fits_alone]))
+                         gb(size) if size else "-", "alone" if c.runs_alone else mark[c.fits_alone]))
         print()
         _table(rows)
         together = ["+".join(s) for s in checkup.co_resident] or ["none: every switch loads"]
@@ -259,8 +255,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "ESTIMATED", "LEARNED", "CAPABILITIES")]
     for c in checkup.roles:
         learned = c.resident_bytes or c.measured_bytes
-        rows.append((c.role, c.model, str(c.num_ctx), _gb(c.estimated_bytes) if c.estimated_bytes else "-",
-                     _gb(learned) if learned else "-", ",".join(c.capabilities) or "-"))
+        rows.append((c.role, c.model, str(c.num_ctx), gb(c.estimated_bytes) if c.estimated_bytes else "-",
+                     gb(learned) if learned else "-", ",".join(c.capabilities) or "-"))
     _table(rows)
     print()
     _table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])
@@ -279,7 +275,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         _emit_json(asdict(plan))
         return EXIT_OK
-    print(f"budget {_gb(plan.budget.bytes)} ({plan.budget.source})")
+    print(f"budget {gb(plan.budget.bytes)} ({plan.budget.source})")
     together = ["+".join(s) for s in plan.co_resident] or ["none"]
     print(f"roles resident together: {', '.join(together)}")
     print(f"typical run: {' -> '.join(plan.sequence)}")
@@ -344,7 +340,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     for host in settings.hosts:  # several hosts (`crew ps` shows them all)
         budget_gb = f", {host.memory_budget_gb:g} GB" if host.memory_budget_gb else ""
         print(f"host               {host.label} ({host.url}{budget_gb})")
-    print(f"memory budget      {_gb(budget.bytes)} ({budget.source})")
+    print(f"memory budget      {gb(budget.bytes)} ({budget.source})")
     offload = {True: "allowed", False: "refused", "auto": "auto (when the machine's memory holds the model)"}
     print(f"partial offload    {offload[settings.allow_partial_offload]}")
     rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]

@@ -20,7 +20,8 @@ class Renderer(Protocol):
         """The command is over (however it ended): finish what is on the screen."""
 
 
-def _gb(n: int) -> str:
+def gb(n: int) -> str:
+    """Bytes as the terminal shows them: `9.0 GB` (10^9 bytes, as Ollama counts)."""
     return f"{n / 1e9:.1f} GB"
 
 
@@ -40,12 +41,12 @@ def notice(event: Any) -> str | None:
     if kind == "routing":
         return f"→ {event.speaker}: {event.reason}"
     if kind == "model_load_started":
-        return f"loading {event.model} ({_gb(event.bytes)}) ..."
+        return f"loading {event.model} ({gb(event.bytes)}) ..."
     if kind == "model_loaded":
         return f"loaded {event.model} in {event.seconds:.1f} s"
     if kind == "model_unloaded":
         why = f"evicted for {event.evicted_for}" if event.evicted_for else event.reason
-        return f"unloaded {event.model} ({_gb(event.bytes)}, {why})"
+        return f"unloaded {event.model} ({gb(event.bytes)}, {why})"
     if kind == "residency_warning":
         return f"warning: {event.message}"
     if kind == "context_full":

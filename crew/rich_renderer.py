@@ -145,21 +145,18 @@ class RichRenderer:
 
     # -- output ----------------------------------------------------------------------------
 
-    def _print(self, *renderables: Any) -> None:
-        self.console.print(*renderables)
-
     def _note(self, text: str) -> None:
-        self._print(Text(text, style="dim"))
+        self.console.print(Text(text, style="dim"))
 
     def _header(self, source: str) -> None:
         if self._speaking != source:
             self._end_stream()
-            self._print(Rule(header(source, self._models.get(source)), style="cyan"))
+            self.console.print(Rule(header(source, self._models.get(source)), style="cyan"))
             self._speaking = source
 
     def _end_stream(self) -> None:
         if self.stream is not None:
-            self._print(_segments(self.stream.finish()))
+            self.console.print(_segments(self.stream.finish()))
             self.stream = None
             self._stream_source = None
 
@@ -178,7 +175,7 @@ class RichRenderer:
                 self.stream, self._stream_source = MarkdownStream(self.console), event.source
             final = self.stream.add(event.text)
             if final:
-                self._print(_segments(final))
+                self.console.print(_segments(final))
         elif kind == "message":
             if event.source == "user":
                 self._note(f"task: {event.content.strip().splitlines()[0][:100]}")
@@ -188,7 +185,7 @@ class RichRenderer:
                 self._end_stream()
             else:
                 self._header(event.source)
-                self._print(ChatMarkdown(event.content))
+                self.console.print(ChatMarkdown(event.content))
         elif kind == "run_finished":
             self.close()
             return
