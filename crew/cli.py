@@ -405,12 +405,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
     settings = load_settings(**overrides)
 
+    fleet = args.ray or args.ray_address is not None
+    where = (", ".join(h.label for h in settings.hosts) + " on Ray") if fleet else settings.ollama_host
+
     def ready(url: str) -> None:
-        print(f"crew serve: listening on {url} for Ollama at {settings.ollama_host} "
+        print(f"crew serve: listening on {url} for Ollama at {where} "
               f"(point clients at it: OLLAMA_HOST={url}); Ctrl-C or SIGTERM stops it", file=sys.stderr,
               flush=True)
 
-    serve(settings, ready)
+    if fleet:
+        from crew.fleet import serve_fleet
+
+        serve_fleet(settings, args.ray_address, ready)
+    else:
+        serve(settings, ready)
     return EXIT_OK
 
 
@@ -633,6 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
             "authority for every client of this Ollama")
     p.add_argument("--host", help="address to listen on (default: CREW_SERVE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: CREW_SERVE_PORT or 8000)")
+    p.add_argument("--ray", action="store_true",
+                   help="serve every host of CREW_OLLAMA_HOSTS or [[hosts]] on Ray Serve "
+                        "(pip install 'crew[ray]')")
+    p.add_argument("--ray-address", metavar="auto|ADDRESS",
+                   help="join this Ray cluster (implies --ray; default: start Ray on this machine)")
     p = add("config", cmd_config, "show the effective settings (environment + crew.toml)")
     p.add_argument("--json", dest="json_", action="store_true", help="print JSON")
     return parser

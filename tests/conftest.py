@@ -74,3 +74,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         handle = getattr(utils, name, None)
         if handle is not None:
             handle.close()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fleet tests start a Ray cluster (~10 s, a GB of memory; importing Ray alone takes a
+    second per worker): they are collected only when asked for by name (`pytest -m fleet -n 0`,
+    as `.ci/run` does), never in the fast suite."""
+    asked = "fleet" in (config.getoption("markexpr") or "").split()
+    return True if collection_path.name == "test_fleet.py" and not asked else None

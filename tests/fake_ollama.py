@@ -184,8 +184,10 @@ class FakeOllama:
         return self
 
     def stop(self) -> None:
+        """The process is gone: nothing listens, and open connections drop."""
         self._http.shutdown()
         self._http.server_close()
+        self._drop_connections()
 
     def reset(
         self,
@@ -233,6 +235,9 @@ class FakeOllama:
                 self.unloads.append({"model": name, "reason": "restart", "size": runner.size})
             self.runners.clear()
             self._cond.notify_all()
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
         for sock in list(self._http.sockets):
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -53,11 +53,12 @@ def serve_settings(fake: FakeOllama, budget_gb: float = TEAM_BUDGET_GB, **overri
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[Served]:
-    """A uvicorn server with `settings` on a free loopback port; stopped (and drained) on exit."""
+def running(settings: Settings, app: Any = None) -> Iterator[Served]:
+    """A uvicorn server with `settings` (and `app`, by default crew serve's) on a free loopback
+    port; stopped (and drained) on exit."""
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = create_app(settings)
+    app = app if app is not None else create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=5))
     served = Served(server, port, app)

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from crew.errors import InputError, SettingsError
 from crew.settings import Settings
@@ -63,12 +64,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server until SIGTERM or Ctrl-C; then drain within `serve_grace_s` and return."""
-    import uvicorn
-
     from crew.serve.app import create_app
 
     check_exposure(settings)
     sock = bind(settings.serve_host, settings.serve_port)
+    run_app(create_app(settings), settings, sock, on_ready,
+            f"is Ollama at {settings.ollama_host} reachable?")
+
+
+def run_app(
+    app: Any, settings: Settings, sock: socket.socket, on_ready: Callable[[str], None] | None, check: str
+) -> None:
+    """Serve `app` on `sock` with uvicorn until SIGTERM or Ctrl-C, draining within `serve_grace_s`;
+    `check` says what to look at if it cannot start."""
+    import uvicorn
+
     port = sock.getsockname()[1]
     access = logging.getLogger("crew.serve.access")
     if not access.handlers:
@@ -78,7 +88,7 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
         access.setLevel(logging.INFO)
         access.propagate = False
     config = uvicorn.Config(
-        create_app(settings), log_level="warning", access_log=False, lifespan="on",
+        app, log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=int(settings.serve_grace_s) or None, timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
@@ -92,7 +102,4 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
-        raise SettingsError(
-            f"crew serve could not start (is Ollama at {settings.ollama_host} reachable?): "
-            "see the lines above"
-        )
+        raise SettingsError(f"crew serve could not start ({check}): see the lines above")

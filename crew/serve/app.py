@@ -30,6 +30,7 @@ from crew.errors import (
     ModelCapabilityError,
     ModelNotPulled,
     ModelTooLarge,
+    OllamaUnreachable,
     RequestTimeout,
     ResidencyDeadlock,
     SettingsError,
@@ -100,7 +101,11 @@ def create_app(
 
     @app.exception_handler(CrewError)
     async def crew_error(request: Request, exc: CrewError) -> Response:
-        return error_response(request.url.path, status_of(exc), str(exc))
+        response = error_response(request.url.path, status_of(exc), str(exc))
+        if isinstance(exc, OllamaUnreachable):
+            # Ollama was never reached: a fleet's front may send the request to another host.
+            response.headers["X-Crew-Unreachable"] = exc.host
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

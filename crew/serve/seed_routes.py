@@ -67,16 +67,20 @@ class Routed(BaseModel):
     reason: str
 
 
+def role_for(task_type: str, role: Role | None = None) -> tuple[Role, str]:
+    """Which role answers a task type (or the role's own route), and why."""
+    if role is not None:
+        return role, f"the /{role} route"
+    kind = task_type.strip().lower()
+    matched = next((r for r, kinds in TASK_TYPES.items() if kind in kinds), None)
+    if matched is None:
+        return DEFAULT_ROLE, f"task_type '{kind}' is not in the table: the Architect plans"
+    return matched, f"task_type '{kind}' is {NAMES[matched]} work"
+
+
 def route_for(auth: Authority, task_type: str, urgency: str, role: Role | None = None) -> Routed:
     """Which role's model answers, and why."""
-    if role is not None:
-        chosen, why = role, f"the /{role} route"
-    else:
-        kind = task_type.strip().lower()
-        matched = next((r for r, kinds in TASK_TYPES.items() if kind in kinds), None)
-        chosen = matched or DEFAULT_ROLE
-        why = (f"task_type '{kind}' is {NAMES[chosen]} work" if matched
-               else f"task_type '{kind}' is not in the table: the Architect plans")
+    chosen, why = role_for(task_type, role)
     model = auth.roles[chosen]
     if urgency == "critical":
         resident = auth.resident()

@@ -1,0 +1,96 @@
+"""`crew serve --ray`: `crew serve` over several Ollama hosts, on Ray Serve.
+
+One replica per host (`replica`) owns that host's Authority, the one `crew serve` uses; crew's
+residency policy (`policy`) is Ray Serve's request router (`router`) for them; the front
+(`front`) answers clients with `crew serve`'s API and sends each request through a deployment
+handle. Ray is an extra (`pip install 'crew[ray]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from crew.errors import SettingsError
+from crew.settings import HostSettings, Settings
+
+APP = "crew-fleet"
+# Replicas report their state this often; the router counts what it sent in between itself.
+STATS_PERIOD_S = 0.25
+# Requests wait in each host's residency queue, not in Ray's: a replica takes them all.
+MAX_ONGOING = 10_000
+INSTALL_HINT = "pip install 'crew[ray]'"
+
+
+def require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise SettingsError(
+            f"crew serve --ray needs Ray Serve, which is not installed: {INSTALL_HINT}") from None
+
+
+def check_hosts(settings: Settings) -> list[HostSettings]:
+    """The fleet's hosts, each with a budget; SettingsError naming what to set otherwise."""
+    from crew.fleet.replica import host_settings
+
+    if not settings.hosts:
+        raise SettingsError("crew serve --ray needs the Ollama hosts: set CREW_OLLAMA_HOSTS "
+                            "(comma-separated URLs) or add [[hosts]] tables to crew.toml")
+    for host in settings.hosts:
+        host_settings(settings, host)
+    return list(settings.hosts)
+
+
+def deployment(settings: Settings, hosts: list[HostSettings], router: str | None = None) -> Any:
+    """The hosts' deployment, bound: one replica per host, routed by crew's policy (or `router`)."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from crew.fleet.replica import HostReplica
+
+    routing: dict[str, Any] = {"request_router_class": router or "crew.fleet.router:ResidencyRouter",
+                               "request_routing_stats_period_s": STATS_PERIOD_S}
+    hosts_deployment = serve.deployment(
+        name="hosts", num_replicas=len(hosts), max_ongoing_requests=MAX_ONGOING,
+        ray_actor_options={"num_cpus": 0}, request_router_config=RequestRouterConfig(**routing),
+        graceful_shutdown_timeout_s=settings.serve_grace_s,
+    )(HostReplica)
+    return hosts_deployment.bind(settings, hosts)
+
+
+def serve_fleet(
+    settings: Settings, address: str | None, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Start (or join) Ray, deploy the hosts, serve the front until SIGTERM or Ctrl-C; then
+    delete the deployment, so every host hands its models back."""
+    require_ray()
+    import ray
+    from ray import serve
+
+    from crew.fleet.front import Fleet, create_front
+    from crew.serve import bind, check_exposure, run_app
+
+    hosts = check_hosts(settings)
+    check_exposure(settings)
+    sock = bind(settings.serve_host, settings.serve_port)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        sock.close()
+        raise SettingsError(f"no Ray cluster at {address} ({exc}): start one with `ray start --head`, "
+                            "or leave out --ray-address to run Ray on this machine") from None
+    # Serve's own lines (deploying, replicas up) are for `ray logs`, not for this terminal.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    try:
+        serve.start(proxy_location="Disabled")
+        handle = serve.run(deployment(settings, hosts), name=APP, route_prefix=None)
+        front = create_front(settings, Fleet(handle, [h.label for h in hosts]))
+        run_app(front, settings, sock, on_ready, "see `ray status`")
+    finally:
+        try:
+            serve.delete(APP)
+        finally:
+            ray.shutdown()
