@@ -256,11 +256,12 @@ def test_ollama_down_is_502_and_the_server_recovers() -> None:
     with running(serve_settings(first)) as s:
         client = ol.Client(host=s.url)
         assert client.chat(model=REVIEWER, messages=[{"role": "user", "content": "x"}]).message.content
-        first.stop()
-        first.restart()  # and its open connections drop
+        first.stop()  # and its open connections drop
         down = httpx.post(f"{s.url}/api/chat", timeout=30,
                           json={"model": REVIEWER, "messages": [{"role": "user", "content": "x"}]})
         assert down.status_code == 502 and "cannot reach Ollama" in down.json()["error"]
+        # Ollama was never reached: a fleet's front may send the request to another host.
+        assert down.headers["X-Crew-Unreachable"] == first.url
         assert httpx.get(f"{s.url}/health").json()["status"] == "unhealthy"
         back = FakeOllama(port).start()  # Ollama restarted, empty
         try:
@@ -268,6 +269,24 @@ def test_ollama_down_is_502_and_the_server_recovers() -> None:
             assert again.message.content == "OK" and back.load_names() == [REVIEWER]
         finally:
             back.stop()
+
+
+def test_ray_flag_without_ray_without_hosts_or_without_budgets_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ollama: FakeOllama
+) -> None:
+    from crew.cli import main
+
+    assert main(["serve", "--ray"]) == 2
+    assert "set CREW_OLLAMA_HOSTS (comma-separated URLs) or add [[hosts]]" in capsys.readouterr().err
+    monkeypatch.setenv("CREW_OLLAMA_HOSTS", f"gpu1={ollama.url}")
+    assert main(["serve", "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "host gpu1 has no memory budget: give it memory_budget_gb" in err
+    monkeypatch.setenv("CREW_MEMORY_BUDGET_GB", "40")
+    monkeypatch.setitem(sys.modules, "ray", None)  # not installed: importing it fails
+    assert main(["serve", "--ray"]) == 2
+    assert capsys.readouterr().err == (
+        "crew: crew serve --ray needs Ray Serve, which is not installed: pip install 'crew[ray]'\n")
 
 
 def test_body_over_the_limit_is_413(ollama: FakeOllama) -> None:

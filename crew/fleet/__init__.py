@@ -9,6 +9,7 @@ handle. Ray is an extra (`pip install 'crew[ray]'`), imported only here.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ STATS_PERIOD_S = 0.25
 # Requests wait in each host's residency queue, not in Ray's: a replica takes them all.
 MAX_ONGOING = 10_000
 INSTALL_HINT = "pip install 'crew[ray]'"
+# How long a Ray address may take to accept a connection before it counts as nothing there.
+ADDRESS_TIMEOUT_S = 5.0
 
 
 def require_ray() -> None:
@@ -32,10 +35,21 @@ def require_ray() -> None:
             f"crew serve --ray needs Ray Serve, which is not installed: {INSTALL_HINT}") from None
 
 
+def host_settings(settings: Settings, host: HostSettings) -> Settings:
+    """The settings of the `crew serve` that owns `host`: its URL and budget; no token (the
+    front checks it), no other hosts."""
+    budget = host.memory_budget_gb or settings.memory_budget_gb
+    if budget is None:
+        raise SettingsError(
+            f"host {host.label} has no memory budget: give it memory_budget_gb in its [[hosts]] "
+            "table in crew.toml, or set CREW_MEMORY_BUDGET_GB for every host"
+        )
+    return settings.model_copy(update={"ollama_host": host.url, "memory_budget_gb": budget,
+                                       "serve_token": None, "hosts": []})
+
+
 def check_hosts(settings: Settings) -> list[HostSettings]:
     """The fleet's hosts, each with a budget; SettingsError naming what to set otherwise."""
-    from crew.fleet.replica import host_settings
-
     if not settings.hosts:
         raise SettingsError("crew serve --ray needs the Ollama hosts: set CREW_OLLAMA_HOSTS "
                             "(comma-separated URLs) or add [[hosts]] tables to crew.toml")
@@ -66,19 +80,21 @@ def serve_fleet(
 ) -> None:
     """Start (or join) Ray, deploy the hosts, serve the front until SIGTERM or Ctrl-C; then
     delete the deployment, so every host hands its models back."""
+    from crew.serve import bind, check_exposure, run_app
+
+    hosts = check_hosts(settings)
+    check_exposure(settings)
     require_ray()
     import ray
     from ray import serve
 
     from crew.fleet.front import Fleet, create_front
-    from crew.serve import bind, check_exposure, run_app
 
-    hosts = check_hosts(settings)
-    check_exposure(settings)
     sock = bind(settings.serve_host, settings.serve_port)
     try:
+        _check_address(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except ConnectionError as exc:
+    except (ConnectionError, SettingsError) as exc:
         sock.close()
         raise SettingsError(f"no Ray cluster at {address} ({exc}): start one with `ray start --head`, "
                             "or leave out --ray-address to run Ray on this machine") from None
@@ -94,3 +110,16 @@ def serve_fleet(
             serve.delete(APP)
         finally:
             ray.shutdown()
+
+
+def _check_address(address: str | None) -> None:
+    """Fail fast on an address where nothing listens: Ray would wait minutes for it."""
+    if address is None or address == "auto":
+        return  # Ray finds (or fails to find) the local cluster at once
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except ValueError:
+        raise SettingsError("the address is not HOST:PORT") from None
+    except OSError as exc:
+        raise SettingsError(str(exc)) from None

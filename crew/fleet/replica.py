@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from ray import serve
 
-from crew.errors import SettingsError
+from crew.fleet import host_settings
 from crew.fleet.asgi import Head, Wire, run
 from crew.fleet.policy import HostState, Want
 from crew.serve.authority import Authority
@@ -29,19 +29,6 @@ log = logging.getLogger("ray.serve")
 # How often a replica asks its host whether it answers (and how long it waits for the answer).
 WATCH_S = 1.0
 WATCH_TIMEOUT_S = 2.0
-
-
-def host_settings(settings: Settings, host: HostSettings) -> Settings:
-    """The settings of the `crew serve` that owns `host`: its URL and budget; no token (the
-    front checks it), no other hosts."""
-    budget = host.memory_budget_gb or settings.memory_budget_gb
-    if budget is None:
-        raise SettingsError(
-            f"host {host.label} has no memory budget: give it memory_budget_gb in its [[hosts]] "
-            "table in crew.toml, or set CREW_MEMORY_BUDGET_GB for every host"
-        )
-    return settings.model_copy(update={"ollama_host": host.url, "memory_budget_gb": budget,
-                                       "serve_token": None, "hosts": []})
 
 
 class HostReplica:
