@@ -33,6 +33,15 @@ def test_resident_first_then_fits_then_cheapest_eviction() -> None:
     assert rank(want("d", 25), [h1, h2]) == ["h2", "h1"]
 
 
+def test_the_cheapest_eviction_is_in_the_seconds_each_host_measured() -> None:
+    # Room for 20 GB needs an eviction on both: 20 GB that reloads in 5 s on a fast disk beats
+    # 12 GB that took 30 s to load on the other host; without measurements, bytes decide.
+    fast = host("fast", budget=30, resident={"a": 20}).model_copy(update={"reload_s": {"a": 5.0}})
+    slow = host("slow", budget=22, resident={"b": 12}).model_copy(update={"reload_s": {"b": 30.0}})
+    assert rank(want("c", 20), [slow, fast]) == ["fast", "slow"]
+    assert rank(want("c", 20), [host("h1", 30, {"a": 20}), host("h2", 22, {"b": 12})]) == ["h2", "h1"]
+
+
 def test_never_a_host_the_model_cannot_fit_nor_a_down_or_avoided_one() -> None:
     small = host("small", budget=24)
     big = host("big", budget=64, resident={"x": 60}, busy={"x": 2})

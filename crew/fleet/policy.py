@@ -9,7 +9,8 @@ For a request for model `m` of expected size `s`, hosts are ranked in tiers:
    bound for that host than it holds: then it counts as an eviction of the overflow.)
 1. `m` fits in the free budget: no eviction. The smallest hole that holds it wins (best fit),
    which keeps the big holes for big models.
-2. Idle models can make room: the fewest bytes evicted wins (bytes are what a reload costs).
+2. Idle models can make room: the cheapest eviction wins, in the seconds the host measured for
+   loading the evicted models again.
 3. Only models in use could make room: the request waits there; the least blocked host wins.
 
 A host whose budget is under `s` is never chosen, nor a host that is down or that the request
@@ -26,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from crew.residency.knowledge import ASSUMED_LOAD_BANDWIDTH
+
 
 class HostState(BaseModel):
     """What one host's replica reports (Ray Serve's routing stats, as a dict)."""
@@ -36,6 +39,8 @@ class HostState(BaseModel):
     used: int
     resident: dict[str, int]
     """Models resident or loading, with their bytes."""
+    reload_s: dict[str, float] = {}
+    """What loading each resident model again takes on this host (measured, else estimated)."""
     busy: dict[str, int]
     """Requests inside the replica per model (holding it, waiting for it, or just arrived)."""
     received: dict[str, int]
@@ -81,7 +86,7 @@ def rank(want: Want, states: Sequence[HostState], incoming: Mapping[str, Mapping
     return sorted(keys, key=lambda h: keys[h])  # stable: ties keep the hosts' order
 
 
-def _key(model: str, size: int, state: HostState, incoming: Mapping[str, int]) -> tuple[int, int, int]:
+def _key(model: str, size: int, state: HostState, incoming: Mapping[str, int]) -> tuple[int, float, int]:
     load = sum(state.busy.values()) + len(incoming)
     if model in state.resident or state.busy.get(model) or model in incoming:
         projected = {**state.resident, **incoming, model: size}
@@ -90,28 +95,30 @@ def _key(model: str, size: int, state: HostState, incoming: Mapping[str, int]) -
             return 0, state.busy.get(model, 0) + (model in incoming), load
         # More is bound for this host than it holds: it will evict, maybe this very model. Not
         # a place to pile on when another host has room; the overflow is the eviction's cost.
-        return 2, over, load
+        return 2, over / ASSUMED_LOAD_BANDWIDTH, load
     arriving = sum(b for m, b in incoming.items() if m not in state.resident)
     free = state.budget - state.used - arriving
     if size <= free:
         return 1, free - size, load
     need = size - free
-    idle = sorted(b for m, b in state.resident.items() if not state.busy.get(m) and m not in incoming)
-    evicted = _cheapest_cover(idle, need)
-    if evicted is not None:
-        return 2, evicted, load
-    return 3, need - sum(idle), load
+    idle = [(b, state.reload_s.get(m, b / ASSUMED_LOAD_BANDWIDTH)) for m, b in state.resident.items()
+            if not state.busy.get(m) and m not in incoming]
+    seconds = _cheapest_cover(idle, need)
+    if seconds is not None:
+        return 2, seconds, load
+    return 3, need - sum(b for b, _ in idle), load
 
 
-def _cheapest_cover(sizes: list[int], need: int) -> int | None:
-    """Bytes evicted to free `need` from idle models of `sizes` (ascending): the smallest one
-    model that is enough, else the largest first; None if all of them are not enough."""
-    one = next((b for b in sizes if b >= need), None)
-    if one is not None:
-        return one
-    freed = 0
-    for b in reversed(sizes):
+def _cheapest_cover(idle: list[tuple[int, float]], need: int) -> float | None:
+    """Seconds of reloads to free `need` bytes from idle models (bytes, reload seconds): the one
+    cheapest model that is enough, else the largest first; None if all of them are not enough."""
+    enough = [seconds for b, seconds in idle if b >= need]
+    if enough:
+        return min(enough)
+    freed, cost = 0, 0.0
+    for b, seconds in sorted(idle, reverse=True):
         freed += b
+        cost += seconds
         if freed >= need:
-            return freed
+            return cost
     return None

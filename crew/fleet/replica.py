@@ -71,10 +71,12 @@ class HostReplica:
         return await self._auth.manager.expected_size(await self._auth.ensure(model))
 
     def record_routing_stats(self) -> dict[str, Any]:
-        snap = self._auth.manager.snapshot()
+        manager = self._auth.manager
+        snap = manager.snapshot()
+        resident = {v.name: v.bytes for v in snap.slots if v.state in ("loading", "resident")}
         return HostState(
-            host=self.label, up=self._up, budget=snap.budget.bytes, used=snap.used,
-            resident={v.name: v.bytes for v in snap.slots if v.state in ("loading", "resident")},
+            host=self.label, up=self._up, budget=snap.budget.bytes, used=snap.used, resident=resident,
+            reload_s={m: manager.reload_seconds(m) for m in resident},
             busy=dict(self._busy), received=dict(self._received),
         ).model_dump()
 

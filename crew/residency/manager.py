@@ -250,6 +250,12 @@ class ResidencyManager:
     def registered(self, model: str) -> bool:
         return self._models.registered(model)
 
+    def reload_seconds(self, model: str) -> float:
+        """What loading `model` again would take here: measured, else estimated from its size."""
+        slot = self._slots.get(model)
+        size = slot.size if slot else self._models.expected_size_now(model)
+        return self._models.reload_seconds(model, size)
+
     def waiting(self) -> dict[str, int]:
         """How many requests wait for each model (queue depth)."""
         return self._queue.depth()
