@@ -10,6 +10,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -158,6 +159,41 @@ def test_a_host_that_stops_answering_leaves_routing_and_comes_back(
         models = itertools.cycle([A, B])
         wait_until(lambda: chat(url, next(models)) == "OK" and bool(back.chats), timeout=15)
         assert_within_budget(hosts)
+
+
+def test_a_client_that_leaves_while_its_model_loads_leaves_the_queue(
+    cluster: None, hosts: list[FakeOllama], tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    for fake in hosts:
+        fake.load_gate = gate  # loads wait: the request waits in its host's queue
+    with fleet(fleet_settings(hosts, tmp_path)) as url:
+        body = {"model": A, "messages": [{"role": "user", "content": "first"}], "stream": False}
+        outcome: list[str] = []
+        client = threading.Thread(target=lambda: outcome.append(_gives_up(url, body)))
+        client.start()
+        wait_until(lambda: _waiting(url) == {A: 1}, timeout=10)  # it waits for its model
+        client.join(timeout=10)
+        assert outcome == ["ReadTimeout"]  # it gave up and disconnected
+        wait_until(lambda: _waiting(url) == {}, timeout=10)  # out of the queue...
+        gate.set()  # ...before its model is ready
+        # A second request for the same model queues behind the first, if the first is still there.
+        second = {**body, "messages": [{"role": "user", "content": "second"}]}
+        assert httpx.post(f"{url}/api/chat", json=second, timeout=30).json()["message"]["content"] == "OK"
+        sent = [c["messages"][-1]["content"] for f in hosts for c in f.chats]
+        assert sent == ["second"], "the request of a client that had gone still ran"
+
+
+def _gives_up(url: str, body: dict[str, Any]) -> str:
+    try:
+        return str(httpx.post(f"{url}/api/chat", json=body, timeout=1.0).status_code)
+    except httpx.ReadTimeout:
+        return "ReadTimeout"
+
+
+def _waiting(url: str) -> dict[str, int]:
+    waiting: dict[str, int] = httpx.get(f"{url}/memory", timeout=30).json()["waiting"]
+    return waiting
 
 
 def _outcome(url: str, model: str) -> str:

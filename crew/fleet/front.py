@@ -30,6 +30,7 @@ from crew.fleet.asgi import Head, Wire
 from crew.fleet.policy import Want
 from crew.ollama_api import normalize_model
 from crew.serve.app import Gate, error_response
+from crew.serve.requests import disconnected
 from crew.serve.seed_routes import role_for
 from crew.settings import ROLES, Settings
 
@@ -59,7 +60,11 @@ class Fleet:
         """Send `wire` where the router says; a host that was not reached passes it on."""
         for _ in self.hosts:
             pieces: Any = self._handle.options(stream=True).forward.remote(want, wire)
-            head = await pieces.__anext__()
+            try:
+                head = await pieces.__anext__()
+            except BaseException:
+                pieces.cancel()  # the client left while it waited (for its model, say): so does it
+                raise
             assert isinstance(head, Head)
             if not head.unreachable or len(want.avoid) + 1 >= len(self.hosts):
                 return head, _body(pieces)
@@ -188,8 +193,18 @@ def create_front(settings: Settings, fleet: Fleet) -> FastAPI:
         wire = await wire_of(request)
         model = model_of(settings, wire.path, wire.body)
         want = Want(model, await fleet.size(model) if model else None)
+        opening = asyncio.ensure_future(fleet.open(want, wire))
+        gone = asyncio.ensure_future(disconnected(request))
         try:
-            head, body = await fleet.open(want, wire)
+            await asyncio.wait({opening, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not opening.done():
+                opening.cancel()  # out of its host's queue at once, not loading a model for nobody
+        if not opening.done() or opening.cancelled():
+            return Response(status_code=499)
+        try:
+            head, body = opening.result()
         except RayError as exc:
             return error_response(wire.path, 502, f"the fleet could not answer ({type(exc).__name__}): "
                                   "see `ray status` and the replicas' logs")

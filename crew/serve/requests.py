@@ -46,11 +46,12 @@ def client_name(scope: Scope) -> str:
 
 def client_of(request: Request, auth: Authority) -> Client:
     """The request's client, as the hold's owner."""
-    return auth.client(client_name(request.scope), request.url.path, gone=lambda: _disconnected(request),
+    return auth.client(client_name(request.scope), request.url.path, gone=lambda: disconnected(request),
                        noted=lambda model, waited: note(request, model, waited))
 
 
-async def _disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone away (once its body has been read)."""
     # The body has been read: the next ASGI message is the client going away.
     while (await request.receive())["type"] != "http.disconnect":
         pass
