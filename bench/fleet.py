@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
+# The same team, workflow and timing as the one-machine benchmark.
+from bench.serve import BANDWIDTH_GB_S, CAPACITY_GB, GEN_S, WORKFLOW, A, C, R  # noqa: E402
 from crew.fleet import deployment  # noqa: E402
 from crew.fleet.asgi import Head, Wire  # noqa: E402
 from crew.fleet.policy import Want  # noqa: E402
@@ -45,11 +47,6 @@ from crew.fleet.replica import HostReplica  # noqa: E402
 from crew.settings import HostSettings, load_settings  # noqa: E402
 from tests.fake_ollama import GB, FakeOllama  # noqa: E402
 
-A, C, R = "qwen3-coder-next:q4_K_M", "qwen3-coder:30b", "qwen3:14b"
-WORKFLOW = [A, C, R, C, R]
-GEN_S = {A: 60.0, C: 40.0, R: 30.0}
-BANDWIDTH_GB_S = 0.7
-CAPACITY_GB = 60
 MODES = ("crew", "ray", "split")
 
 
