@@ -58,14 +58,14 @@ def check_hosts(settings: Settings) -> list[HostSettings]:
     return list(settings.hosts)
 
 
-def deployment(settings: Settings, hosts: list[HostSettings], router: str | None = None) -> Any:
-    """The hosts' deployment, bound: one replica per host, routed by crew's policy (or `router`)."""
+def deployment(settings: Settings, hosts: list[HostSettings]) -> Any:
+    """The hosts' deployment, bound: one replica per host, routed by crew's policy."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
     from crew.fleet.replica import HostReplica
 
-    routing: dict[str, Any] = {"request_router_class": router or "crew.fleet.router:ResidencyRouter",
+    routing: dict[str, Any] = {"request_router_class": "crew.fleet.router:ResidencyRouter",
                                "request_routing_stats_period_s": STATS_PERIOD_S}
     hosts_deployment = serve.deployment(
         name="hosts", num_replicas=len(hosts), max_ongoing_requests=MAX_ONGOING,
@@ -104,7 +104,7 @@ def serve_fleet(
         serve.start(proxy_location="Disabled")
         handle = serve.run(deployment(settings, hosts), name=APP, route_prefix=None)
         front = create_front(settings, Fleet(handle, [h.label for h in hosts]))
-        run_app(front, settings, sock, on_ready, "see `ray status`")
+        run_app(front, settings, sock, on_ready, "is Ray healthy? `ray status` says")
     finally:
         try:
             serve.delete(APP)

@@ -32,7 +32,7 @@ from crew.ollama_api import normalize_model
 from crew.serve.app import Gate, error_response
 from crew.serve.requests import disconnected
 from crew.serve.seed_routes import role_for
-from crew.settings import ROLES, Settings
+from crew.settings import ROLES, Role, Settings
 
 # A question to every host (ps, memory, health, metrics) waits this long for each.
 ASK_TIMEOUT_S = 10.0
@@ -52,7 +52,7 @@ class Fleet:
         if model not in self._sizes:
             try:
                 self._sizes[model] = int(await self._handle.size.remote(Want(None), model))
-            except (RayError, Exception):  # noqa: BLE001 - the routed request reports what is wrong
+            except Exception:  # noqa: BLE001 - the routed request reports what is wrong
                 return None
         return self._sizes[model]
 
@@ -117,7 +117,7 @@ def model_of(settings: Settings, path: str, body: bytes) -> str | None:
     return normalize_model(model) if isinstance(model, str) and model.strip() else None
 
 
-def _role_path(path: str) -> Any:
+def _role_path(path: str) -> Role | None:
     role = path.lstrip("/")
     return role if role in ROLES else None
 
