@@ -176,13 +176,16 @@ def _resident_on(settings: Any, url: str) -> tuple[list[Any], int]:
 
 
 def _print_resident(models: list[Any], total: str) -> None:
-    rows: list[tuple[str, ...]] = [("NAME", "SIZE", "ON GPU", "CONTEXT", "SINCE", "UNTIL", "KEPT BY")]
+    fleet = any(m.host for m in models)  # behind `crew serve --ray`: which host holds each
+    rows: list[tuple[str, ...]] = [(*(("HOST",) if fleet else ()), "NAME", "SIZE", "ON GPU", "CONTEXT",
+                                    "SINCE", "UNTIL", "KEPT BY")]
     for m in models:
         share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
         until = "forever" if m.pinned_forever else _clock(m.expires_at)
         held = m.held_by
         by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
-        rows.append((m.name, gb(m.size), share, str(m.context_length or "-"), _clock(m.since), until, by))
+        rows.append((*((m.host or "-",) if fleet else ()), m.name, gb(m.size), share,
+                     str(m.context_length or "-"), _clock(m.since), until, by))
     _table(rows)
     print(f"\n{total}")
     for m in models:

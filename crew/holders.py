@@ -115,6 +115,8 @@ class HeldModel:
     """When a running crew loaded it (Ollama does not say)."""
     held_by: dict[str, Any] | None
     """The crew process and run that keep it, if one is alive."""
+    host: str | None = None
+    """Which host of a fleet holds it, behind `crew serve --ray`."""
 
     @property
     def pinned_forever(self) -> bool:
@@ -138,7 +140,7 @@ def who_holds(running: Sequence[Resident], kept: Mapping[str, Holder]) -> list[H
             context_length=r.context_length, expires_at=r.expires_at,
             kept_by_crew=holder is not None or bool(r.expires_at and r.expires_at > forever),
             since=datetime.fromtimestamp(holder.since, UTC) if holder else None,
-            held_by={"pid": holder.pid, "run": holder.run} if holder else None,
+            held_by={"pid": holder.pid, "run": holder.run} if holder else None, host=r.host,
         ))
     return models
 

@@ -174,6 +174,7 @@ def parse_running(data: Any, host: str) -> list[Resident]:
             size_vram=int(m.get("size_vram") or 0),
             context_length=int(m["context_length"]) if m.get("context_length") else None,
             expires_at=_parse_time(m.get("expires_at")),
+            host=str(m["host"]) if m.get("host") else None,
         )
         for m in data.get("models") or ()
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import httpx
 import ollama
 import pytest
 
+from crew.cli import main
 from crew.fleet import deployment
 from crew.fleet.front import Fleet, create_front
 from crew.settings import HostSettings, Settings, load_settings
@@ -106,7 +108,8 @@ def assert_within_budget(fakes: list[FakeOllama]) -> None:
 
 
 def test_alternating_models_cost_one_load_each(
-    cluster: None, hosts: list[FakeOllama], tmp_path: Path
+    cluster: None, hosts: list[FakeOllama], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with fleet(fleet_settings(hosts, tmp_path)) as url:
         for model in [A, B] * 3:
@@ -130,6 +133,13 @@ def test_alternating_models_cost_one_load_each(
         a_host = f"h{where(hosts, A)[0] + 1}"
         assert f'crew_model_loads_total{{host="{a_host}",model="{A}"}} 1.0' in metrics
         assert 'crew_fleet_requests_total{route="/{path:path}",status="200"}' in metrics
+        # `crew ps` pointed at the fleet: every model with the host that holds it.
+        monkeypatch.setenv("CREW_OLLAMA_HOST", url)
+        assert main(["ps"]) == 0
+        shown = capsys.readouterr().out
+        b_host = f"h{where(hosts, B)[0] + 1}"
+        assert shown.startswith("HOST ")
+        assert re.search(rf"^{a_host}\s+{A}\s", shown, re.M) and re.search(rf"^{b_host}\s+{B}\s", shown, re.M)
     # Deleted with the front: each host got its model back to Ollama's expiry (keep_alive_after).
     for fake in hosts:
         assert handed_back(fake)

@@ -27,6 +27,8 @@ class Resident:
     context_length: int | None = None
     expires_at: datetime | None = None
     """When Ollama will unload it by itself; far in the future for keep_alive -1 (crew's)."""
+    host: str | None = None
+    """Which host of a fleet holds it (`crew serve --ray` says; Ollama does not)."""
 
 
 @dataclass(frozen=True)
