@@ -7,6 +7,7 @@ A separate run (`pytest -m fleet -n 0`): one Ray cluster for the module, ~25 s.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -133,6 +134,16 @@ def test_alternating_models_cost_one_load_each(
         a_host = f"h{where(hosts, A)[0] + 1}"
         assert f'crew_model_loads_total{{host="{a_host}",model="{A}"}} 1.0' in metrics
         assert 'crew_fleet_requests_total{route="/{path:path}",status="200"}' in metrics
+        # The event stream: every host's, each event naming its host (a snapshot from each first).
+        with httpx.stream("GET", f"{url}/crew/v1/events", timeout=10) as events:
+            firsts = []
+            for line in events.iter_lines():
+                if line.startswith("data: "):
+                    firsts.append(json.loads(line[6:]))
+                if len(firsts) == 2:
+                    break
+        assert sorted(e["host"] for e in firsts) == ["h1", "h2"]
+        assert {e["type"] for e in firsts} == {"snapshot"}
         # `crew ps` pointed at the fleet: every model with the host that holds it.
         monkeypatch.setenv("CREW_OLLAMA_HOST", url)
         assert main(["ps"]) == 0
