@@ -77,18 +77,33 @@ class Fleet:
         head, body = await self.open(Want(None, host=host), wire)
         return head.status, b"".join([piece async for piece in body])
 
-    async def ask_all(self, wire: Wire) -> dict[str, Any]:
-        """Every host's JSON answer to `wire`, or the error that stood for it."""
-        async def one(host: str) -> Any:
+    async def ask_each(self, wire: Wire) -> dict[str, tuple[int, bytes] | Exception]:
+        """Every host's whole answer to `wire`, all at once; a replica that did not answer in
+        time (or at all) stands as its exception."""
+        async def one(host: str) -> tuple[int, bytes] | Exception:
             try:
-                status, body = await asyncio.wait_for(self.ask(host, wire), ASK_TIMEOUT_S)
-                data = json.loads(body)
-            except (TimeoutError, RayError, ValueError) as exc:
-                return {"error": f"the host's replica did not answer ({type(exc).__name__})"}
-            return data if status == 200 else {"error": data.get("error") if isinstance(data, dict) else data}
+                return await asyncio.wait_for(self.ask(host, wire), ASK_TIMEOUT_S)
+            except (TimeoutError, RayError) as exc:
+                return exc
 
         answers = await asyncio.gather(*(one(h) for h in self.hosts))
         return dict(zip(self.hosts, answers, strict=True))
+
+    async def ask_all(self, wire: Wire) -> dict[str, Any]:
+        """Every host's JSON answer to `wire`, or the error that stood for it."""
+        return {host: _json_of(answer) for host, answer in (await self.ask_each(wire)).items()}
+
+
+def _json_of(answer: tuple[int, bytes] | Exception) -> Any:
+    if not isinstance(answer, Exception):
+        status, body = answer
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            answer = exc
+        else:
+            return data if status == 200 else {"error": data.get("error") if isinstance(data, dict) else data}
+    return {"error": f"the host's replica did not answer ({type(answer).__name__})"}
 
 
 async def _body(pieces: Any) -> AsyncIterator[bytes]:
@@ -162,15 +177,9 @@ def create_front(settings: Settings, fleet: Fleet) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        wire = await wire_of(request)
-        texts: dict[str, str] = {}
-        for host in fleet.hosts:
-            try:
-                status, body = await asyncio.wait_for(fleet.ask(host, wire), ASK_TIMEOUT_S)
-            except (TimeoutError, RayError):
-                continue
-            if status == 200:
-                texts[host] = body.decode()
+        answers = await fleet.ask_each(await wire_of(request))
+        texts = {host: a[1].decode() for host, a in answers.items()
+                 if not isinstance(a, Exception) and a[0] == 200}
         hosts = CollectorRegistry()
         hosts.register(_ByHost(texts))
         return Response(generate_latest(registry) + generate_latest(hosts), media_type=CONTENT_TYPE_LATEST)
