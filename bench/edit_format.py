@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crew.run import run_spec  # noqa: E402
+from crew.commands.run import run_spec  # noqa: E402
 from crew.settings import load_settings  # noqa: E402
 
 FORMATS = ("tools", "blocks", "both")

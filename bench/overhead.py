@@ -26,8 +26,8 @@ from autogen_core.models import UserMessage  # noqa: E402
 
 from crew.backends.ollama import OllamaBackend  # noqa: E402
 from crew.clients.ollama import RoutedOllamaClient  # noqa: E402
-from crew.memory import GB, MemoryBudget  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
+from crew.residency.budget import GB, MemoryBudget  # noqa: E402
 from crew.settings import RoleSettings  # noqa: E402
 from tests.fake_ollama import FakeOllama  # noqa: E402
 

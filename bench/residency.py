@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from crew.backends.base import ESTIMATE_MARGIN, ModelFacts  # noqa: E402
 from crew.backends.simulated import SimulatedBackend  # noqa: E402
-from crew.memory import GB, MemoryBudget  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
+from crew.residency.budget import GB, MemoryBudget  # noqa: E402
 from crew.routing import forecast  # noqa: E402
 from crew.settings import Role  # noqa: E402
 

@@ -63,8 +63,8 @@ async def crew_worker(mode: str, url: str, delay: float) -> dict[str, Any]:
     import ollama
 
     from crew.backends.ollama import OllamaBackend
-    from crew.memory import MemoryBudget
     from crew.residency import ResidencyManager
+    from crew.residency.budget import MemoryBudget
 
     await asyncio.sleep(delay)
     started = time.monotonic()
@@ -72,9 +72,9 @@ async def crew_worker(mode: str, url: str, delay: float) -> dict[str, Any]:
     manager = None
     http = httpx.AsyncClient(base_url=url)
     if mode == "own":
-        # As `crew run` opens it: each crew notes the models it keeps (crew.holders), and the
+        # As `crew run` opens it: each crew notes the models it keeps (crew.residency.holders), and the
         # others' notes steer its evictions.
-        from crew.holders import HolderRecord
+        from crew.residency.holders import HolderRecord
 
         record = HolderRecord(Path(os.environ["BENCH_STATE"]) / "holders", url, f"bench-{os.getpid()}")
         manager = ResidencyManager(OllamaBackend(url), MemoryBudget(CAPACITY_GB * GB, "bench"),

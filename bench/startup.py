@@ -28,7 +28,7 @@ from tests.fake_ollama import FakeOllama  # noqa: E402
 PS_VIA_OLLAMA = """
 import asyncio
 import ollama
-from crew.memory import resolve_budget
+from crew.residency.budget import resolve_budget
 from crew.settings import load_settings
 settings = load_settings()
 resolve_budget(settings.memory_budget_gb)

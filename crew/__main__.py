@@ -3,7 +3,7 @@
 import sys
 
 try:
-    from crew.cli import main
+    from crew.terminal.cli import main
 except KeyboardInterrupt:  # Ctrl-C while Python starts: nothing began, nothing to save
     sys.exit(130)
 

@@ -17,7 +17,7 @@
      └─ WorkspaceError ─ WorkspaceEscape
 
 Foreign exceptions (ollama, httpx, urllib) are translated into these at one seam,
-`crew.ollama_api.ollama_errors`. The CLI maps them to exit codes in one table.
+`crew.backends.ollama_api.ollama_errors`. The CLI maps them to exit codes in one table.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class BudgetError(CrewError):
 
 class ModelTooLarge(BudgetError):
     """A model cannot run here: over the budget with partial offload refused, or over the
-    machine's memory. `fixes` are the changes that would make it fit (see `crew.advice`)."""
+    machine's memory. `fixes` are the changes that would make it fit (see `crew.residency.advice`)."""
 
     def __init__(self, model: str, needed: int, budget: int, fixes: list[str], *,
                  machine: int | None = None) -> None:

@@ -215,7 +215,7 @@ class RunStarted(BaseEvent):
     models: dict[str, str] = Field(default_factory=dict)
     """The model each agent runs on (after the backend's choice), by agent name."""
     sandbox: str = "none"
-    """Where agent commands run: bwrap, unshare, seatbelt or none (see crew.sandbox)."""
+    """Where agent commands run: bwrap, unshare, seatbelt or none (see crew.workspace.sandbox)."""
     fallback: str | None = None
     """Why `--backend auto` chose the backend it did, when it fell back."""
     budget: int = 0

@@ -31,7 +31,7 @@ from crew.events import (
 from crew.files import open_append
 from crew.routing import NAMES, ROLE_OF, approved
 from crew.settings import Role
-from crew.workspace import Workspace
+from crew.workspace.repo import Workspace
 
 _NAME_OF_ROLE: dict[str, str] = {str(role): name for role, name in NAMES.items()}
 

@@ -25,10 +25,10 @@ from crew.events import AgentMessage, Event, RunFinished, RunStarted, SandboxWar
 from crew.records import Records
 from crew.residency import ResidencyManager, open_manager
 from crew.routing import HUMAN, NAMES
-from crew.sandbox import Sandbox, detect
 from crew.settings import Role, Settings
-from crew.tools import UNCONFINED
-from crew.workspace import Workspace
+from crew.workspace.repo import Workspace
+from crew.workspace.sandbox import Sandbox, detect
+from crew.workspace.tools import UNCONFINED
 
 if TYPE_CHECKING:
     from autogen_agentchat.base import ChatAgent

@@ -40,10 +40,10 @@ from crew.prompt_files import load_prompt
 from crew.records import Records
 from crew.residency import ResidencyManager
 from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, forecast, speaker_name
-from crew.sandbox import Sandbox
 from crew.settings import ROLES, Role, Settings
-from crew.tools import UNCONFINED, make_tools
-from crew.workspace import Workspace
+from crew.workspace.repo import Workspace
+from crew.workspace.sandbox import Sandbox
+from crew.workspace.tools import UNCONFINED, make_tools
 
 log = logging.getLogger("crew.team")
 

@@ -50,9 +50,9 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process, crew sees a 32 GB Linux machine with no GPU, whatever runs the tests: what
     fits "the machine's memory" must not depend on the host."""
-    monkeypatch.setattr("crew.memory.machine_memory", lambda: MACHINE_MEMORY)
-    monkeypatch.setattr("crew.memory._apple_silicon", lambda: False)
-    monkeypatch.setattr("crew.memory._nvidia_total", lambda: 0)
+    monkeypatch.setattr("crew.residency.budget.machine_memory", lambda: MACHINE_MEMORY)
+    monkeypatch.setattr("crew.residency.budget._apple_silicon", lambda: False)
+    monkeypatch.setattr("crew.residency.budget._nvidia_total", lambda: 0)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 from crew.backends import BackendChoice, choose_backend
 from crew.backends.ollama import OllamaBackend
 from crew.events import Event
-from crew.memory import GB, MemoryBudget
 from crew.residency import ResidencyManager, open_manager
+from crew.residency.budget import GB, MemoryBudget
 from crew.settings import Settings
 from tests.fake_ollama import FakeOllama
 

@@ -11,11 +11,11 @@ import pytest
 
 from crew.backends import choose_backend
 from crew.backends.embedded import embedded_available
-from crew.cli import main
 from crew.errors import BackendError
 from crew.events import RunStarted
-from crew.renderers import PlainRenderer
 from crew.settings import load_settings
+from crew.terminal.cli import main
+from crew.terminal.renderers import PlainRenderer
 from tests.helpers import run
 
 

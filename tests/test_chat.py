@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from crew.cli import main
-from crew.memory import GB
+from crew.residency.budget import GB
+from crew.terminal.cli import main
 from tests.fake_ollama import FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 from tests.test_run import HELLO

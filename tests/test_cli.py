@@ -33,7 +33,7 @@ def test_help_lists_the_subcommands_and_exit_codes() -> None:
 
 
 def test_help_does_not_import_autogen() -> None:
-    code = ("import sys; from crew.cli import main; main(['config']); "
+    code = ("import sys; from crew.terminal.cli import main; main(['config']); "
             "print('autogen' in ' '.join(sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)

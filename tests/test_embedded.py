@@ -19,8 +19,8 @@ if not os.environ.get("CREW_REQUIRE_EMBEDDED"):
     pytest.importorskip("llama_cpp", reason="the embedded extra is not installed")
 
 from crew.backends.embedded import EmbeddedBackend, bundled_model_path  # noqa: E402
+from crew.commands.run import run_spec  # noqa: E402
 from crew.events import Event  # noqa: E402
-from crew.run import run_spec  # noqa: E402
 from crew.settings import load_settings  # noqa: E402
 from tests.helpers import run  # noqa: E402
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crew.cli import main
+from crew.terminal.cli import main
 from tests.fake_ollama import GB, FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 

@@ -9,7 +9,7 @@ import httpx
 import ollama as ollama_client
 import pytest
 
-from crew.memory import GB
+from crew.residency.budget import GB
 from tests.fake_ollama import FakeOllama, FakeReply
 from tests.helpers import CODER, REVIEWER, run
 

@@ -23,10 +23,10 @@ import httpx
 import ollama
 import pytest
 
-from crew.cli import main
 from crew.fleet import deployment
 from crew.fleet.front import Fleet, create_front
 from crew.settings import HostSettings, Settings, load_settings
+from crew.terminal.cli import main
 from tests.fake_ollama import GB, FakeModel, FakeOllama
 from tests.serving import running, wait_until
 

@@ -15,12 +15,12 @@ import pytest
 from crew.backends import BackendKind, ModelFacts, Resident, register
 from crew.backends.registry import unregister
 from crew.backends.simulated import SimulatedBackend
-from crew.cli import main
 from crew.clients import Ask, ModelClient, Piece
 from crew.errors import ResidencyDeadlock
-from crew.memory import GB, MemoryBudget
 from crew.residency import Candidate, CheapestReload, ResidencyManager, WorkflowAware
+from crew.residency.budget import GB, MemoryBudget
 from crew.settings import Role, RoleSettings, Settings
+from crew.terminal.cli import main
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER, Recorder, make_manager, run
 
@@ -286,7 +286,7 @@ def test_a_failed_save_still_closes_everything_and_writes_the_summary(
 ) -> None:
     from autogen_agentchat.teams import SelectorGroupChat
 
-    from crew.run import run_spec
+    from crew.commands.run import run_spec
     from crew.settings import load_settings
 
     async def broken_save(self: SelectorGroupChat) -> Any:

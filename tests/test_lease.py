@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from crew.backends.ollama import OllamaBackend
-from crew.memory import GB, MemoryBudget
 from crew.residency import ResidencyManager
+from crew.residency.budget import GB, MemoryBudget
 from tests.fake_ollama import FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, OPTIONS, REVIEWER, run
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crew.cli import main
-from crew.memory import GB, GIB
+from crew.residency.budget import GB, GIB
+from crew.terminal.cli import main
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 
@@ -20,9 +20,9 @@ MAC = 64 * GIB
 @pytest.fixture
 def mac(ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> FakeOllama:
     """A 64 GB Mac with the GPU working set at its default (75%, ~51.5 GB), Ollama on it."""
-    monkeypatch.setattr("crew.memory.machine_memory", lambda: MAC)
-    monkeypatch.setattr("crew.memory._apple_silicon", lambda: True)
-    monkeypatch.setattr("crew.memory._sysctl_int", lambda name: 0)  # iogpu.wired_limit_mb not raised
+    monkeypatch.setattr("crew.residency.budget.machine_memory", lambda: MAC)
+    monkeypatch.setattr("crew.residency.budget._apple_silicon", lambda: True)
+    monkeypatch.setattr("crew.residency.budget._sysctl_int", lambda name: 0)  # wired limit not raised
     ollama.reset(capacity=int(MAC * 0.75), system_memory=MAC)
     monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
     return ollama

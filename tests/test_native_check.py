@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crew.backends.embedded import bundled_model_path, embedded_available
-from crew.cli import main
+from crew.terminal.cli import main
 from tests.test_run import write_spec
 
 pytestmark = pytest.mark.skipif(not embedded_available() or bundled_model_path() is None,

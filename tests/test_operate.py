@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from crew.cli import main
-from crew.memory import GB
+from crew.residency.budget import GB
 from crew.routing import TASK_TYPES
+from crew.terminal.cli import main
 from tests.conftest import MACHINE_MEMORY
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER, run
@@ -177,7 +177,7 @@ def test_the_routing_table_shown_is_the_one_the_team_uses(
 def test_operating_commands_do_not_import_autogen_and_ps_not_even_ollama(env: FakeOllama) -> None:
     # `import ollama` is ~0.25 s here and httpx ~0.06 s: `crew ps` and `--help` start without them,
     # and without the line editor. (httpx imports rich itself, for its own command line.)
-    code = ("import sys; from crew.cli import main\n"
+    code = ("import sys; from crew.terminal.cli import main\n"
             "def loaded(*names): return [n for n in names if n in sys.modules]\n"
             "for c in (['ps'], ['--help'], ['doctor'], ['models'], ['plan'], ['runs']):\n"
             "    try: main(c)\n    except SystemExit: pass\n"
@@ -194,7 +194,7 @@ def test_operating_commands_do_not_import_autogen_and_ps_not_even_ollama(env: Fa
 def test_ps_reads_ollamas_go_times_as_the_official_client_does(env: FakeOllama) -> None:
     import ollama
 
-    from crew.ollama_api import running_on
+    from crew.backends.ollama_api import running_on
 
     env.preload(REVIEWER, num_ctx=32768)  # expires in 5 minutes
     env.preload(CODER, num_ctx=8192, keep_alive=-1)  # as crew pins it: Ollama says year 2318
@@ -284,7 +284,7 @@ def test_ps_ignores_and_removes_the_note_of_a_crew_that_died(
 def test_models_doctor_and_plan_use_sizes_measured_in_earlier_runs(
     env: FakeOllama, capsys: pytest.CaptureFixture[str], clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crew.measured import Measurement, Measurements
+    from crew.residency.measurements import Measurement, Measurements
 
     coder, reviewer = env.models[CODER], env.models[REVIEWER]
     store = Measurements(clean_env / "state", env.url)

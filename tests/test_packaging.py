@@ -11,7 +11,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-from crew.memory import GB
+from crew.residency.budget import GB
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 

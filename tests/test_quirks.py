@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from crew.commands.run import Outcome, run_spec
 from crew.errors import AnswerFailed, StreamInterrupted
-from crew.memory import GB
-from crew.run import Outcome, run_spec
+from crew.residency.budget import GB
 from crew.settings import load_settings
 from tests.fake_ollama import FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER, run

@@ -8,7 +8,6 @@ import re
 import pytest
 from rich.console import Console
 
-from crew import renderers
 from crew.events import (
     AgentMessage,
     ModelLoaded,
@@ -19,9 +18,10 @@ from crew.events import (
     RunStarted,
     StreamChunk,
 )
-from crew.memory import GB
-from crew.rich_renderer import MarkdownStream, RichRenderer
-from crew.status import ResidencyStatus
+from crew.residency.budget import GB
+from crew.terminal import renderers
+from crew.terminal.rich_renderer import MarkdownStream, RichRenderer
+from crew.terminal.status_line import ResidencyStatus
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 REPLY = ("## Plan\n\n- write `greet`\n- test it\n\n"
@@ -36,7 +36,7 @@ def terminal() -> tuple[Console, io.StringIO]:
 def every_chunk_renders(monkeypatch: pytest.MonkeyPatch) -> None:
     """A clock on which a second passes between any two readings: every chunk is rendered."""
     ticks = iter(range(10**9))
-    monkeypatch.setattr("crew.rich_renderer.time.monotonic", lambda: float(next(ticks)))
+    monkeypatch.setattr("crew.terminal.rich_renderer.time.monotonic", lambda: float(next(ticks)))
 
 
 def test_a_streamed_reply_is_markdown_with_highlighted_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +118,7 @@ def test_rendering_a_long_reply_takes_at_most_a_tenth_of_a_core(monkeypatch: pyt
     """A render that costs 50 ms, 30 chunks a second for 60 s: without the bound it would take
     every moment of a core (and fall behind); with it, renders are spaced ten times their cost."""
     clock = [0.0]
-    monkeypatch.setattr("crew.rich_renderer.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("crew.terminal.rich_renderer.time.monotonic", lambda: clock[0])
     stream = MarkdownStream(terminal()[0])
     rendered = []
 

@@ -18,8 +18,8 @@ from crew.errors import (
     OllamaUnreachable,
     ResidencyDeadlock,
 )
-from crew.memory import GB, MemoryBudget
 from crew.residency import ResidencyManager
+from crew.residency.budget import GB, MemoryBudget
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, OPTIONS, REVIEWER, Recorder, make_manager, run
 
@@ -319,7 +319,7 @@ def test_a_model_larger_than_the_budget_fails_before_anything_loads(ollama: Fake
 
 
 def test_the_advice_to_lower_num_ctx_names_a_value_that_fits(ollama: FakeOllama) -> None:
-    from crew import advice
+    from crew.residency import advice
 
     async def scenario() -> int:
         async with make_manager(ollama, budget_gb=24, register=False) as manager:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from crew.cli import main
+from crew.commands.run import Outcome, run_spec
 from crew.events import Event
-from crew.memory import GB
-from crew.run import Outcome, run_spec
+from crew.residency.budget import GB
 from crew.settings import load_settings
+from crew.terminal.cli import main
 from tests.fake_ollama import FakeOllama, FakeReply
 from tests.helpers import ARCHITECT, CODER, REVIEWER, run
 
@@ -383,7 +383,7 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
 def test_a_run_folder_is_not_resumed_as_a_chat_nor_by_two_processes_at_once(
     ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crew.workspace import Workspace
+    from crew.workspace.repo import Workspace
 
     ollama.capacity = 60 * GB
     script_happy_path(ollama)
@@ -426,7 +426,7 @@ def test_an_unexpected_exception_is_one_line_and_exit_2(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("crew.history.list_runs", broken)
+    monkeypatch.setattr("crew.reports.past_runs.list_runs", broken)
     assert main(["runs"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unexpected error (ZeroDivisionError: a bug)" in err
@@ -457,8 +457,8 @@ def test_settings_and_records_that_used_to_crash_are_one_line_or_listed_as_broke
 
 
 def test_a_symlink_into_git_is_refused_by_the_file_tools(clean_env: Path) -> None:
-    from crew.tools import make_tools
-    from crew.workspace import Workspace
+    from crew.workspace.repo import Workspace
+    from crew.workspace.tools import make_tools
 
     workspace = Workspace.create(clean_env / "workspaces")
     (workspace.root / "g").symlink_to(workspace.root / ".git")

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from crew.cli import main
-from crew.sandbox import Sandbox, _works, detect, seatbelt_profile
-from crew.tools import UNCONFINED, run_in_workspace
-from crew.workspace import Workspace
+from crew.terminal.cli import main
+from crew.workspace.repo import Workspace
+from crew.workspace.sandbox import Sandbox, _works, detect, seatbelt_profile
+from crew.workspace.tools import UNCONFINED, run_in_workspace
 from tests.fake_ollama import FakeOllama
 from tests.helpers import run
 
@@ -120,7 +120,7 @@ def test_everything_a_command_started_ends_with_it(workspace: Workspace, bwrap: 
 def test_a_non_utf8_file_and_a_non_ascii_name_go_through_patch_and_tools(
     workspace: Workspace, bwrap: Sandbox
 ) -> None:
-    from crew.tools import make_tools
+    from crew.workspace.tools import make_tools
 
     sh(workspace, "printf 'caf\\351\\n' > latin1.txt; printf 'ok\\n' > 'café.txt'", bwrap)
     tools = {t.__name__: t for t in make_tools(workspace, write=True, sandbox=bwrap)}
@@ -147,7 +147,7 @@ def test_the_macos_profile_confines_writes_and_network() -> None:
 def test_require_without_any_sandbox_stops_before_anything_is_made(
     ollama: FakeOllama, clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("crew.sandbox.shutil.which", lambda name: None)
+    monkeypatch.setattr("crew.workspace.sandbox.shutil.which", lambda name: None)
     monkeypatch.setenv("CREW_OLLAMA_HOST", ollama.url)
     monkeypatch.setenv("CREW_SANDBOX", "require")
     (clean_env / "spec.md").write_text("Write hello.py.\n")
@@ -170,7 +170,7 @@ def test_a_run_records_its_sandbox_and_doctor_names_it(
 def test_a_coder_that_attacks_through_run_command_reaches_nothing(
     ollama: FakeOllama, clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crew.memory import GB
+    from crew.residency.budget import GB
     from tests.fake_ollama import FakeReply
     from tests.helpers import ARCHITECT, CODER, REVIEWER
 

@@ -274,7 +274,7 @@ def test_ollama_down_is_502_and_the_server_recovers() -> None:
 def test_ray_flag_without_ray_without_hosts_or_without_budgets_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ollama: FakeOllama
 ) -> None:
-    from crew.cli import main
+    from crew.terminal.cli import main
 
     assert main(["serve", "--ray"]) == 2
     assert "set CREW_OLLAMA_HOSTS (comma-separated URLs) or add [[hosts]]" in capsys.readouterr().err
@@ -408,7 +408,7 @@ def test_high_urgency_loads_before_queued_normal_requests(served: Served, ollama
 
 def test_crew_run_through_a_server_does_no_loading_of_its_own(served: Served, ollama: FakeOllama,
                                                                clean_env) -> None:  # type: ignore[no-untyped-def]
-    from crew.run import run_spec
+    from crew.commands.run import run_spec
     from tests.helpers import run
     from tests.test_run import script_happy_path, write_spec
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from crew.errors import SettingsError
-from crew.memory import GB, resolve_budget
+from crew.residency.budget import GB, resolve_budget
 from crew.settings import DEFAULT_OLLAMA_HOST, load_settings
 
 

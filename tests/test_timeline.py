@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crew.cli import main
-from crew.timeline import MARKS, RESIDENT, build, read_events
+from crew.reports.timeline import MARKS, RESIDENT, build, read_events
+from crew.terminal.cli import main
 from tests.fake_ollama import GB, FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER
 from tests.test_run import run_in_process, script_happy_path, write_spec

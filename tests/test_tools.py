@@ -14,8 +14,14 @@ from crew.errors import WorkspaceError, WorkspaceEscape
 from crew.residency import ResidencyManager
 from crew.routing import approved, task_type
 from crew.team import Selector
-from crew.tools import MAX_OUTPUT_CHARS, MAX_READ_BYTES, MAX_READ_CHARS, make_tools, run_in_workspace
-from crew.workspace import Workspace, git
+from crew.workspace.repo import Workspace, git
+from crew.workspace.tools import (
+    MAX_OUTPUT_CHARS,
+    MAX_READ_BYTES,
+    MAX_READ_CHARS,
+    make_tools,
+    run_in_workspace,
+)
 from tests.fake_ollama import FakeOllama
 from tests.helpers import CODER, REVIEWER, make_manager, run
 

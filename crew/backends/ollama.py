@@ -1,6 +1,6 @@
 """The Ollama backend: residency through Ollama's native HTTP API, via the official client.
 
-Its exceptions become crew errors at the seam in `crew.ollama_api`. `import ollama` takes
+Its exceptions become crew errors at the seam in `crew.backends.ollama_api`. `import ollama` takes
 ~0.25 s here (it builds ~60 pydantic models and an HTTPS client at import), so it is imported
 only when a client is made. The manager reads `/api/ps` before every request: that read goes
 through the official client and is parsed by `ollama_api.parse_running`, the same parser
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
+from crew.backends.ollama_api import METADATA_TIMEOUT_S, decode, normalize_model, ollama_errors, parse_running
 from crew.errors import BackendError, ModelNotPulled
-from crew.ollama_api import METADATA_TIMEOUT_S, decode, normalize_model, ollama_errors, parse_running
 
 if TYPE_CHECKING:
     import ollama

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from crew.backends.base import ModelFacts, Resident
-from crew.measured import Measurements
+from crew.residency.measurements import Measurements
 
 
 class SimulatedBackend:

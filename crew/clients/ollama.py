@@ -18,9 +18,9 @@ from autogen_core import FunctionCall
 from pydantic import BaseModel
 
 from crew.backends.ollama import OllamaBackend, make_client
+from crew.backends.ollama_api import ollama_errors
 from crew.clients.base import Ask, ModelClient, Piece
 from crew.clients.convert import function_call, to_ollama_messages, to_tool
-from crew.ollama_api import ollama_errors
 
 
 class RoutedOllamaClient(ModelClient):

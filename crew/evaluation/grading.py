@@ -18,8 +18,8 @@ from pathlib import Path
 
 from crew.errors import InputError
 from crew.evaluation.suites import Exercise
-from crew.tools import kill_group, scrubbed_env
-from crew.workspace import CREW_FILES
+from crew.workspace.repo import CREW_FILES
+from crew.workspace.tools import kill_group, scrubbed_env
 
 GRADE_TIMEOUT_S = 120.0
 # What a failing try shows the agents on the second: the end of pytest's report.

@@ -31,7 +31,7 @@ from crew.evaluation.suites import Exercise
 from crew.events import Event
 from crew.files import open_append
 from crew.settings import ROLES, Role, Settings
-from crew.workspace import git
+from crew.workspace.repo import git
 
 AGENT_CONFIGS = ("team", "solo")
 CHECK_CONFIGS = ("reference", "empty")
@@ -158,7 +158,7 @@ async def _one(settings: Settings, exercise: Exercise, config: str, folder: Path
 async def _agents(settings: Settings, exercise: Exercise, config: str, source: Path, work: Path,
                   tries: int, solo: Role | None, render: Callable[[Event], None],
                   started: float) -> Result:
-    from crew.run import run_spec
+    from crew.commands.run import run_spec
 
     spec = source.parent / "spec.md"
     spec.write_text(exercise.spec)

@@ -26,9 +26,9 @@ from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
 from crew import __version__
+from crew.backends.ollama_api import normalize_model
 from crew.fleet.asgi import Head, Wire
 from crew.fleet.policy import Want
-from crew.ollama_api import normalize_model
 from crew.serve.app import Gate, error_response
 from crew.serve.requests import disconnected
 from crew.serve.seed_routes import role_for

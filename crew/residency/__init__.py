@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crew.holders import HolderRecord
-from crew.measured import Measurements
-from crew.memory import MemoryBudget, resolve_budget
+from crew.residency.budget import MemoryBudget, resolve_budget
 from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy, WorkflowAware
+from crew.residency.holders import HolderRecord
 from crew.residency.manager import Hold, ResidencyManager
+from crew.residency.measurements import Measurements
 from crew.residency.slots import SlotView, Snapshot
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
 
     On a `crew serve`, the server decides what is resident (`ServedResidency`). On a server
     other processes share (Ollama), the models this one keeps are noted under
-    `run` for `crew ps` and other crews (see `crew.holders`), and load measurements carry over
+    `run` for `crew ps` and other crews (see `crew.residency.holders`), and load measurements carry over
     from earlier runs.
     """
     host = choice.backend.label

@@ -8,8 +8,8 @@ from typing import Any
 
 from crew.backends.base import Backend, ModelFacts, Resident
 from crew.errors import CrewError
-from crew.measured import Measurement, Measurements
-from crew.memory import GB
+from crew.residency.budget import GB
+from crew.residency.measurements import Measurement, Measurements
 
 # Bytes per second assumed for a model never loaded here (between a Mac's mmap and Linux).
 ASSUMED_LOAD_BANDWIDTH = 1 * GB

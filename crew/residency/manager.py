@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from crew import advice
 from crew.backends.base import Backend, ModelFacts, Resident
 from crew.errors import BackendError, CrewError, LoadTimeout, ModelTooLarge, ResidencyDeadlock
 from crew.events import (
@@ -45,10 +44,11 @@ from crew.events import (
     ResidencyWaiting,
     ResidencyWarning,
 )
-from crew.measured import Measurements
-from crew.memory import GB, MemoryBudget
+from crew.residency import advice
+from crew.residency.budget import GB, MemoryBudget
 from crew.residency.eviction import Candidate, EvictionPolicy, WorkflowAware
 from crew.residency.knowledge import ModelKnowledge
+from crew.residency.measurements import Measurements
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
 
@@ -433,7 +433,7 @@ class ResidencyManager:
             return []
         if sum(s.size for s in candidates) < shortfall:
             return None
-        # Read only here, when something must go: other crews' notes are files (crew.holders).
+        # Read only here, when something must go: other crews' notes are files (crew.residency.holders).
         elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
         if elsewhere and not self._shared_noted:
             self._shared_noted = True  # once: the person has been told, and how to fix it

@@ -20,7 +20,7 @@ import httpx
 
 from crew.backends.ollama import CLIENT_NAME, SERVED_TICKET, OllamaBackend, tls_verify
 from crew.events import ModelLoaded, ResidencyWaiting
-from crew.memory import MemoryBudget
+from crew.residency.budget import MemoryBudget
 from crew.residency.manager import Hold, ResidencyManager
 from crew.residency.slots import Slot
 

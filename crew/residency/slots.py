@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from crew.memory import MemoryBudget
+from crew.residency.budget import MemoryBudget
 
 State = Literal["loading", "resident", "unloading"]
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import httpx
 
+from crew.backends.ollama_api import normalize_model
 from crew.errors import CrewError
 from crew.events import Event, ModelLoaded, ResidencyWaiting
-from crew.ollama_api import normalize_model
 from crew.residency import Hold, ResidencyManager
 from crew.settings import Role, Settings
 

@@ -16,8 +16,8 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from crew.backends.ollama_api import ollama_errors
 from crew.errors import BackendError
-from crew.ollama_api import ollama_errors
 from crew.residency import Hold
 from crew.serve.authority import Authority, Client, Ticket
 

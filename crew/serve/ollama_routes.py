@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from crew import __version__
+from crew.backends.ollama_api import ollama_errors
 from crew.errors import CrewError, InputError
-from crew.ollama_api import ollama_errors
 from crew.serve.authority import Authority, Client
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream
 from crew.serve.requests import authority, client_of, json_body, note, now_iso

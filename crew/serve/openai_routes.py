@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from crew.backends.ollama_api import ollama_errors
 from crew.errors import CrewError, InputError
-from crew.ollama_api import ollama_errors
 from crew.serve.forward import HeldStream, Upstream, call, open_stream
 from crew.serve.requests import authority, client_of, json_body
 

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crew.backends.ollama_api import ollama_errors
 from crew.errors import CrewError
-from crew.ollama_api import ollama_errors
 from crew.routing import NAMES, TASK_TYPES
 from crew.serve.authority import Authority, Client, Urgency
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream

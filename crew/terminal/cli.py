@@ -30,7 +30,7 @@ from crew.errors import (
     SettingsError,
     WorkspaceError,
 )
-from crew.renderers import JsonRenderer, Renderer, for_terminal, gb, rich_wanted
+from crew.terminal.renderers import JsonRenderer, Renderer, for_terminal, gb, rich_wanted
 
 EXIT_OK = 0
 EXIT_NOT_APPROVED = 1
@@ -124,7 +124,7 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from crew.memory import GB, resolve_budget
+    from crew.residency.budget import GB, resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
@@ -168,8 +168,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def _resident_on(settings: Any, url: str) -> tuple[list[Any], int]:
     """What one Ollama host holds and who keeps it; the bytes resident."""
-    from crew.holders import holders, who_holds
-    from crew.ollama_api import running_on
+    from crew.backends.ollama_api import running_on
+    from crew.residency.holders import holders, who_holds
 
     running = running_on(url)
     return who_holds(running, holders(settings.state_dir / "holders", url)), sum(r.size for r in running)
@@ -199,9 +199,9 @@ def _clock(moment: Any) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from crew.checkup import run_checkup, unreachable
     from crew.errors import OllamaUnreachable
-    from crew.memory import resolve_budget
+    from crew.reports.doctor import run_checkup, unreachable
+    from crew.residency.budget import resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
@@ -241,8 +241,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from crew.checkup import run_checkup
-    from crew.memory import resolve_budget
+    from crew.reports.doctor import run_checkup
+    from crew.residency.budget import resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
@@ -267,8 +267,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from crew.checkup import make_plan
-    from crew.memory import resolve_budget
+    from crew.reports.doctor import make_plan
+    from crew.residency.budget import resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
@@ -293,14 +293,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from crew.history import find_run, list_runs, read_run
+    from crew.reports.past_runs import find_run, list_runs, read_run
     from crew.settings import load_settings
 
     settings = load_settings()
     if args.action == "show":
         folder = find_run(settings.workspaces_dir, args.run_id or "")
         if args.timeline or args.png:
-            from crew import timeline
+            from crew.reports import timeline
 
             line = timeline.build(timeline.read_events(folder))
             if args.png:
@@ -329,7 +329,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from crew.memory import resolve_budget
+    from crew.residency.budget import resolve_budget
     from crew.settings import load_settings
 
     settings = load_settings()
@@ -426,7 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from crew.run import export_run, run_spec
+    from crew.commands.run import export_run, run_spec
 
     if args.resume is not None and (args.repo is not None or args.workspace is not None or args.spec):
         raise InputError("--resume continues a run where it is, on its own spec: it cannot take a spec, "
@@ -464,7 +464,7 @@ def _check_writable(folder: Path) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from crew.chat import chat_session
+    from crew.commands.chat import chat_session
 
     settings = _settings_for(args)
     renderer = for_terminal()
@@ -478,10 +478,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def _chat_screen(settings: Any, renderer: Any) -> Any:
     """The person's side of `crew chat`: a line editor and coloured diffs on a terminal, plain
     lines when standard input or output is not one (scripts, CI)."""
-    from crew.chat import COMMANDS, ChatScreen
-    from crew.chat_input import ChatCompleter, ChatHistory, LineReader, PromptReader
+    from crew.commands.chat import COMMANDS, ChatScreen
     from crew.routing import NAMES
-    from crew.workspace import CHAT_HISTORY
+    from crew.terminal.line_editor import ChatCompleter, ChatHistory, LineReader, PromptReader
+    from crew.workspace.repo import CHAT_HISTORY
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -510,7 +510,7 @@ def _chat_screen(settings: Any, renderer: Any) -> Any:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from crew.review import read_diff, review_diff, write_outputs
+    from crew.commands.review import read_diff, review_diff, write_outputs
 
     settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=_read_stdin)

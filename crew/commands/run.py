@@ -23,8 +23,8 @@ from crew.records import AgentStats, Records
 from crew.session import check_resumable, open_session
 from crew.settings import Role, Settings
 from crew.team import Team, record
-from crew.tools import kill_running_commands
-from crew.workspace import Workspace
+from crew.workspace.repo import Workspace
+from crew.workspace.tools import kill_running_commands
 
 MAX_SPEC_BYTES = 1_000_000
 

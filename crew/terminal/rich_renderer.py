@@ -20,9 +20,9 @@ from rich.rule import Rule
 from rich.segment import Segment, Segments
 from rich.text import Text
 
-from crew.renderers import header, notice, started_notices
 from crew.routing import HUMAN
-from crew.status import ResidencyStatus
+from crew.terminal.renderers import header, notice, started_notices
+from crew.terminal.status_line import ResidencyStatus
 
 Lines = list[list[Segment]]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from crew.backends.base import ModelFacts
-from crew.memory import GB, MemoryBudget
+from crew.residency.budget import GB, MemoryBudget
 
 MIB = 1 << 20
 # No context smaller than this is worth suggesting: a role's system prompt and tools alone

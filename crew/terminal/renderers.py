@@ -162,7 +162,7 @@ def rich_wanted() -> bool:
 def for_terminal() -> Renderer:
     """Rich Markdown and a status line on a terminal; plain lines when piped or NO_COLOR is set."""
     if rich_wanted():
-        from crew.rich_renderer import RichRenderer
+        from crew.terminal.rich_renderer import RichRenderer
 
         return RichRenderer()
     return PlainRenderer()

@@ -23,16 +23,16 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
-from crew.chat_input import Reader
+from crew.commands.run import read_spec
 from crew.errors import CrewError, WorkspaceError
 from crew.events import Event, RoutingDecision
-from crew.memory import GB
+from crew.residency.budget import GB
 from crew.routing import HUMAN, NAMES
-from crew.run import read_spec
 from crew.session import Session, open_session
 from crew.settings import Settings
 from crew.team import Team, record
-from crew.workspace import git
+from crew.terminal.line_editor import Reader
+from crew.workspace.repo import git
 
 PROMPT = "you> "
 COMMANDS = ("/ps", "/models", "/diff", "/undo", "/save", "/help", "/quit")

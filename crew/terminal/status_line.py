@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from crew.events import LOADING, residency_change
-from crew.memory import GB
+from crew.residency.budget import GB
 
 
 class ResidencyStatus:

@@ -17,7 +17,7 @@ from typing import Any
 
 from crew.files import write_json
 
-log = logging.getLogger("crew.measured")
+log = logging.getLogger("crew.residency.measurements")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from crew.errors import WorkspaceEscape
-from crew.sandbox import Sandbox
-from crew.workspace import Workspace
+from crew.workspace.repo import Workspace
+from crew.workspace.sandbox import Sandbox
 
 UNCONFINED = Sandbox("none", network=True)
 

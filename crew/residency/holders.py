@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # crew ps reads holder files without building the event model
     from crew.backends.base import Resident
     from crew.events import Event
 
-log = logging.getLogger("crew.holders")
+log = logging.getLogger("crew.residency.holders")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from crew.workspace import CREW_FILES
+from crew.workspace.repo import CREW_FILES
 
 Pause = Callable[[], AbstractContextManager[None]]
 """Held while the person types: the renderer's live area must not redraw over the prompt."""

@@ -11,18 +11,17 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from crew import advice
 from crew.backends.base import ModelFacts, Resident
 from crew.backends.embedded import BUNDLED_ALIAS, bundled_model_path, embedded_available
 from crew.backends.ollama import OllamaBackend
 from crew.backends.simulated import SimulatedBackend
 from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreachable
-from crew.measured import Measurements
-from crew.memory import MemoryBudget
-from crew.residency import OffloadRule, ResidencyManager
+from crew.residency import OffloadRule, ResidencyManager, advice
+from crew.residency.budget import MemoryBudget
+from crew.residency.measurements import Measurements
 from crew.routing import forecast
-from crew.sandbox import detect
 from crew.settings import ROLES, Role, Settings
+from crew.workspace.sandbox import detect
 
 # The speaker order of a typical run: a plan, then three rounds of code and review.
 TYPICAL_RUN: tuple[Role, ...] = ("architect", "coder", "reviewer", "coder", "reviewer", "coder", "reviewer")
@@ -40,7 +39,7 @@ class RoleCheck:
     resident_bytes: int | None = None
     """What /api/ps reports now, if the model is resident at this num_ctx."""
     measured_bytes: int | None = None
-    """What it took when crew last loaded it at this num_ctx (see `crew.measured`)."""
+    """What it took when crew last loaded it at this num_ctx (see `crew.residency.measurements`)."""
     fits_alone: bool | None = None
     runs_alone: bool = False
     """Over the budget but allowed to run alone, partly on the CPU (partial offload)."""
@@ -64,7 +63,7 @@ class Checkup:
     embedded_model: str | None = None
     """The bundled GGUF the embedded backend would run, if it is installed."""
     sandbox: str = ""
-    """Where agent commands run, and what they can reach (see crew.sandbox)."""
+    """Where agent commands run, and what they can reach (see crew.workspace.sandbox)."""
 
     @property
     def can_run(self) -> bool:
