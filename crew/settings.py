@@ -226,13 +226,10 @@ class Settings(BaseSettings):
 
     @field_validator("backend")
     @classmethod
-    def _backend_known(cls, value: str) -> str:
-        from crew.backends.registry import backend_names
-
-        value = value.strip()
-        if value not in backend_names():
-            raise ValueError(f"must be one of {', '.join(backend_names())}")
-        return value
+    def _backend_stripped(cls, value: str) -> str:
+        # Which names exist is the registry's business (crew.backends): choose_backend refuses
+        # an unknown one in one line, and the command line offers only registered ones.
+        return value.strip()
 
     @field_validator("keep_alive_after")
     @classmethod

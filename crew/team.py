@@ -34,6 +34,7 @@ from autogen_agentchat.teams import BaseGroupChat, RoundRobinGroupChat, Selector
 
 from crew.backends import BackendChoice
 from crew.clients import ModelClient
+from crew.clients.factory import make_client
 from crew.errors import CrewError
 from crew.events import AgentMessage, Event, RoutingDecision, StreamChunk, ToolCall, ToolResult
 from crew.prompt_files import load_prompt
@@ -135,7 +136,7 @@ async def build_team(
     clients: dict[Role, ModelClient] = {}
     for role in ROLES:
         facts = await manager.facts(models[role])  # fails here, typed, before the team starts
-        clients[role] = choice.make_client(manager, role, facts, emit, on_hold=prefetch_after(role))
+        clients[role] = make_client(choice, manager, role, facts, emit, on_hold=prefetch_after(role))
     for role in ROLES:
         await manager.check_fits(models[role])  # and so does a model that can never fit
     agents: list[ChatAgent | BaseTeam] = [
@@ -179,7 +180,7 @@ async def _solo_team(
     emit: Callable[[Event], None], solo: Role, max_turns: int | None, sandbox: Sandbox,
 ) -> Team:
     model = choice.models()[solo]
-    client = choice.make_client(manager, solo, await manager.facts(model), emit)
+    client = make_client(choice, manager, solo, await manager.facts(model), emit)
     await manager.check_fits(model)
     manager.forecast([model], source="solo")
     agent = AssistantAgent(

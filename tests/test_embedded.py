@@ -19,6 +19,7 @@ if not os.environ.get("CREW_REQUIRE_EMBEDDED"):
     pytest.importorskip("llama_cpp", reason="the embedded extra is not installed")
 
 from crew.backends.embedded import EmbeddedBackend, bundled_model_path  # noqa: E402
+from crew.clients.factory import make_client  # noqa: E402
 from crew.commands.run import run_spec  # noqa: E402
 from crew.events import Event  # noqa: E402
 from crew.settings import load_settings  # noqa: E402
@@ -121,7 +122,7 @@ def test_interrupt_stops_an_embedded_answer_at_its_next_token(clean_env: Path) -
         manager, choice = await manager_for(settings, "test")
         facts = await manager.facts("smollm2")
         held = asyncio.Event()
-        client = choice.make_client(manager, "reviewer", facts, calls.append, on_hold=held.set)
+        client = make_client(choice, manager, "reviewer", facts, calls.append, on_hold=held.set)
         try:
             answer = asyncio.ensure_future(client.create(messages))
             await held.wait()  # the model is held: the generation is about to start or running

@@ -16,6 +16,7 @@ from crew.backends import BackendKind, ModelFacts, Resident, register
 from crew.backends.registry import unregister
 from crew.backends.simulated import SimulatedBackend
 from crew.clients import Ask, ModelClient, Piece
+from crew.clients.factory import register_client, unregister_client
 from crew.errors import ResidencyDeadlock
 from crew.residency import Candidate, CheapestReload, ResidencyManager, WorkflowAware
 from crew.residency.budget import GB, MemoryBudget
@@ -239,10 +240,11 @@ def _small_context(roles: Mapping[Role, RoleSettings]) -> dict[Role, RoleSetting
 @pytest.fixture
 def recording_backend() -> Iterator[None]:
     RecordingBackend.instances.clear()
-    register(BackendKind("recording", _open_recording, "tests.test_house:ScriptedClient",
-                         adapt=_small_context))
+    register(BackendKind("recording", _open_recording, adapt=_small_context))
+    register_client("recording", ScriptedClient)
     yield
     unregister("recording")
+    unregister_client("recording")
 
 
 def test_a_backend_added_to_the_registry_runs_the_team_unchanged(

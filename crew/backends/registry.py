@@ -2,28 +2,24 @@
 
 `choose_backend(settings)` returns a `BackendChoice`: the opened backend, the settings each role
 runs with on it (the embedded backend runs roles that name Ollama tags on its bundled model),
-and how to make a role's chat client. Settings are never changed; the choice is a value passed
-down. Backends are imported only when chosen, and chat clients only when made, so this module
-costs nothing to import.
+and whether it is a `crew serve`. Settings are never changed; the choice is a value passed down.
+Backends are imported only when chosen, so this module costs nothing to import. Chat clients
+are the layer above: `crew.clients.factory` makes a role's client from a choice.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from crew.backends.base import Backend, ModelFacts
+from crew.backends.base import Backend
 from crew.errors import BackendError, SettingsError
 
 if TYPE_CHECKING:
-    from crew.clients.base import ModelClient
-    from crew.events import Event
-    from crew.residency import ResidencyManager
     from crew.settings import Role, RoleSettings, Settings
 
 
@@ -39,8 +35,6 @@ class BackendKind:
     open: Callable[[Settings, bool], Awaitable[Backend]]
     """Make the backend. With `probe` (True under `auto`), raise BackendUnavailable unless it
     can serve now."""
-    client: str
-    """`module:Class` of the chat client for this backend (imported when a client is made)."""
     adapt: Callable[[Mapping[Role, RoleSettings]], dict[Role, RoleSettings]] | None = None
     """What each role runs on this backend, when that differs from the settings."""
     shared: bool = False
@@ -92,16 +86,6 @@ class BackendChoice:
     def models(self) -> dict[Role, str]:
         return {role: rs.model for role, rs in self.roles.items()}
 
-    def make_client(
-        self, manager: ResidencyManager, role: Role, facts: ModelFacts, emit: Callable[[Event], None],
-        *, on_hold: Callable[[], None] | None = None,
-    ) -> ModelClient:
-        """The chat client for `role` on this backend (imports AutoGen)."""
-        module, _, name = self.kind.client.partition(":")
-        cls: Any = getattr(importlib.import_module(module), name)
-        client: ModelClient = cls(manager, role, self.roles[role], facts, backend=self.backend,
-                                  emit=emit, on_hold=on_hold)
-        return client
 
 
 async def choose_backend(settings: Settings) -> BackendChoice:
@@ -109,7 +93,7 @@ async def choose_backend(settings: Settings) -> BackendChoice:
     if settings.backend != "auto":
         kind = _REGISTRY.get(settings.backend)
         if kind is None:
-            raise SettingsError(f"unknown backend {settings.backend!r} (CREW_BACKEND): choose one of "
+            raise SettingsError(f"unknown backend (CREW_BACKEND) {settings.backend!r}: choose one of "
                                 f"{', '.join(backend_names())}")
         return _chosen(kind, await kind.open(settings, False), settings)
     reasons: list[str] = []
@@ -186,7 +170,5 @@ def _embedded_roles(roles: Mapping[Role, RoleSettings]) -> dict[Role, RoleSettin
     return {role: role_settings(rs) for role, rs in roles.items()}
 
 
-register(BackendKind("ollama", _open_ollama, "crew.clients.ollama:RoutedOllamaClient",
-                     shared=True, auto=True))
-register(BackendKind("embedded", _open_embedded, "crew.clients.embedded:EmbeddedChatClient",
-                     adapt=_embedded_roles, auto=True))
+register(BackendKind("ollama", _open_ollama, shared=True, auto=True))
+register(BackendKind("embedded", _open_embedded, adapt=_embedded_roles, auto=True))

@@ -19,6 +19,7 @@ from autogen_core.models import SystemMessage, UserMessage
 from pydantic import BaseModel, Field, ValidationError
 
 from crew.backends import choose_backend
+from crew.clients.factory import make_client
 from crew.errors import InputError
 from crew.events import Event
 from crew.prompt_files import load_prompt
@@ -134,7 +135,7 @@ async def review_diff(settings: Settings, diff: str, render: Callable[[Event], N
             # What this review asks for next: the manager spares it when it must evict.
             manager.forecast([choice.role(r).model for r in roles[i:]], source="review")
             facts = await manager.facts(choice.role(role).model)
-            client = choice.make_client(manager, role, facts, render)
+            client = make_client(choice, manager, role, facts, render)
             try:
                 result = await client.create(
                     [SystemMessage(content=load_prompt(settings, "review")),
