@@ -30,7 +30,8 @@ from crew.errors import (
     SettingsError,
     WorkspaceError,
 )
-from crew.terminal.renderers import JsonRenderer, Renderer, for_terminal, gb, rich_wanted
+from crew.terminal.notices import gb
+from crew.terminal.renderers import JsonRenderer, Renderer, for_terminal, rich_wanted
 
 EXIT_OK = 0
 EXIT_NOT_APPROVED = 1

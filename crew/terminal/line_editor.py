@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
@@ -28,10 +27,6 @@ from crew.workspace.repo import CREW_FILES
 
 Pause = Callable[[], AbstractContextManager[None]]
 """Held while the person types: the renderer's live area must not redraw over the prompt."""
-
-
-class Reader(Protocol):
-    async def read(self, prompt: str) -> str | None: ...
 
 
 class LineReader:

@@ -21,7 +21,7 @@ from rich.segment import Segment, Segments
 from rich.text import Text
 
 from crew.routing import HUMAN
-from crew.terminal.renderers import header, notice, started_notices
+from crew.terminal.notices import header, notice, started_notices
 from crew.terminal.status_line import ResidencyStatus
 
 Lines = list[list[Segment]]
