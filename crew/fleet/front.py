@@ -29,9 +29,9 @@ from crew import __version__
 from crew.backends.ollama_api import normalize_model
 from crew.fleet.asgi import Head, Wire
 from crew.fleet.policy import Want
+from crew.routing import role_for
 from crew.serve.app import Gate, error_response
 from crew.serve.requests import disconnected
-from crew.serve.seed_routes import role_for
 from crew.settings import ROLES, Role, Settings
 
 # A question to every host (ps, memory, health, metrics) waits this long for each.

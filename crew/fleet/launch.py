@@ -1,10 +1,4 @@
-"""`crew serve --ray`: `crew serve` over several Ollama hosts, on Ray Serve.
-
-One replica per host (`replica`) owns that host's Authority, the one `crew serve` uses; crew's
-residency policy (`policy`) is Ray Serve's request router (`router`) for them; the front
-(`front`) answers clients with `crew serve`'s API and sends each request through a deployment
-handle. Ray is an extra (`pip install 'crew[ray]'`), imported only here.
-"""
+"""Starting a fleet: Ray up, one replica per host deployed, the front served until a signal."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crew.errors import SettingsError
+from crew.fleet.hosts import check_hosts
 from crew.settings import HostSettings, Settings
 
 APP = "crew-fleet"
@@ -33,29 +28,6 @@ def require_ray() -> None:
     except ImportError:
         raise SettingsError(
             f"crew serve --ray needs Ray Serve, which is not installed: {INSTALL_HINT}") from None
-
-
-def host_settings(settings: Settings, host: HostSettings) -> Settings:
-    """The settings of the `crew serve` that owns `host`: its URL and budget; no token (the
-    front checks it), no other hosts."""
-    budget = host.memory_budget_gb or settings.memory_budget_gb
-    if budget is None:
-        raise SettingsError(
-            f"host {host.label} has no memory budget: give it memory_budget_gb in its [[hosts]] "
-            "table in crew.toml, or set CREW_MEMORY_BUDGET_GB for every host"
-        )
-    return settings.model_copy(update={"ollama_host": host.url, "memory_budget_gb": budget,
-                                       "serve_token": None, "hosts": []})
-
-
-def check_hosts(settings: Settings) -> list[HostSettings]:
-    """The fleet's hosts, each with a budget; SettingsError naming what to set otherwise."""
-    if not settings.hosts:
-        raise SettingsError("crew serve --ray needs the Ollama hosts: set CREW_OLLAMA_HOSTS "
-                            "(comma-separated URLs) or add [[hosts]] tables to crew.toml")
-    for host in settings.hosts:
-        host_settings(settings, host)
-    return list(settings.hosts)
 
 
 def deployment(settings: Settings, hosts: list[HostSettings]) -> Any:

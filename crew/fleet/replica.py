@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from ray import serve
 
-from crew.fleet import host_settings
 from crew.fleet.asgi import Head, Wire, run
+from crew.fleet.hosts import host_settings
 from crew.fleet.policy import HostState, Want
 from crew.serve.authority import Authority
 from crew.settings import HostSettings, Settings

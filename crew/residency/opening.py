@@ -1,10 +1,4 @@
-"""Residency: which models are in memory, and when that changes.
-
-`manager` holds the `ResidencyManager` (holds, loads, unloads, reconciling with the backend);
-`queue` the waiting requests and their fairness; `eviction` the rule that picks what to evict;
-`slots` what is counted per model. None of it imports AutoGen: the team, `crew serve` and the
-benchmarks all drive the same manager. `open_manager` builds the one a command runs with.
-"""
+"""The manager a command runs with, built from its settings and backend choice."""
 
 from __future__ import annotations
 
@@ -12,11 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crew.residency.budget import MemoryBudget, resolve_budget
-from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy, WorkflowAware
 from crew.residency.holders import HolderRecord
-from crew.residency.manager import Hold, ResidencyManager
+from crew.residency.manager import ResidencyManager
 from crew.residency.measurements import Measurements
-from crew.residency.slots import SlotView, Snapshot
 
 if TYPE_CHECKING:
     from crew.backends import BackendChoice
@@ -77,17 +69,3 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
     if record is not None:
         manager.subscribe(record)
     return manager
-
-
-__all__ = [
-    "Candidate",
-    "CheapestReload",
-    "EvictionPolicy",
-    "Hold",
-    "OffloadRule",
-    "ResidencyManager",
-    "SlotView",
-    "Snapshot",
-    "WorkflowAware",
-    "open_manager",
-]

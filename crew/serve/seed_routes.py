@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crew.backends.ollama_api import ollama_errors
 from crew.errors import CrewError
-from crew.routing import NAMES, TASK_TYPES
+from crew.routing import DEFAULT_ROLE, NAMES, TASK_TYPES, role_for
 from crew.serve.authority import Authority, Client, Urgency
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream
 from crew.serve.requests import authority, client_of
@@ -26,7 +26,6 @@ from crew.settings import ROLES, Role
 
 router = APIRouter()
 
-DEFAULT_ROLE: Role = "architect"
 
 
 class RouteRequest(BaseModel):
@@ -65,17 +64,6 @@ class Routed(BaseModel):
     role: Role
     model: str
     reason: str
-
-
-def role_for(task_type: str, role: Role | None = None) -> tuple[Role, str]:
-    """Which role answers a task type (or the role's own route), and why."""
-    if role is not None:
-        return role, f"the /{role} route"
-    kind = task_type.strip().lower()
-    matched = next((r for r, kinds in TASK_TYPES.items() if kind in kinds), None)
-    if matched is None:
-        return DEFAULT_ROLE, f"task_type '{kind}' is not in the table: the Architect plans"
-    return matched, f"task_type '{kind}' is {NAMES[matched]} work"
 
 
 def route_for(auth: Authority, task_type: str, urgency: str, role: Role | None = None) -> Routed:

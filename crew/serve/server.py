@@ -1,13 +1,4 @@
-"""`crew serve`: the one process that decides what is resident on an Ollama host.
-
-Every client on the machine (crews, CI jobs, editors, the official `ollama` and `openai`
-clients) sends its model requests here instead of to Ollama; each runs inside a hold of one
-ResidencyManager (`authority`), so the memory budget, grouping by resident model and the
-fairness bound hold across processes. The APIs: the seed router's (`seed_routes`), Ollama's
-(`ollama_routes`), OpenAI's (`openai_routes`), and operations (`ops`: metrics, events).
-
-FastAPI and uvicorn are imported only by `crew serve` itself.
-"""
+"""Running `crew serve`: checking what it may bind, binding, and serving an app until a signal."""
 
 from __future__ import annotations
 
