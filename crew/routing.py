@@ -121,3 +121,18 @@ def _prefer_resident(roles: list[Role], why: str, resident: Callable[[Role], boo
         if resident(role):
             return role, f"{why}; {NAMES[role]}'s model is already resident"
     return roles[0], why
+
+
+# The seed router's answer for a task type no table lists: the Architect plans.
+DEFAULT_ROLE: Role = "architect"
+
+
+def role_for(task_type: str, role: Role | None = None) -> tuple[Role, str]:
+    """Which role answers a task type (or the role's own route), and why."""
+    if role is not None:
+        return role, f"the /{role} route"
+    kind = task_type.strip().lower()
+    matched = next((r for r, kinds in TASK_TYPES.items() if kind in kinds), None)
+    if matched is None:
+        return DEFAULT_ROLE, f"task_type '{kind}' is not in the table: the Architect plans"
+    return matched, f"task_type '{kind}' is {NAMES[matched]} work"

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from autogen_agentchat.agents import UserProxyAgent
 from autogen_agentchat.base import TaskResult
@@ -31,13 +32,18 @@ from crew.routing import HUMAN, NAMES
 from crew.session import Session, open_session
 from crew.settings import Settings
 from crew.team import Team, record
-from crew.terminal.line_editor import Reader
 from crew.workspace.repo import git
 
 PROMPT = "you> "
 COMMANDS = ("/ps", "/models", "/diff", "/undo", "/save", "/help", "/quit")
 HELP = (f"{' '.join(c for c in COMMANDS if c != '/help')} — or write to the team; @coder addresses one "
         "agent; Tab completes, Alt-Enter starts a new line")
+
+
+class Reader(Protocol):
+    """Where the person's lines come from (the terminal's line editor, or plain stdin)."""
+
+    async def read(self, prompt: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
