@@ -7,16 +7,27 @@ benchmarks time policies on it (with load delays added).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from crew.backends.base import ModelFacts, Resident
-from crew.residency.measurements import Measurements
+
+
+class Sized(Protocol):
+    @property
+    def bytes(self) -> int: ...
+
+
+class SizeMemory(Protocol):
+    """What crew measured of models (`crew.residency.measurements.Measurements`), as this
+    backend reads it: the backends sit below residency and do not import it."""
+
+    def recall(self, model: str, num_ctx: int, file_size: int) -> Sized | None: ...
 
 
 class SimulatedBackend:
     """An in-memory backend with the sizes crew measured or estimates; loads are instant."""
 
-    def __init__(self, facts: Mapping[str, ModelFacts], measurements: Measurements | None = None) -> None:
+    def __init__(self, facts: Mapping[str, ModelFacts], measurements: SizeMemory | None = None) -> None:
         self._facts = dict(facts)
         self._measurements = measurements
         self._resident: dict[str, Resident] = {}
