@@ -1,359 +1,36 @@
 """The command line: parse, call one coroutine, render, exit.
 
-This module and the renderers it picks (`renderers`, `rich_renderer`) are the only code that
-prints. Errors become one line on stderr and an exit code from
-`EXIT_CODES`; set CREW_RAISE_ERRORS=1 to see the traceback instead. AutoGen is imported only
+The terminal package is the only code that prints: this module (the parser, `main` and the
+commands that run something), `report_commands` (the commands that only report), `tables`,
+`notices` and the renderers. Errors become one line on stderr and an exit code from
+`exits.EXIT_CODES`; set CREW_RAISE_ERRORS=1 to see the traceback instead. AutoGen is imported only
 inside the commands that run a team, so `crew --help` and `crew ps` start fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from crew import __version__
 from crew.errors import (
-    BackendError,
-    BudgetError,
     CrewError,
     InputError,
-    SettingsError,
-    WorkspaceError,
 )
-from crew.terminal.notices import gb
-from crew.terminal.renderers import JsonRenderer, Renderer, for_terminal, rich_wanted
-
-EXIT_OK = 0
-EXIT_NOT_APPROVED = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-
-# The one table from error to exit code; the most specific class listed first wins.
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (SettingsError, EXIT_ERROR),
-    (InputError, EXIT_ERROR),
-    (BackendError, EXIT_ERROR),
-    (BudgetError, EXIT_ERROR),
-    (WorkspaceError, EXIT_ERROR),
-    (CrewError, EXIT_ERROR),
-    (KeyboardInterrupt, EXIT_INTERRUPTED),
-]
-
-
-def exit_code(exc: BaseException) -> int:
-    if isinstance(exc, Terminated):
-        return 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
-    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
-
-
-T = TypeVar("T")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: handled as Ctrl-C is (cut, save, hand back), with its own exit code."""
-
-    def __init__(self, signum: int) -> None:
-        import signal
-
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-def _arun(coroutine: Coroutine[Any, Any, T]) -> T:
-    # asyncio costs ~50 ms to import here, and `crew --help` has no use for it.
-    import asyncio
-    import signal
-
-    received: list[int] = []
-    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s]
-
-    async def guarded() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(signum: int) -> None:
-            if received:  # a second signal while crew cleans up: stop at once
-                os._exit(128 + signum)
-            received.append(signum)
-            task.cancel()  # as asyncio.run does for Ctrl-C: the command's own cleanup runs
-
-        for signum in signals:
-            loop.add_signal_handler(signum, stop, signum)
-        try:
-            return await coroutine
-        finally:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
-
-    try:
-        return asyncio.run(guarded())
-    except asyncio.CancelledError:
-        if received:
-            raise Terminated(received[0]) from None
-        raise
-
-
-def _arun_rendered(renderer: Renderer, coroutine: Coroutine[Any, Any, T]) -> T:
-    """`_arun`, with the renderer's live area gone (and the cursor back) before anything else prints."""
-    try:
-        return _arun(coroutine)
-    finally:
-        renderer.close()
-
+from crew.terminal.exits import EXIT_ERROR, EXIT_NOT_APPROVED, EXIT_OK, arun, arun_rendered, exit_code
+from crew.terminal.renderers import JsonRenderer, for_terminal, rich_wanted
+from crew.terminal.report_commands import cmd_config, cmd_doctor, cmd_models, cmd_plan, cmd_ps, cmd_runs
+from crew.terminal.tables import emit_json, print_summary
 
 # -- commands -------------------------------------------------------------------------------
-
-
-def _emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=_json_value))
-
-
-def _json_value(value: Any) -> Any:
-    # Times as ISO 8601 (`2026-11-28T14:02:02+00:00`), which every JSON reader can parse back.
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def cmd_ps(args: argparse.Namespace) -> int:
-    from crew.residency.budget import GB, resolve_budget
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    if not settings.hosts:
-        budget = resolve_budget(settings.memory_budget_gb)
-        models, used = _resident_on(settings, settings.ollama_host)
-        if args.json_:
-            _emit_json({"host": settings.ollama_host, "used": used, "models": [asdict(m) for m in models],
-                        "budget": {"bytes": budget.bytes, "source": budget.source}})
-        else:
-            _print_resident(models, f"{gb(used)} of {gb(budget.bytes)} budget ({budget.source})")
-        return EXIT_OK
-    # Several hosts: every one is shown, one that does not answer among them; then its error.
-    shown: list[dict[str, Any]] = []
-    failure: CrewError | None = None
-    for host in settings.hosts:
-        budget_bytes = int(host.memory_budget_gb * GB) if host.memory_budget_gb else None
-        budget_json = {"bytes": budget_bytes, "source": "[[hosts]]"} if budget_bytes else None
-        entry: dict[str, Any] = {"name": host.label, "host": host.url, "budget": budget_json}
-        if not args.json_:
-            print(f"── {host.label} ({host.url}) ──")
-        try:
-            models, used = _resident_on(settings, host.url)
-        except CrewError as exc:
-            failure = failure or exc
-            shown.append({**entry, "error": str(exc)})
-            if not args.json_:
-                print(f"does not answer: {exc}\n")
-            continue
-        shown.append({**entry, "used": used, "models": [asdict(m) for m in models]})
-        if not args.json_:
-            of = f" of {gb(budget_bytes)} budget" if budget_bytes else " resident"
-            _print_resident(models, f"{gb(used)}{of}")
-            print()
-    if args.json_:
-        _emit_json({"hosts": shown})
-    if failure is not None:
-        raise failure
-    return EXIT_OK
-
-
-def _resident_on(settings: Any, url: str) -> tuple[list[Any], int]:
-    """What one Ollama host holds and who keeps it; the bytes resident."""
-    from crew.backends.ollama_api import running_on
-    from crew.residency.holders import holders, who_holds
-
-    running = running_on(url)
-    return who_holds(running, holders(settings.state_dir / "holders", url)), sum(r.size for r in running)
-
-
-def _print_resident(models: list[Any], total: str) -> None:
-    fleet = any(m.host for m in models)  # behind `crew serve --ray`: which host holds each
-    rows: list[tuple[str, ...]] = [(*(("HOST",) if fleet else ()), "NAME", "SIZE", "ON GPU", "CONTEXT",
-                                    "SINCE", "UNTIL", "KEPT BY")]
-    for m in models:
-        share = f"{100 * m.gpu_share:.0f}%" if m.gpu_share is not None else "-"
-        until = "forever" if m.pinned_forever else _clock(m.expires_at)
-        held = m.held_by
-        by = f"crew {held['pid']} ({held['run']})" if held else "crew (exited)" if m.kept_by_crew else "-"
-        rows.append((*((m.host or "-",) if fleet else ()), m.name, gb(m.size), share,
-                     str(m.context_length or "-"), _clock(m.since), until, by))
-    _table(rows)
-    print(f"\n{total}")
-    for m in models:
-        if m.orphaned:
-            print(f"{m.name} is pinned by a crew that ended without handing it back (killed?): "
-                  f"`ollama stop {m.name}` frees it; a new crew run evicts it when it needs room")
-
-
-def _clock(moment: Any) -> str:
-    return moment.astimezone().strftime("%H:%M:%S") if moment else "-"
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from crew.errors import OllamaUnreachable
-    from crew.reports.doctor import run_checkup, unreachable
-    from crew.residency.budget import resolve_budget
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    budget = resolve_budget(settings.memory_budget_gb)
-    try:
-        checkup = _arun(run_checkup(settings, budget))
-    except OllamaUnreachable as exc:
-        checkup = unreachable(settings, budget, exc)
-    code = EXIT_OK if checkup.can_run else EXIT_ERROR if not checkup.reachable else EXIT_NOT_APPROVED
-    if args.json_:
-        from dataclasses import asdict
-
-        _emit_json({**asdict(checkup), "can_run": checkup.can_run, "exit_code": code})
-        return code
-    mark = {True: "ok", False: "NO", None: "?"}
-    print(f"ollama   {checkup.host}: " + (f"reachable, version {checkup.version}" if checkup.reachable
-                                          else "NOT reachable"))
-    print(f"budget   {gb(budget.bytes)} ({budget.source})")
-    if checkup.sandbox:
-        print(f"sandbox  {checkup.sandbox}")
-    if checkup.roles:
-        rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "PULLED", "THINK", "NUM_CTX", "SIZE", "FITS")]
-        for c in checkup.roles:
-            size = c.resident_bytes or c.estimated_bytes
-            rows.append((c.role, c.model, mark[c.pulled], "yes" if c.thinking else "no", str(c.num_ctx),
-                         gb(size) if size else "-", "alone" if c.runs_alone else mark[c.fits_alone]))
-        print()
-        _table(rows)
-        together = ["+".join(s) for s in checkup.co_resident] or ["none: every switch loads"]
-        print(f"\nresident together: {', '.join(together)}")
-    for warning in checkup.warnings:
-        print(f"warning: {warning}")
-    for problem in checkup.problems:
-        print(f"problem: {problem}")
-    print("\nthe team can run" if checkup.can_run else "\nthe team cannot run until the problems are fixed")
-    return code
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from crew.reports.doctor import run_checkup
-    from crew.residency.budget import resolve_budget
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    checkup = _arun(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
-    from crew.routing import TASK_TYPES
-
-    routing = {role: list(words) for role, words in TASK_TYPES.items()}
-    if args.json_:
-        from dataclasses import asdict
-
-        _emit_json({"roles": [asdict(c) for c in checkup.roles], "task_routing": routing})
-        return EXIT_OK
-    rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "ESTIMATED", "LEARNED", "CAPABILITIES")]
-    for c in checkup.roles:
-        learned = c.resident_bytes or c.measured_bytes
-        rows.append((c.role, c.model, str(c.num_ctx), gb(c.estimated_bytes) if c.estimated_bytes else "-",
-                     gb(learned) if learned else "-", ",".join(c.capabilities) or "-"))
-    _table(rows)
-    print()
-    _table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])
-    return EXIT_OK
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from crew.reports.doctor import make_plan
-    from crew.residency.budget import resolve_budget
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    plan = _arun(make_plan(settings, resolve_budget(settings.memory_budget_gb)))
-    if args.json_:
-        from dataclasses import asdict
-
-        _emit_json(asdict(plan))
-        return EXIT_OK
-    print(f"budget {gb(plan.budget.bytes)} ({plan.budget.source})")
-    together = ["+".join(s) for s in plan.co_resident] or ["none"]
-    print(f"roles resident together: {', '.join(together)}")
-    print(f"typical run: {' -> '.join(plan.sequence)}")
-    if plan.alone:
-        print(f"runs alone, partly on the CPU (over the budget): {', '.join(plan.alone)}")
-    print(f"expected loads: {len(plan.loads)} ({', '.join(plan.loads)})")
-    for role, ctx in plan.max_num_ctx_together.items():
-        print(f"largest {role} num_ctx keeping coder+reviewer together: {ctx if ctx else 'none fits'}")
-    return EXIT_OK
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from crew.reports.past_runs import find_run, list_runs, read_run
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    if args.action == "show":
-        folder = find_run(settings.workspaces_dir, args.run_id or "")
-        if args.timeline or args.png:
-            from crew.reports import timeline
-
-            line = timeline.build(timeline.read_events(folder))
-            if args.png:
-                timeline.chart(line, args.png)
-                print(f"wrote {args.png}")
-            if args.timeline:
-                print("\n".join(timeline.render(line)))
-            return EXIT_OK
-        record = read_run(folder)
-        summary = folder / "summary.json"
-        data = json.loads(summary.read_text()) if record.complete else asdict(record)
-        _emit_json(data)
-        return EXIT_OK
-    runs = list_runs(settings.workspaces_dir)
-    if args.json_:
-        _emit_json([asdict(r) for r in runs])
-        return EXIT_OK
-    rows: list[tuple[str, ...]] = [("ID", "SPEC", "STARTED", "SECONDS", "VERDICT", "LOADS", "TOKENS")]
-    for r in runs:
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else "-"
-        rows.append((r.id, r.spec or "-", started, f"{r.seconds:.0f}" if r.seconds is not None else "-",
-                     r.verdict or "incomplete", str(r.loads if r.loads is not None else "-"),
-                     str(r.tokens if r.tokens is not None else "-")))
-    _table(rows)
-    return EXIT_OK
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    from crew.residency.budget import resolve_budget
-    from crew.settings import load_settings
-
-    settings = load_settings()
-    budget = resolve_budget(settings.memory_budget_gb)
-    data = settings.model_dump(mode="json")
-    data["memory_budget"] = {"bytes": budget.bytes, "source": budget.source}
-    if args.json_:
-        print(json.dumps(data, indent=2))
-        return EXIT_OK
-    print(f"ollama_host        {settings.ollama_host}")
-    for host in settings.hosts:  # several hosts (`crew ps` shows them all)
-        budget_gb = f", {host.memory_budget_gb:g} GB" if host.memory_budget_gb else ""
-        print(f"host               {host.label} ({host.url}{budget_gb})")
-    print(f"memory budget      {gb(budget.bytes)} ({budget.source})")
-    offload = {True: "allowed", False: "refused", "auto": "auto (when the machine's memory holds the model)"}
-    print(f"partial offload    {offload[settings.allow_partial_offload]}")
-    rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "TEMP", "THINK", "TIMEOUT")]
-    for role, rs in settings.roles().items():
-        think = "auto" if rs.think is None else str(rs.think).lower()
-        rows.append((role, rs.model, str(rs.num_ctx), f"{rs.temperature:g}", think, f"{rs.timeout_s:g}s"))
-    print()
-    _table(rows)
-    return EXIT_OK
 
 
 def _settings_for(args: argparse.Namespace) -> Any:
@@ -386,19 +63,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         failed = f"failed ({r.error})" if r.error else "failed"
         verdict = f"passed on try {r.passed_try}" if r.passed_try else failed
         if args.json_:
-            _emit_json({"type": "eval_result", **asdict(r), "done": p.done, "total": p.total})
+            emit_json({"type": "eval_result", **asdict(r), "done": p.done, "total": p.total})
         else:
             print(f"[{p.done}/{p.total}] {r.config} {r.exercise}: {verdict}; {r.config} pass rate so far "
                   f"{p.rate:.0%}", file=sys.stderr, flush=True)
 
-    results = _arun(run_eval(settings, exercises, configs, out=out, tries=args.tries, render=render,
+    results = arun(run_eval(settings, exercises, configs, out=out, tries=args.tries, render=render,
                              progress=progress))
     data = write_report(out, results, configs)
     if not args.json_:
         print((out / "eval.md").read_text())
         print(f"results in {out} (eval.json, eval.md)")
     else:
-        _emit_json({"type": "eval_finished", "out": str(out), "configs": data["configs"]})
+        emit_json({"type": "eval_finished", "out": str(out), "configs": data["configs"]})
     return EXIT_OK
 
 
@@ -439,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_writable(args.out)  # before any model work, not after it
     renderer = JsonRenderer() if args.json_ else for_terminal()
     try:
-        outcome = _arun_rendered(renderer, run_spec(
+        outcome = arun_rendered(renderer, run_spec(
             settings, args.spec, render=renderer, workspace_path=args.workspace, repo=args.repo,
             resume=args.resume, max_turns=args.max_turns,
         ))
@@ -449,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return exit_code(exc)
     if not args.json_:
-        _print_summary(outcome)
+        print_summary(outcome)
     if args.out is not None:
         export_run(outcome, args.out)
     return EXIT_OK if outcome.approved else EXIT_NOT_APPROVED
@@ -469,7 +146,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     settings = _settings_for(args)
     renderer = for_terminal()
-    root = _arun_rendered(renderer, chat_session(
+    root = arun_rendered(renderer, chat_session(
         settings, args.spec, render=renderer, screen=_chat_screen(settings, renderer), resume=args.resume,
         workspace_path=args.workspace))
     print(f"state saved. Continue with `crew chat --resume {root}`", file=sys.stderr)
@@ -516,7 +193,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     settings = _settings_for(args)
     diff = read_diff(args.diff, base=args.base, repo=args.repo, stdin=_read_stdin)
     renderer = JsonRenderer() if args.json_ else for_terminal()
-    outcome = _arun_rendered(renderer, review_diff(settings, diff, renderer))
+    outcome = arun_rendered(renderer, review_diff(settings, diff, renderer))
     write_outputs(outcome, args.out)
     print(f"{'APPROVED' if outcome.approved else 'CHANGES REQUESTED'}: {len(outcome.findings)} "
           f"finding(s); {args.out / 'review.md'}", file=sys.stderr)
@@ -529,23 +206,6 @@ def _read_stdin() -> bytes:
     except (AttributeError, OSError, ValueError):  # closed, or not there at all
         raise InputError("--diff - reads the diff from standard input, which is closed: pipe a diff "
                          "in (git diff | crew review --diff -) or give --diff FILE") from None
-
-
-def _print_summary(outcome: Any) -> None:
-    rows: list[tuple[str, ...]] = [("AGENT", "TURNS", "PROMPT", "COMPLETION", "GEN S", "LOADS", "LOAD S")]
-    for name, s in outcome.agents.items():
-        rows.append((name, str(s.turns), str(s.prompt_tokens), str(s.completion_tokens),
-                     f"{s.generation_seconds:.1f}", str(s.loads), f"{s.load_seconds:.1f}"))
-    print()
-    _table(rows)
-    verdict = "APPROVED" if outcome.approved else "NOT APPROVED"
-    print(f"\n{verdict} ({outcome.stop_reason}); workspace {outcome.workspace.root}")
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 # -- parsing --------------------------------------------------------------------------------
