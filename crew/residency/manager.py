@@ -24,65 +24,33 @@ process, a remote client). Decisions follow these rules:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from crew.backends.base import Backend, ModelFacts, Resident
-from crew.errors import BackendError, CrewError, LoadTimeout, ModelTooLarge, ResidencyDeadlock
+from crew.backends.base import Backend, ModelFacts
+from crew.errors import BackendError, CrewError, ModelTooLarge, ResidencyDeadlock
 from crew.events import (
     Event,
-    ModelAppeared,
-    ModelLoaded,
-    ModelLoadStarted,
     ModelReleased,
-    ModelUnloaded,
-    ModelVanished,
     ResidencyWaiting,
     ResidencyWarning,
 )
 from crew.residency import advice
-from crew.residency.budget import GB, MemoryBudget
+from crew.residency.budget import MemoryBudget
 from crew.residency.eviction import Candidate, EvictionPolicy, WorkflowAware
 from crew.residency.knowledge import ModelKnowledge
+from crew.residency.loading import Loading, log
 from crew.residency.measurements import Measurements
+from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
-
-log = logging.getLogger("crew.residency")
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
 BUSY_NOTICE_S = 0.5
-
-
-@dataclass(frozen=True)
-class _Grant:
-    slot: Slot
-
-
-@dataclass(frozen=True)
-class _Join:
-    task: asyncio.Task[None]
-
-
-@dataclass(frozen=True)
-class _Load:
-    victims: list[Slot]
-    partial: bool = False
-
-
-@dataclass(frozen=True)
-class _Wait:
-    blockers: list[str] = field(default_factory=list)
-    for_room: bool = True
-    """False when the room exists but fairness makes this request wait its turn."""
-
-
-_Plan = _Grant | _Join | _Load | _Wait
 
 
 @dataclass(eq=False)
@@ -95,7 +63,7 @@ class Hold:
     released: bool = False
 
 
-class ResidencyManager:
+class ResidencyManager(Loading):
     """Keeps the right models resident in a backend, within a memory budget."""
 
     def __init__(
@@ -317,24 +285,24 @@ class ResidencyManager:
                     await self._check_fits_at_all(model)
                     read = await self._reconcile(force=False)
                     plan = self._plan(waiter)
-                    if isinstance(plan, _Load | _Wait) and not read:
+                    if isinstance(plan, Load | Wait) and not read:
                         # Only a grant may rest on a recent read; loads and evictions never do.
                         await self._reconcile(force=True)
                         plan = self._plan(waiter)
-                    if isinstance(plan, _Grant):
+                    if isinstance(plan, Grant):
                         return self._grant(waiter, plan.slot)
-                    if isinstance(plan, _Load):
+                    if isinstance(plan, Load):
                         need = await self.expected_size(model)
                         reason = "partial offload" if plan.partial else "requested"
                         slot = self._start_load(model, need, plan.victims, reason, plan.partial)
                         assert slot.task is not None
-                        plan = _Join(slot.task)
-                    if isinstance(plan, _Join):
+                        plan = Join(slot.task)
+                    if isinstance(plan, Join):
                         self._reserve(waiter)
-                    elif isinstance(plan, _Wait):
+                    elif isinstance(plan, Wait):
                         changed = self._changed
                         self._note_blocked(waiter, plan)
-                if isinstance(plan, _Join):
+                if isinstance(plan, Join):
                     await asyncio.shield(plan.task)
                 else:
                     await changed.wait()
@@ -366,7 +334,7 @@ class ResidencyManager:
         self._notify()  # the head's patience changed; deferred requests may re-plan
         return slot
 
-    def _note_blocked(self, waiter: Waiter, plan: _Wait) -> None:
+    def _note_blocked(self, waiter: Waiter, plan: Wait) -> None:
         if not plan.blockers:
             return
         if plan.for_room:
@@ -386,53 +354,24 @@ class ResidencyManager:
                 "starting this one"
             )
 
-    # -- planning -----------------------------------------------------------------------
+    # -- planning (crew.residency.planning decides; the manager reads the state for it) ---
 
-    def _plan(self, waiter: Waiter) -> _Plan:
+    def _plan(self, waiter: Waiter) -> Plan:
+        return plan(waiter, self._situation(waiter),
+                    lambda candidates, shortfall: self._choose_victims(candidates, shortfall, waiter.model))
+
+    def _situation(self, waiter: Waiter) -> Situation:
         slot = self._slots.get(waiter.model)
-        if slot is not None and slot.state == "loading":
-            assert slot.task is not None
-            return _Join(slot.task)
-        starving = self._queue.starving()
-        if slot is not None and slot.state == "resident" and not slot.mismatched:
-            if waiter.reservation is slot:
-                return _Grant(slot)
-            if starving is not None and starving.model != waiter.model:
-                return _Wait([starving.model], for_room=False)
-            return _Grant(slot)
-        if slot is not None and slot.state == "unloading":
-            return _Wait()
-        head = self._queue.load_head()
-        if head is not None and head.model != waiter.model:
-            return _Wait()  # loads start in arrival order
-        need = self._models.expected_size_now(waiter.model)
-        others = [s for s in self._slots.values() if s.name != waiter.model]
-        forced = [slot] if slot is not None else []
-        if need > self._budget.bytes:
-            # Allowed partial offload (checked before): the model must be alone.
-            busy = [s.name for s in others if s.pins or s.reserved or s.state != "resident"]
-            return _Wait(busy) if busy else _Load(others + forced, partial=True)
-        shortfall = self._used() + need - self._budget.bytes
-        if shortfall <= 0 and not forced:
-            return _Load([])
-        # Models other requests are queued for stay, unless this request has waited its bound.
-        wanted = self._queue.wanted(waiter)
-        candidates = [
-            s for s in others
-            if s.state == "resident" and not s.pins and not s.reserved
-            and (waiter is starving or s.name not in wanted)
-        ]
-        victims = self._choose_victims(candidates, shortfall - sum(s.size for s in forced), waiter.model)
-        if victims is None:
-            return _Wait([s.name for s in others if s not in candidates] or ["a load in progress"])
-        return _Load(victims + forced)
+        # The size is known only once the model's facts are: needed only when it is not resident.
+        need = 0 if slot is not None and slot.state in ("loading", "resident") and not slot.mismatched \
+            else self._models.expected_size_now(waiter.model)
+        return Situation(slots=self._slots, budget=self._budget.bytes, need=need,
+                         starving=self._queue.starving(), load_head=self._queue.load_head(),
+                         wanted=frozenset(self._queue.wanted(waiter)))
 
     def _choose_victims(self, candidates: list[Slot], shortfall: int, model: str) -> list[Slot] | None:
-        """The idle set to evict that frees `shortfall` bytes, as the eviction policy picks it."""
-        if shortfall <= 0:
-            return []
-        if sum(s.size for s in candidates) < shortfall:
-            return None
+        """The idle set to evict that frees `shortfall` bytes, as the eviction policy picks it (the plan
+        asks only when the candidates together free enough)."""
         # Read only here, when something must go: other crews' notes are files (crew.residency.holders).
         elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
         if elsewhere and not self._shared_noted:
@@ -477,172 +416,6 @@ class ResidencyManager:
 
     # -- loading and unloading ----------------------------------------------------------
 
-    def _start_load(
-        self, model: str, need: int, victims: list[Slot], reason: str, partial: bool
-    ) -> Slot:
-        old = self._slots.get(model)
-        for victim in victims:
-            victim.state = "unloading"
-        # A mismatched copy of this model is replaced in place: count both until it is gone.
-        reserve = need + (old.size if old is not None else 0)
-        slot = Slot(model, reserve, "loading", ours=True, last_used=self._clock(), partial=partial)
-        self._slots[model] = slot
-        others = [v for v in victims if v is not old]
-        slot.task = asyncio.create_task(self._load(slot, need, others, old, reason))
-        slot.task.add_done_callback(_retrieve)
-        self._notify()
-        return slot
-
-    async def _load(
-        self, slot: Slot, need: int, victims: list[Slot], old: Slot | None, reason: str
-    ) -> None:
-        model = slot.name
-        try:
-            if old is not None:
-                await self._unload(old, f"runner options differ from {model}'s", evicted_for=None)
-                slot.size = need
-            for victim in victims:
-                await self._unload(victim, f"evicted to make room for {model}", evicted_for=model)
-            self._emit(ModelLoadStarted(model=model, bytes=need, reason=reason))
-            if slot.partial and model not in self._offload_noted:
-                self._offload_noted.add(model)  # once: the person has been told, and how to fix it
-                facts = await self.facts(model)
-                self._emit(ResidencyWarning(
-                    model=model, message=advice.offload_notice(model, need, facts, self._budget),
-                ))
-            started = self._clock()
-            try:
-                await asyncio.wait_for(
-                    self._backend.load(model, self._models.profile(model)), self._load_timeout
-                )
-            except TimeoutError:
-                raise LoadTimeout(model, self._load_timeout) from None
-            seconds = self._clock() - started
-            resident = await self._find(model)
-        except BaseException:
-            if self._slots.get(model) is slot:
-                del self._slots[model]
-            self._reconciled_at = None
-            self._notify()
-            raise
-        slot.size = resident.size if resident else need
-        slot.state = "resident"
-        slot.last_used = self._clock()
-        slot.task = None
-        self._models.learn(model, slot.size, seconds, measured=resident is not None)
-        self._emit(ModelLoaded(
-            model=model, bytes=slot.size, seconds=seconds, reason=reason, partial_offload=slot.partial
-        ))
-        if resident and resident.size_vram < resident.size and not slot.partial:
-            facts = await self.facts(model)
-            self._emit(ResidencyWarning(model=model, message=advice.split_notice(
-                model, resident.size, resident.size_vram, facts, self._budget)))
-        self._notify()
-
-    async def _unload(self, slot: Slot, reason: str, evicted_for: str | None) -> None:
-        started = self._clock()
-        unloading = asyncio.ensure_future(self._backend.unload(slot.name))
-        try:
-            done, _ = await asyncio.wait({unloading}, timeout=self._busy_notice_s)
-            if not done:
-                # Ollama keeps a model until its requests end: someone else is using this one.
-                self._emit(ResidencyWaiting(
-                    model=evicted_for or slot.name, bytes=slot.size,
-                    blocked_by=[f"{slot.name} (another client is still using it; waiting up to "
-                                "CREW_LOAD_TIMEOUT_S for its requests to end)"],
-                ))
-            await unloading
-        except BaseException:
-            unloading.cancel()
-            slot.state = "resident"  # still there, as far as we know; reconcile will tell
-            self._reconciled_at = None
-            self._notify()
-            raise
-        if self._slots.get(slot.name) is slot:
-            del self._slots[slot.name]
-        self._emit(ModelUnloaded(
-            model=slot.name, bytes=slot.size, seconds=self._clock() - started,
-            reason=reason, evicted_for=evicted_for,
-        ))
-        self._notify()
-
-    async def _find(self, model: str) -> Resident | None:
-        running = await self._backend.running()
-        return next((r for r in running if r.name == model), None)
-
-    # -- leases ------------------------------------------------------------------------
-
-    def _ensure_renewing(self) -> None:
-        if self._lease_s is None or self._renewer is not None or self._closed:
-            return
-        self._renewer = asyncio.create_task(self._renew_leases())
-        self._renewer.add_done_callback(_retrieve)
-
-    async def _renew_leases(self) -> None:
-        assert self._lease_s is not None
-        period = self._lease_s / 3
-        while not self._closed:
-            await asyncio.sleep(period)
-            try:
-                async with self._lock:
-                    await self._reconcile(force=True)  # never renew (reload) what has gone
-                    now = self._clock()
-                    due = [s for s in self._slots.values()
-                           if s.ours and s.state == "resident" and not s.pins
-                           and now - max(s.last_used, s.renewed_at) >= period]
-                    for slot in due:
-                        await self._backend.renew(slot.name, self._models.profile(slot.name))
-                        slot.renewed_at = self._clock()
-            except CrewError as exc:
-                self._reconciled_at = None
-                log.debug("could not renew leases: %s", exc)
-
-    # -- reconciling with the backend ---------------------------------------------------
-
-    async def _reconcile(self, *, force: bool) -> bool:
-        """Read what the backend has resident and correct our counts; False if skipped."""
-        now = self._clock()
-        if (
-            not force
-            and self._reconciled_at is not None
-            and now - self._reconciled_at < self._reconcile_ttl
-        ):
-            return False
-        running = await self._backend.running()
-        now = self._clock()
-        self._reconciled_at = now
-        seen = {r.name: r for r in running}
-        for name, slot in list(self._slots.items()):
-            if slot.state != "resident":
-                continue
-            resident = seen.get(name)
-            if resident is None:
-                if slot.pins == 0:
-                    del self._slots[name]
-                    self._emit(ModelVanished(model=name, bytes=slot.size))
-                    self._notify()
-                continue
-            slot.size = resident.size
-            slot.mismatched = self._models.mismatched(resident)
-        for name, resident in seen.items():
-            if name not in self._slots:
-                self._slots[name] = Slot(
-                    name, resident.size, "resident", ours=False, last_used=now,
-                    mismatched=self._models.mismatched(resident),
-                )
-                self._emit(ModelAppeared(model=name, bytes=resident.size))
-        return True
-
-    # -- plumbing -----------------------------------------------------------------------
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _emit(self, event: Event) -> None:
-        _log_event(event)
-        for callback in list(self._subscribers):
-            callback(event)
 
     def _require_open(self) -> None:
         if self._closed:
@@ -651,20 +424,3 @@ class ResidencyManager:
 
 def _owner_name(owner: Hashable) -> str:
     return "the same task" if isinstance(owner, asyncio.Task) else f"the same owner ({owner})"
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    # Joiners receive a failed load's exception; this keeps asyncio from also logging it.
-    if not task.cancelled():
-        task.exception()
-
-
-def _log_event(event: Event) -> None:
-    if isinstance(event, ModelLoaded):
-        log.info("[MODEL] LOAD %s (%.1f GB) %.2fs %s", event.model, event.bytes / GB,
-                 event.seconds, event.reason)
-    elif isinstance(event, ModelUnloaded):
-        log.info("[MODEL] UNLOAD %s (%.1f GB) %.2fs %s", event.model, event.bytes / GB,
-                 event.seconds, event.reason)
-    else:
-        log.debug("[MODEL] %s", event.model_dump_json())
