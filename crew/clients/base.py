@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -91,6 +91,16 @@ class Ask:
     """The tools sent to the server (all of `tools`, unless edits are blocks only)."""
     retold: bool = False
     """The model was already told once what was wrong with a call in its text."""
+
+
+@dataclass
+class Attempt:
+    """One try at an answer: when it was asked, when its model was held, whether any of it was
+    shown (then it is not retried)."""
+
+    asked: float
+    started: float = 0.0
+    shown: bool = False
 
 
 @dataclass
@@ -178,29 +188,51 @@ class ModelClient(ChatCompletionClient):
         if stopped is not None:
             return stopped
         while True:
-            answer, asked, started = await self._complete_with_retry(ask)
-            usage = self._account(answer, asked, started)
+            answer, tried = Piece(), Attempt(0.0)
+            async with aclosing(self._attempts(ask, self._whole)) as attempts:
+                async for attempt, piece in attempts:
+                    answer, tried = piece, attempt
+            usage = self._account(answer, tried.asked, tried.started)
             content, thought = split_thinking(answer.content, answer.thinking)
             outcome = self._conclude(ask, content, thought, answer.calls, answer.done_reason, usage)
             if isinstance(outcome, CreateResult):
                 return outcome
             ask = outcome
 
-    async def _complete_with_retry(self, ask: Ask) -> tuple[Piece, float, float]:
-        for attempt in (1, 2):
+    async def _whole(self, ask: Ask) -> AsyncIterator[Piece]:
+        yield await self._complete(ask)
+
+    async def _attempts(
+        self, ask: Ask, answer: Callable[[Ask], AsyncIterator[Piece]]
+    ) -> AsyncGenerator[tuple[Attempt, Piece], None]:
+        """The pieces of one answer, each with the attempt it belongs to: the model held for the
+        whole answer, the call stopped if it was interrupted while it waited, and one retry of a
+        failed or cut answer, unless the consumer marked the attempt `shown` or it was
+        interrupted. A new `Attempt` object means the answer starts over."""
+        for number in (1, 2):
             epoch = self._interrupts
-            asked = time.monotonic()
+            attempt = Attempt(time.monotonic())
             try:
+                # The hold spans the whole answer: released when it is consumed, fails or is closed.
                 async with self._failures(), self._manager.hold(self._model):
                     self._still_wanted(ask, epoch)
-                    started = time.monotonic()
+                    attempt.started = time.monotonic()
                     self._on_hold()
-                    return await self._complete(ask), asked, started
+                    last: Piece | None = None
+                    async for last in answer(ask):
+                        yield attempt, last
+                    if last is None:  # an empty answer is still an answer, with its timing
+                        last = Piece()
+                        yield attempt, last
+                    if not last.done:  # a partial answer is never taken as complete
+                        raise StreamInterrupted(
+                            f"the answer of {self._model} ended before it was complete: run again")
+                return
             except (StreamInterrupted, AnswerFailed) as exc:
-                if attempt == 2 or epoch != self._interrupts:
+                # Retried only if nothing was shown: a second answer must not follow half a first.
+                if attempt.shown or number == 2 or epoch != self._interrupts:
                     raise
                 self._retrying(exc)
-        raise AssertionError("unreachable")
 
     def create_stream(
         self, messages: Sequence[LLMMessage], **args: Unpack[CreateArgs]
@@ -214,43 +246,30 @@ class ModelClient(ChatCompletionClient):
             yield stopped
             return
         while True:
-            shown = False
-            for attempt in (1, 2):
-                epoch = self._interrupts
-                asked = time.monotonic()
-                content: list[str] = []
-                thinking: list[str] = []
-                calls: list[FunctionCall] = []
-                last = Piece()
-                try:
-                    # The hold spans the whole stream: released when it is consumed, fails or is closed.
-                    async with self._failures(), self._manager.hold(self._model):
-                        self._still_wanted(ask, epoch)
-                        started = time.monotonic()
-                        self._on_hold()
-                        splitter = ThinkSplitter()
-                        async for piece in self._stream(ask):
-                            last = piece
-                            if piece.thinking:
-                                thinking.append(piece.thinking)
-                            calls.extend(piece.calls)
-                            for visible in self._visible(splitter.feed(piece.content), thinking):
-                                shown = True
-                                content.append(visible)
-                                yield visible
-                        for visible in self._visible(splitter.flush(), thinking):
-                            content.append(visible)
-                            yield visible
-                        if not last.done:  # a partial answer is never taken as complete
-                            raise StreamInterrupted(
-                                f"the answer of {self._model} ended before it was complete: run again")
-                    break
-                except (StreamInterrupted, AnswerFailed) as exc:
-                    # Retried only if nothing was shown: a second answer must not follow half a first.
-                    if shown or attempt == 2 or epoch != self._interrupts:
-                        raise
-                    self._retrying(exc)
-            usage = self._account(last, asked, started)
+            current: Attempt | None = None
+            content: list[str] = []
+            thinking: list[str] = []
+            calls: list[FunctionCall] = []
+            last = Piece()
+            splitter = ThinkSplitter()
+            # Closed with this generator: the hold ends when the agent stops reading.
+            async with aclosing(self._attempts(ask, self._stream)) as attempts:
+                async for attempt, piece in attempts:
+                    if attempt is not current:  # the answer starts (over)
+                        current, content, thinking, calls, splitter = attempt, [], [], [], ThinkSplitter()
+                    last = piece
+                    if piece.thinking:
+                        thinking.append(piece.thinking)
+                    calls.extend(piece.calls)
+                    for visible in self._visible(splitter.feed(piece.content), thinking):
+                        attempt.shown = True
+                        content.append(visible)
+                        yield visible
+            for visible in self._visible(splitter.flush(), thinking):
+                content.append(visible)
+                yield visible
+            assert current is not None
+            usage = self._account(last, current.asked, current.started)
             thought = "".join(thinking).strip() or None
             outcome = self._conclude(ask, "".join(content), thought, calls, last.done_reason, usage)
             if isinstance(outcome, CreateResult):
