@@ -3,7 +3,8 @@
 Speaker selection is `crew.routing`'s rules (never a model call, so it never loads a model),
 adapted here to AutoGen's selector function; every decision is a `routing` event. While an
 agent generates, the model of the agent the workflow names next is prefetched if it fits in the
-free budget. This module and `crew.clients` are the only ones that know AutoGen's types.
+free budget. AutoGen's types are known here, in `crew.clients`, and in the commands that run a
+team (`crew.commands`, `crew.session`); never below the clients (a contract in pyproject.toml).
 """
 
 from __future__ import annotations
