@@ -31,6 +31,7 @@ from crew.errors import (
     WorkspaceError,
 )
 from crew.terminal.renderers import JsonRenderer, Renderer, for_terminal, gb, rich_wanted
+from crew.terminal.safe_text import safe_text
 
 EXIT_OK = 0
 EXIT_NOT_APPROVED = 1
@@ -484,7 +485,7 @@ def _chat_screen(settings: Any, renderer: Any) -> Any:
     from crew.workspace.repo import CHAT_HISTORY
 
     def write(text: str) -> None:
-        sys.stdout.write(text)
+        sys.stdout.write(safe_text(text))  # names, diffs: what the workspace holds
         sys.stdout.flush()
 
     pause = getattr(renderer, "prompting", None)
@@ -504,7 +505,7 @@ def _chat_screen(settings: Any, renderer: Any) -> Any:
         from rich.syntax import Syntax
 
         def show_diff(diff: str) -> None:
-            Console().print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+            Console().print(Syntax(safe_text(diff), "diff", theme="ansi_dark", background_color="default"))
 
     return ChatScreen(write, reader, show_diff)
 
@@ -542,6 +543,7 @@ def _print_summary(outcome: Any) -> None:
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    rows = [tuple(safe_text(cell) for cell in row) for row in rows]  # run folders, specs, model names
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -679,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CREW_RAISE_ERRORS"):
             raise
         message = str(exc) or "interrupted"
-        print(f"crew: {message}", file=sys.stderr)
+        print(f"crew: {safe_text(message)}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - the one boundary: a bug is a line and exit 2 too
         if os.environ.get("CREW_RAISE_ERRORS"):
