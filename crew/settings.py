@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     (capped at the model's context); later requests cannot change it. Off: serve_num_ctx."""
     serve_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long `crew serve` lets requests in flight finish."""
+    serve_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """`Host` names `crew serve` answers besides loopback and the address it binds (comma-separated).
+    On loopback the Host check is always on (DNS rebinding); bound elsewhere (with a token) it is
+    on only when this is set."""
+    serve_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Browser origins `crew serve` answers besides Ollama's defaults (comma-separated, `*`
+    matches any run of characters, `*` alone any origin), like OLLAMA_ORIGINS."""
 
     architect: ArchitectSettings = ArchitectSettings()
     coder: CoderSettings = CoderSettings()
@@ -216,6 +223,13 @@ class Settings(BaseSettings):
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
         return [{"url": url, "name": name or None}
                 for name, _, url in (e.rpartition("=") if "=" in e else ("", "", e) for e in entries)]
+
+    @field_validator("serve_allowed_hosts", "serve_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return [entry.strip() for entry in value.split(",") if entry.strip()]
 
     @field_validator("prompts_dir")
     @classmethod

@@ -461,7 +461,7 @@ def test_a_client_that_leaves_while_waiting_leaves_the_queue(served: Served, oll
         host, port = served.url.removeprefix("http://").split(":")
         body = json.dumps({"model": REVIEWER, "messages": [{"role": "user", "content": "x"}]}).encode()
         with socket.create_connection((host, int(port)), timeout=10) as sock:  # a client that will leave
-            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             wait_until(lambda: served.on_loop(lambda: served.authority.manager.waiting()) == {REVIEWER: 1})
         # Gone: out of the queue at once, while the architect still holds the memory.

@@ -3,7 +3,8 @@
 The diff is untrusted input: it reaches the models only as quoted text, the models get no
 tools, and nothing in their answers is executed. Answers are asked for as JSON (Ollama's
 structured output); an answer that does not parse as the verdict schema counts as "changes
-requested", with a note: a review never approves by default.
+requested", with a note: a review never approves by default. review.md shows the models' text
+through `safe_text` (someone may `cat` it); review.json keeps it exact.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from crew.events import Event
 from crew.prompt_files import load_prompt
 from crew.residency import open_manager
 from crew.routing import approved
+from crew.safe_text import safe_text
 from crew.settings import Role, Settings
 
 MAX_DIFF_BYTES = 2_000_000
@@ -199,16 +201,16 @@ def _combine(verdicts: list[tuple[str, Verdict | None, str]], lines: int) -> Rev
 
 def render_markdown(outcome: ReviewOutcome) -> str:
     head = "✅ **Approved**" if outcome.approved else "❌ **Changes requested**"
-    out = [f"## crew review: {head}", "", outcome.summary or "_No summary._", ""]
+    out = [f"## crew review: {head}", "", safe_text(outcome.summary) or "_No summary._", ""]
     if outcome.findings:
         out += ["| severity | where | finding |", "| --- | --- | --- |"]
         for f in outcome.findings:
-            where = f"`{f['path']}:{f['line']}`" if f["path"] else "-"
-            message = str(f["message"]).replace("|", "\\|").replace("\n", " ")
+            where = f"`{safe_text(str(f['path']))}:{f['line']}`" if f["path"] else "-"
+            message = safe_text(str(f["message"]).replace("|", "\\|").replace("\n", " "))
             out.append(f"| {f['severity']} | {where} | {message} |")
         out.append("")
     for note in outcome.notes:
-        out.append(f"> note: {note}")
+        out.append(f"> note: {safe_text(note)}")
     reviewers = ", ".join(outcome.reviewers) or "none (empty diff)"
     out += ["", f"<sub>{outcome.lines} diff lines reviewed by {reviewers}.</sub>", ""]
     return "\n".join(out)

@@ -31,6 +31,7 @@ from crew.fleet.asgi import Head, Wire
 from crew.fleet.policy import Want
 from crew.routing import role_for
 from crew.serve.app import Gate, error_response
+from crew.serve.browsers import Browsers
 from crew.serve.requests import disconnected
 from crew.settings import ROLES, Role, Settings
 
@@ -222,7 +223,8 @@ def create_front(settings: Settings, fleet: Fleet) -> FastAPI:
         headers["X-Crew-Host"] = head.host
         return StreamingResponse(body, status_code=head.status, headers=headers)
 
-    app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000))
+    app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000),
+                       browsers=Browsers.of(settings))
     return app
 
 

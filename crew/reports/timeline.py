@@ -1,6 +1,7 @@
 """A run's residency over time, from its `events.jsonl`: which models were resident when, their
 loads and waits, and which agent was speaking. Drawn as text for the terminal (`crew runs show
-ID --timeline`), or as a PNG when matplotlib is installed."""
+ID --timeline`), or as a PNG when matplotlib is installed. The text shows model names and
+reasons through `safe_text`: events.jsonl is read from a workspace folder, so it is untrusted."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from crew.events import (
     residency_change,
 )
 from crew.events import read_events as events_in
+from crew.safe_text import safe_text
 
 MARKS = {LOADING: "▒", RESIDENT: "█"}
 
@@ -102,7 +104,8 @@ def build(events: list[Event]) -> Timeline:
 def render(line: Timeline, width: int = 60) -> list[str]:
     """The timeline as text: a row per model and one of speakers, then what happened, when."""
     total = max(line.end - line.start, 1e-9)
-    label = max([len(m) for m in line.models] + [len("speaking")])
+    names = {model: safe_text(model) for model in line.models}
+    label = max([len(m) for m in names.values()] + [len("speaking")])
 
     def column(at: float) -> int:
         return min(width - 1, int((at - line.start) / total * width))
@@ -111,7 +114,7 @@ def render(line: Timeline, width: int = 60) -> list[str]:
     cells = [" "] * width
     for span in line.speaking:
         for i in range(column(span.start), column(span.end) + 1):
-            cells[i] = span.kind[:1]
+            cells[i] = safe_text(span.kind[:1])[:1]
     rows.append(f"{'speaking':<{label}}  {''.join(cells)}")
     for model, spans in line.models.items():
         cells = [" "] * width
@@ -119,11 +122,11 @@ def render(line: Timeline, width: int = 60) -> list[str]:
             for i in range(column(span.start), column(span.end) + 1):
                 if cells[i] != MARKS[RESIDENT]:
                     cells[i] = MARKS[span.kind]
-        rows.append(f"{model:<{label}}  {''.join(cells)}")
+        rows.append(f"{names[model]:<{label}}  {''.join(cells)}")
     rows.append(f"{'':<{label}}  {MARKS[RESIDENT]} resident  {MARKS[LOADING]} loading  "
                 "letters: who speaks (A, C, R, Y = you)")
     rows.append("")
-    rows += [f"{at:8.1f} s  {text}" for at, text in line.notes]
+    rows += [f"{at:8.1f} s  {safe_text(text)}" for at, text in line.notes]
     return rows
 
 

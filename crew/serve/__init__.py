@@ -10,6 +10,7 @@ fairness bound hold across processes. The APIs: the seed router's (`seed_routes`
 what the fleet takes from here is this package's API below, not its route modules.
 """
 
-from crew.serve.server import bind, check_exposure, is_loopback, run_app, serve
+from crew.serve.browsers import is_loopback
+from crew.serve.server import bind, check_exposure, run_app, serve
 
 __all__ = ["bind", "check_exposure", "is_loopback", "run_app", "serve"]

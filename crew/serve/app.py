@@ -1,8 +1,10 @@
 """The `crew serve` application: one Authority per app, the four APIs, and the gate in front.
 
 The gate is plain ASGI (Starlette's BaseHTTPMiddleware buffers streams and hides client
-disconnects, which must release holds at once): it checks the token, refuses bodies over the
-limit, and writes the access log line and the request metric. Errors become one JSON line with
+disconnects, which must release holds at once): it refuses what a web page sends (a foreign
+Host or Origin, a body that is not JSON: `browsers`), checks the token, reads the body (413 over
+the limit, 400 nested deeper than `MAX_DEPTH`) before the app sees it, and writes the access log
+line and the request metric. Errors become one JSON line with
 the status a client can act on (`status_of`); OpenAI routes get OpenAI's error shape.
 """
 
@@ -36,6 +38,7 @@ from crew.errors import (
     SettingsError,
 )
 from crew.serve.authority import Authority, ClientGone
+from crew.serve.browsers import MAX_DEPTH, Browsers, too_deep
 from crew.serve.forward import UpstreamRefused
 from crew.serve.ops import Metrics, access_log
 from crew.serve.requests import client_name
@@ -118,7 +121,8 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(ops.router)
     app.include_router(crew_routes.router)
-    app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000))
+    app.add_middleware(Gate, token=settings.serve_token, max_body=int(settings.serve_max_body_mb * 1_000_000),
+                       browsers=Browsers.of(settings))
     return app
 
 
@@ -144,12 +148,15 @@ class _TooLarge(Exception):
 
 
 class Gate:
-    """Token, body limit, access log and request metric, for every HTTP request."""
+    """Host, Origin and content type, token, body limit and depth, access log and request
+    metric, for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int,
+                 browsers: Browsers | None = None) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
+        self.browsers = browsers or Browsers.loopback()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,11 +173,18 @@ class Gate:
 
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refusal = self._refusal(headers)
+            refusal = self.browsers.refusal(scope["method"], headers) or self._refusal(headers)
+            body = await self._body(receive) if refusal is None else b""
+            if body is None:  # the client left before sending its body
+                status["code"] = 499
+                return
+            if refusal is None and too_deep(body):
+                refusal = 400, (f"the request body nests arrays or objects deeper than {MAX_DEPTH} "
+                                "levels: send a flatter one")
             if refusal is not None:
                 await error_response(scope["path"], *refusal)(scope, receive, sending)
                 return
-            await self.app(scope, self._limited(receive), sending)
+            await self.app(scope, self._replay(body, receive), sending)
         except _TooLarge:
             if not status["sent"]:
                 await error_response(scope["path"], *self._too_large())(scope, receive, sending)
@@ -192,19 +206,37 @@ class Gate:
         return 413, (f"the request body is over {self.max_body / 1_000_000:g} MB: send less, "
                      "or raise CREW_SERVE_MAX_BODY_MB on the server")
 
-    def _limited(self, receive: Receive) -> Receive:
+    async def _body(self, receive: Receive) -> bytes | None:
+        """The whole request body (None: the client went away); _TooLarge over the limit.
+        Read here, not by the app, so its depth is known before any JSON parser recurses."""
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        return limited
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        """The app's receive: the body read already, then the client's own messages (its
+        disconnect, which releases its holds)."""
+        given = False
+
+        async def replay() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         state: MutableMapping[str, Any] = scope.get("state") or {}

@@ -25,6 +25,7 @@ from crew.errors import (
     CrewError,
     InputError,
 )
+from crew.safe_text import safe_text
 from crew.terminal.exits import EXIT_ERROR, EXIT_NOT_APPROVED, EXIT_OK, arun, arun_rendered, exit_code
 from crew.terminal.renderers import JsonRenderer, for_terminal, rich_wanted
 from crew.terminal.report_commands import cmd_config, cmd_doctor, cmd_models, cmd_plan, cmd_ps, cmd_runs
@@ -162,7 +163,7 @@ def _chat_screen(settings: Any, renderer: Any) -> Any:
     from crew.workspace.repo import CHAT_HISTORY
 
     def write(text: str) -> None:
-        sys.stdout.write(text)
+        sys.stdout.write(safe_text(text))  # names, diffs: what the workspace holds
         sys.stdout.flush()
 
     pause = getattr(renderer, "prompting", None)
@@ -182,7 +183,7 @@ def _chat_screen(settings: Any, renderer: Any) -> Any:
         from rich.syntax import Syntax
 
         def show_diff(diff: str) -> None:
-            Console().print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+            Console().print(Syntax(safe_text(diff), "diff", theme="ansi_dark", background_color="default"))
 
     return ChatScreen(write, reader, show_diff)
 
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CREW_RAISE_ERRORS"):
             raise
         message = str(exc) or "interrupted"
-        print(f"crew: {message}", file=sys.stderr)
+        print(f"crew: {safe_text(message)}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - the one boundary: a bug is a line and exit 2 too
         if os.environ.get("CREW_RAISE_ERRORS"):

@@ -2,6 +2,8 @@
 
 Part of the command line, the one layer that prints: the session below emits events and
 never writes to the screen. `for_terminal` picks the renderer a command's output gets.
+What a model or the workspace wrote reaches the screen through `safe_text` (no terminal
+escapes, C1 controls or bidi overrides); `--json` keeps the exact text, JSON-escaped.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import sys
 from typing import Any, Protocol
 
+from crew.safe_text import json_safe, safe_text
 from crew.terminal.notices import header, notice, started_notices
 
 
@@ -31,7 +34,7 @@ class JsonRenderer:
     def __call__(self, event: Any) -> None:
         if event.type == "run_started":
             self.workspace = event.workspace
-        print(event.model_dump_json(), flush=True)
+        print(json_safe(event.model_dump_json()), flush=True)
 
     def close(self) -> None:
         pass
@@ -51,7 +54,7 @@ class PlainRenderer:
     def _header(self, source: str) -> None:
         if self._speaking != source:
             self._end_line()
-            print(f"\n── {header(source, self._models.get(source))} ──", flush=True)
+            print(safe_text(f"\n── {header(source, self._models.get(source))} ──"), flush=True)
             self._speaking = source
 
     def _end_line(self) -> None:
@@ -61,6 +64,7 @@ class PlainRenderer:
         self._flush_notes()
 
     def _note(self, text: str) -> None:
+        text = safe_text(text)
         if self._midline:  # never split a line being streamed: show it once the line is done
             self._held_notes.append(text)
             return
@@ -80,7 +84,7 @@ class PlainRenderer:
                 self._note(line)
         elif kind == "chunk":
             self._header(event.source)
-            print(event.text, end="", flush=True)
+            print(safe_text(event.text), end="", flush=True)
             self._midline = not event.text.endswith("\n")
             self._streamed_for = event.source
             if not self._midline:
@@ -92,7 +96,7 @@ class PlainRenderer:
                 self._end_line()  # already shown as it streamed
             else:
                 self._header(event.source)
-                print(event.content, flush=True)
+                print(safe_text(event.content), flush=True)
             self._streamed_for = None
         elif kind == "run_finished":
             self.close()

@@ -4,6 +4,11 @@ A reply is re-rendered as Markdown as it grows. Its lines that can no longer cha
 printed once, for good (so the terminal's scrollback holds the whole conversation); its last
 few lines and the status line below them live in a `rich.live.Live` area that is redrawn.
 While the person types (`prompting`), the live area is gone and nothing redraws.
+
+Model text goes through `safe_text` twice: before Markdown parses it (so what is escaped is
+laid out at its shown width) and on every segment Markdown renders (Markdown makes characters
+of its own: `&#x202e;` is a bidi override). Links show their address instead of hiding it in
+an OSC 8 hyperlink.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.rule import Rule
@@ -21,6 +26,7 @@ from rich.segment import Segment, Segments
 from rich.text import Text
 
 from crew.routing import HUMAN
+from crew.safe_text import safe_text
 from crew.terminal.notices import header, notice, started_notices
 from crew.terminal.status_line import ResidencyStatus
 
@@ -29,14 +35,31 @@ Lines = list[list[Segment]]
 
 class ChatMarkdown(Markdown):
     """Markdown where a line break stays a line break, as in chat: agents end a reply with
-    `NEXT: Coder` on a line of its own, which CommonMark would join to the sentence before."""
+    `NEXT: Coder` on a line of its own, which CommonMark would join to the sentence before.
+    A link shows its address: no OSC 8 hyperlink hides where it goes."""
 
     def __init__(self, markup: str) -> None:
-        super().__init__(markup, code_theme="monokai")
+        super().__init__(safe_text(markup), code_theme="monokai", hyperlinks=False)
         for token in self.parsed:
             for child in token.children or []:
                 if child.type == "softbreak":
                     child.type = "hardbreak"
+
+
+class Escaped:
+    """A renderable with the text of every segment it renders passed through `safe_text`."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            yield segment if segment.control else Segment(safe_text(segment.text), segment.style)
+
+
+def shown(markup: str) -> Escaped:
+    """A reply as the terminal shows it: chat Markdown, escaped before and after rendering."""
+    return Escaped(ChatMarkdown(markup))
 
 
 class MarkdownStream:
@@ -58,7 +81,7 @@ class MarkdownStream:
         self._next_render = 0.0
 
     def _lines(self) -> Lines:
-        return self.console.render_lines(ChatMarkdown(self.text), self.console.options, pad=False)
+        return self.console.render_lines(shown(self.text), self.console.options, pad=False)
 
     def add(self, text: str) -> Lines:
         """Take streamed text; the lines that became final (to print once), if it was time to render."""
@@ -146,12 +169,13 @@ class RichRenderer:
     # -- output ----------------------------------------------------------------------------
 
     def _note(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"))
+        self.console.print(Text(safe_text(text), style="dim"))
 
     def _header(self, source: str) -> None:
         if self._speaking != source:
             self._end_stream()
-            self.console.print(Rule(header(source, self._models.get(source)), style="cyan"))
+            title = Text(safe_text(header(source, self._models.get(source))))
+            self.console.print(Rule(title, style="cyan"))
             self._speaking = source
 
     def _end_stream(self) -> None:
@@ -185,7 +209,7 @@ class RichRenderer:
                 self._end_stream()
             else:
                 self._header(event.source)
-                self.console.print(ChatMarkdown(event.content))
+                self.console.print(shown(event.content))
         elif kind == "run_finished":
             self.close()
             return

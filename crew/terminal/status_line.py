@@ -1,7 +1,7 @@
 """Residency as a session's events tell it, in one line: the terminal's status line.
 
 Built from events only (never by asking the manager), so the chat's prompt toolbar and the
-renderer's footer say the same thing as `events.jsonl`.
+renderer's footer say the same thing as `events.jsonl` (escaped by `safe_text`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from crew.events import LOADING, residency_change
 from crew.residency.budget import GB
+from crew.safe_text import safe_text
 
 
 class ResidencyStatus:
@@ -46,4 +47,4 @@ class ResidencyStatus:
         parts += [f"loading {name} ({size / GB:.1f} GB)" for name, size in self.loading.items()]
         parts += [f"waiting for memory: {name} (held by {', '.join(by)})"
                   for name, by in self.waiting.items()]
-        return " · ".join(parts)
+        return safe_text(" · ".join(parts))  # model names come from Ollama and events

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from crew.safe_text import safe_text
+
 
 def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=json_value))
@@ -28,6 +30,7 @@ def print_summary(outcome: Any) -> None:
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> None:
+    rows = [tuple(safe_text(cell) for cell in row) for row in rows]  # run folders, specs, model names
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
