@@ -11,6 +11,8 @@ Each exercise runs in its own workspace under `OUT/<config>/<exercise>/`, a git 
 repository holding the starting files. With `tries` 2, a failed first try continues the same
 conversation once, told the failing test output (aider's pass@2). Each result is appended to
 `results.jsonl` when its exercise ends, so an interrupted eval resumes where it stopped.
+Grading runs in the sandbox the agents' commands get (found once per eval, network off); each
+result says which (`graded_in`, `none`: unconfined).
 """
 
 from __future__ import annotations
