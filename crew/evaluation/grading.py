@@ -1,35 +1,94 @@
-"""Grading an exercise: its hidden tests, run against what the agents left in the workspace.
+"""Grading an exercise: its hidden tests, run against the solution the agents left in the workspace.
 
-The tests never enter the workspace. Grading copies the workspace's files (not `.git`, not
-crew's records) and the tests into a fresh folder and runs pytest there in a subprocess: the
-scrubbed environment of `run_command`, its own process group (killed afterwards, whatever it
-started), and a timeout.
+What the agents wrote is an attacker's input, so grading takes as little of it as it can and
+trusts none of what it says:
+
+- Only the solution's sources are copied, through file descriptors without following symlinks:
+  polyglot's `files.solution`, or else the starting files and new non-test `.py` files. Never a
+  `tests/` folder, a test file, anything pytest or Python loads by its name (`conftest.py`,
+  `pytest.py`, `sitecustomize.py`, `*.pth`, ini files, `pyproject.toml`), or a top-level module
+  named like one of the standard library's or pytest's.
+- The grading folder holds `solution/` (writable), the hidden tests, an ini file and the runner
+  (`pytest_runner.py`), those three bound read-only. It runs in the sandbox `run_command` uses
+  (no network), or unconfined when there is none, which the grade says.
+- pytest runs isolated: `python -I -B`, `-c` crew's ini, the tests' folder as rootdir and
+  confcutdir, no cache, no plugin autoload, an environment without secrets.
+- A pass needs the runner's report, on a pipe, every line carrying a token given on stdin: the
+  collected ids must cover every test crew found in the hidden files itself (by AST, before any
+  solution code runs), and every collected test must have passed (skipped is not passed), the
+  session must finish with status 0 and the process exit 0. pytest's printed output decides
+  nothing: it is only the feedback the agents see.
+
+What this cannot stop: the graded code runs in pytest's process, so code written to patch pytest
+itself (its reports, its assertion) or to find the token in memory can still forge a pass. Only
+running the solution apart from the tests would stop that.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
-import shutil
+import os
+import re
+import secrets
+import shlex
+import stat
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from crew.errors import InputError
 from crew.evaluation.suites import Exercise
 from crew.workspace.repo import CREW_FILES
+from crew.workspace.sandbox import Sandbox
 from crew.workspace.tools import kill_group, scrubbed_env
 
 GRADE_TIMEOUT_S = 120.0
 # What a failing try shows the agents on the second: the end of pytest's report.
 FEEDBACK_CHARS = 6000
+# After the tests end (or are killed), how long their pipes may take to close (a guard, not a timing).
+REAP_GUARD_S = 10.0
+# A solution file larger than this is not a source file anyone wrote: it is left out.
+MAX_FILE_BYTES = 1_000_000
+MAX_REPORT_BYTES = 4_000_000
+MAX_DEPTH = 16
+
+UNCONFINED = Sandbox("none", network=True)
+
+# Names Python or pytest act on when they find them (wherever they are on the path, or in a
+# test's folders); a graded solution has no business shipping any.
+_LOADED_BY_NAME = {"conftest.py", "pytest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini",
+                   ".pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "__main__.py"}
+_SKIPPED_DIRS = {"tests", "test", ".git", "__pycache__", ".pytest_cache", ".venv", "venv",
+                 "node_modules"}
+# Top-level modules a solution must not shadow: what the hidden tests or pytest import (a
+# workspace `unittest.py` would replace the TestCase the tests assert with).
+_SHADOWED = set(sys.stdlib_module_names) | {"pytest", "_pytest", "pluggy", "py", "iniconfig",
+                                            "packaging", "exceptiongroup", "tomli", "pygments"}
+_INI = "[pytest]\npython_files = test_*.py *_test.py\npython_classes = Test\npython_functions = test\n"
+_RUNNER = Path(__file__).with_name("pytest_runner.py")
 
 
 @dataclass(frozen=True)
 class Grade:
     passed: bool
     output: str
+    sandbox: str = "none"
+    """Where the graded code ran (a `Sandbox.kind`; `none`: unconfined, as the user)."""
+
+
+@dataclass
+class _Report:
+    """What the runner reported, line by line, each line checked for its token."""
+
+    collected: list[list[str]] = field(default_factory=list)
+    outcomes: dict[str, list[str]] = field(default_factory=dict)
+    finished: list[int] = field(default_factory=list)
+    collect_errors: list[str] = field(default_factory=list)
+    forged: int = 0
 
 
 def require_pytest() -> None:
@@ -37,46 +96,322 @@ def require_pytest() -> None:
         raise InputError("crew eval grades with pytest, which is not installed: pip install pytest")
 
 
-async def grade(workspace: Path, exercise: Exercise, timeout: float = GRADE_TIMEOUT_S) -> Grade:
-    """Run the exercise's hidden tests on a copy of `workspace`."""
+async def grade(workspace: Path, exercise: Exercise, sandbox: Sandbox = UNCONFINED,
+                timeout: float = GRADE_TIMEOUT_S) -> Grade:
+    """Run the exercise's hidden tests on the solution in `workspace`, in `sandbox`."""
+    expected = expected_tests(exercise.tests)
+    if not expected:
+        return Grade(False, "crew: the hidden tests define no test functions: this exercise cannot "
+                            "be graded", sandbox.kind)
+    solution = await asyncio.to_thread(solution_files, workspace, exercise)
     with tempfile.TemporaryDirectory(prefix="crew-grade-") as scratch:
-        root = Path(scratch)
-        _copy_work(workspace, root)
-        for path, text in exercise.tests.items():
-            target = root / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        return await _pytest(root, timeout)
+        box = Path(scratch) / "box"
+        await asyncio.to_thread(_lay_out, box, solution, exercise.tests)
+        return await _run(box, expected, sandbox, timeout)
 
 
-def _copy_work(workspace: Path, into: Path) -> None:
-    skip = {".git", "__pycache__", ".pytest_cache", *CREW_FILES}
-    for path in workspace.rglob("*"):
-        relative = path.relative_to(workspace)
-        if skip.intersection(relative.parts) or not path.is_file() or path.is_symlink():
-            continue
-        target = into / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+# --- what is copied -------------------------------------------------------------------------------
 
-
-async def _pytest(root: Path, timeout: float) -> Grade:
-    env = scrubbed_env(root)
-    # No third-party pytest plugins: hidden tests are plain tests, and loading every installed
-    # plugin costs more than the tests themselves (0.43 s against 0.17 s a grade here).
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-        cwd=root, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-    )
+def solution_files(workspace: Path, exercise: Exercise) -> dict[str, bytes]:
+    """The solution's files in `workspace`, by relative path: only regular files, read through
+    descriptors opened without following symlinks (a symlink or a swapped folder is skipped)."""
+    found: dict[str, bytes] = {}
+    root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-        text = out.decode(errors="replace")
-        return Grade(process.returncode == 0, text[-FEEDBACK_CHARS:])
+        for relative, data in _regular_files(root, ""):
+            if _is_solution(relative, exercise):
+                found[relative] = data
+    finally:
+        os.close(root)
+    return found
+
+
+def _regular_files(folder: int, prefix: str, depth: int = 0) -> Iterator[tuple[str, bytes]]:
+    with os.scandir(folder) as entries:
+        names = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    for name, is_dir in names:
+        relative = prefix + name
+        if is_dir:
+            if name in _SKIPPED_DIRS or depth >= MAX_DEPTH:
+                continue
+            try:  # O_NOFOLLOW: a folder swapped for a symlink since it was listed is not entered
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                yield from _regular_files(child, relative + "/", depth + 1)
+            finally:
+                os.close(child)
+        else:
+            data = _read_regular(folder, name)
+            if data is not None:
+                yield relative, data
+
+
+def _read_regular(folder: int, name: str) -> bytes | None:
+    """The file's bytes if `name` is a regular file (not a symlink, FIFO or device) of a sane size."""
+    try:  # O_NONBLOCK: a FIFO opens without waiting for a writer, and is then refused by fstat
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        return data if len(data) <= MAX_FILE_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_solution(relative: str, exercise: Exercise) -> bool:
+    parts = relative.split("/")
+    name = parts[-1]
+    if (relative in CREW_FILES or name in _LOADED_BY_NAME or name.endswith(".pth")
+            or _SKIPPED_DIRS.intersection(parts[:-1]) or _is_test_file(name)):
+        return False
+    top = parts[0].removesuffix(".py")
+    if top in _SHADOWED:
+        return False
+    if exercise.solution_files is not None:
+        return relative in exercise.solution_files
+    return relative in exercise.files or name.endswith(".py")
+
+
+def _is_test_file(name: str) -> bool:
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def _lay_out(box: Path, solution: Mapping[str, bytes], tests: Mapping[str, str]) -> None:
+    for relative, data in solution.items():
+        _place(box / "solution", relative).write_bytes(data)
+    for relative, text in tests.items():
+        _place(box / "hidden", relative).write_text(text)
+    (box / "hidden").mkdir(parents=True, exist_ok=True)
+    (box / "grade.ini").write_text(_INI)
+    (box / "pytest_runner.py").write_bytes(_RUNNER.read_bytes())
+    (box / "solution").mkdir(exist_ok=True)
+
+
+def _place(root: Path, relative: str) -> Path:
+    target = root / relative
+    if ".." in Path(relative).parts or Path(relative).is_absolute():
+        raise InputError(f"the exercise names a file outside its folder: {relative}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+# --- what must pass -------------------------------------------------------------------------------
+
+def expected_tests(tests: Mapping[str, str]) -> set[str]:
+    """The ids of the tests in the hidden test files, found by reading them (nothing runs):
+    `path::function` and `path::Class::method`, as pytest names them without parameters."""
+    ids: set[str] = set()
+    for path, text in tests.items():
+        if not _is_test_file(path.rsplit("/", 1)[-1]):
+            continue
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue  # pytest reports it as a collection error, which fails the grade
+        classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"):
+                ids.add(f"{path}::{node.name}")
+            elif isinstance(node, ast.ClassDef) and (node.name.startswith("Test")
+                                                     or _is_test_case(node, classes)):
+                ids.update(f"{path}::{node.name}::{m}" for m in _methods(node, classes)
+                           if m.startswith("test"))
+    return ids
+
+
+def _bases(node: ast.ClassDef) -> list[str]:
+    return [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+            for b in node.bases]
+
+
+def _is_test_case(node: ast.ClassDef, classes: Mapping[str, ast.ClassDef], depth: int = 0) -> bool:
+    return depth < 10 and any(b.endswith("TestCase") or (b in classes and b != node.name and
+                                                         _is_test_case(classes[b], classes, depth + 1))
+                              for b in _bases(node))
+
+
+def _methods(node: ast.ClassDef, classes: Mapping[str, ast.ClassDef], depth: int = 0) -> set[str]:
+    names = {f.name for f in node.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+    for base in _bases(node):
+        if base in classes and base != node.name and depth < 10:
+            names |= _methods(classes[base], classes, depth + 1)
+    return names
+
+
+def verdict(report: _Report, expected: set[str], returncode: int | None) -> str | None:
+    """Why the report is no pass, or None when it is one."""
+    if report.forged:
+        return (f"{report.forged} line(s) of the test report were not written by crew's runner: "
+                "the graded code wrote to it")
+    if report.collect_errors:
+        return f"the tests could not be collected: {', '.join(report.collect_errors)}"
+    if len(report.collected) != 1 or len(report.finished) != 1:
+        return "the tests did not run to the end (the process exited or was killed before pytest finished)"
+    collected = report.collected[0]
+    missing = expected - {_without_parameters(test_id) for test_id in collected}
+    if missing:
+        return f"{len(missing)} hidden test(s) were not collected: {_some(sorted(missing))}"
+    failed = [t for t in collected if report.outcomes.get(t, []).count("passed") != 3
+              or len(report.outcomes[t]) != 3]
+    if failed:
+        return f"{len(failed)} of {len(collected)} hidden tests did not pass: {_some(failed)}"
+    if report.finished[0] != 0 or returncode != 0:
+        return f"pytest ended with status {report.finished[0]} and exit code {returncode}"
+    return None
+
+
+def _some(ids: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
+
+
+def _without_parameters(test_id: str) -> str:
+    return re.sub(r"\[.*\]$", "", test_id)
+
+
+def _parse_report(data: bytes, token: str) -> _Report:
+    import json
+
+    report = _Report()
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or record.get("token") != token:
+                raise ValueError
+            _add(report, record)
+        except (ValueError, TypeError, KeyError):
+            report.forged += 1
+    return report
+
+
+def _add(report: _Report, record: dict[str, object]) -> None:
+    kind = record["kind"]
+    if kind == "collected":
+        ids = record["ids"]
+        if not isinstance(ids, list):
+            raise TypeError
+        report.collected.append([str(i) for i in ids])
+    elif kind == "test":
+        report.outcomes.setdefault(str(record["id"]), []).append(str(record["outcome"]))
+    elif kind == "finished":
+        report.finished.append(int(str(record["status"])))
+    elif kind == "collect_error":
+        report.collect_errors.append(str(record["id"]))
+    else:
+        raise ValueError
+
+
+# --- running it -----------------------------------------------------------------------------------
+
+def _grading_argv(sandbox: Sandbox, command: str, box: Path, env: Mapping[str, str],
+                  read_only: Sequence[Path]) -> list[str]:
+    """The one place grading asks the sandbox for its command line (the hidden tests, the ini and
+    the runner bound read-only in a writable `box`)."""
+    return sandbox.argv(command, box, env, read_only=read_only)
+
+
+class _Collect(asyncio.Protocol):
+    """The report pipe's bytes as they come, up to a bound (a report cut there fails to parse)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.closed = loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data[:max(0, self.limit - len(self.data))]
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) -> Grade:
+    loop = asyncio.get_running_loop()
+    token = secrets.token_hex(16)
+    hidden = box / "hidden"
+    read_end, write_end = os.pipe()
+    command = shlex.join([
+        sys.executable, "-I", "-B", str(box / "pytest_runner.py"), str(write_end), str(box / "solution"),
+        "-q", "--tb=short", "-p", "no:cacheprovider", "-c", str(box / "grade.ini"), "-o", "addopts=",
+        "--rootdir", str(hidden), "--confcutdir", str(hidden), str(hidden),
+    ])
+    env = scrubbed_env(box)
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    argv = _grading_argv(sandbox, command, box, env,
+                         [hidden, box / "grade.ini", box / "pytest_runner.py"])
+    reader = os.fdopen(read_end, "rb", buffering=0)
+    try:
+        report_transport, report = await loop.connect_read_pipe(
+            lambda: _Collect(loop, MAX_REPORT_BYTES), reader)
+    except BaseException:
+        reader.close()
+        os.close(write_end)
+        raise
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=box, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(write_end,),
+        )
+    finally:
+        os.close(write_end)  # the child has its own: the report ends when the child's closes
+    try:
+        output, returncode = await _await_tests(process, token, timeout)
+        try:  # the report's last lines (everything holding the pipe is dead by now)
+            await asyncio.wait_for(asyncio.shield(report.closed), REAP_GUARD_S)
+        except TimeoutError:
+            pass
+    finally:
+        report_transport.close()
+    if returncode is None:
+        return Grade(False, f"{output}\ncrew: the tests took longer than {timeout:g} s and were stopped",
+                     sandbox.kind)
+    parsed = _parse_report(bytes(report.data), token)
+    reason = verdict(parsed, expected, returncode)
+    where = "unconfined" if sandbox.kind == "none" else f"in the {sandbox.kind} sandbox"
+    if reason is None:
+        return Grade(True, f"{output}\ncrew: all {len(parsed.collected[0])} hidden tests passed ({where})",
+                     sandbox.kind)
+    return Grade(False, f"{output}\ncrew: not passed: {reason} ({where})", sandbox.kind)
+
+
+async def _await_tests(process: asyncio.subprocess.Process, token: str,
+                       timeout: float) -> tuple[str, int | None]:
+    """pytest's output (its end) and exit code, None on a timeout; its process group killed after."""
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write((token + "\n").encode())
+        await process.stdin.drain()
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it did not wait for its token: its report will not carry it
+    try:
+        tail, _ = await asyncio.wait_for(asyncio.gather(_tail(process.stdout), process.wait()), timeout)
+        return tail.decode(errors="replace")[-FEEDBACK_CHARS:], process.returncode
     except TimeoutError:
-        return Grade(False, f"the tests took longer than {timeout:g} s and were stopped")
+        return "", None
     finally:
         kill_group(process.pid)
         if process.returncode is None:
             await process.wait()
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    """The end of a stream, read to its end: a flood of output costs no more memory than this."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk
+        del kept[:-FEEDBACK_CHARS * 4]
+    return bytes(kept)

@@ -11,6 +11,8 @@ Each exercise runs in its own workspace under `OUT/<config>/<exercise>/`, a git 
 repository holding the starting files. With `tries` 2, a failed first try continues the same
 conversation once, told the failing test output (aider's pass@2). Each result is appended to
 `results.jsonl` when its exercise ends, so an interrupted eval resumes where it stopped.
+Grading runs in the sandbox the agents' commands get (found once per eval, network off); each
+result says which (`graded_in`, `none`: unconfined).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from crew.events import Event
 from crew.files import open_append
 from crew.settings import ROLES, Role, Settings
 from crew.workspace.repo import git
+from crew.workspace.sandbox import Sandbox, detect
 
 AGENT_CONFIGS = ("team", "solo")
 CHECK_CONFIGS = ("reference", "empty")
@@ -52,6 +55,8 @@ class Result:
     stop_reason: str = ""
     error: str | None = None
     """Why the run failed (the exercise counts as not passed)."""
+    graded_in: str = ""
+    """The sandbox the hidden tests ran in (`none`: unconfined, as the user)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ async def run_eval(
 ) -> list[Result]:
     """Every exercise under every config, skipping those `out` already has results for."""
     require_pytest()
+    # Grading runs the graded code: in the sandbox the agents' commands get, never with network.
+    sandbox = await asyncio.to_thread(detect, settings.sandbox, False)
     done = {(r.exercise, r.config): r for r in load_results(out)}
     out.mkdir(parents=True, exist_ok=True)
     total = len(exercises) * len(configs)
@@ -121,18 +128,19 @@ async def run_eval(
                                 slots: asyncio.Semaphore = slots) -> None:
                     async with slots:
                         finished(await _one(settings, exercise, config,
-                                            out / _safe(config) / exercise.name, tries, render))
+                                            out / _safe(config) / exercise.name, tries, render,
+                                            sandbox))
 
                 await asyncio.gather(*(check(e) for e in todo))
                 continue
             for exercise in todo:  # one at a time: they share the machine's models
                 finished(await _one(settings, exercise, config, out / _safe(config) / exercise.name,
-                                    tries, render))
+                                    tries, render, sandbox))
     return results
 
 
 async def _one(settings: Settings, exercise: Exercise, config: str, folder: Path, tries: int,
-               render: Callable[[Event], None]) -> Result:
+               render: Callable[[Event], None], sandbox: Sandbox) -> Result:
     started = time.monotonic()
     source = folder / "start"
     work = folder / "work"
@@ -145,19 +153,19 @@ async def _one(settings: Settings, exercise: Exercise, config: str, folder: Path
             if exercise.reference is None:
                 return Result(exercise.name, config, None, 1, error="no reference solution")
             _write(work, exercise.reference)
-        verdict = await grade(work, exercise)
+        verdict = await grade(work, exercise, sandbox)
         return Result(exercise.name, config, 1 if verdict.passed else None, 1,
-                      seconds=time.monotonic() - started, stop_reason="checked")
+                      seconds=time.monotonic() - started, stop_reason="checked", graded_in=verdict.sandbox)
     solo: Role | None = None
     if config.startswith("solo"):
         wanted = "coder" if config == "solo" else config.partition(":")[2]
         solo = next(role for role in ROLES if role == wanted)  # checked by parse_configs
-    return await _agents(settings, exercise, config, source, work, tries, solo, render, started)
+    return await _agents(settings, exercise, config, source, work, tries, solo, render, started, sandbox)
 
 
 async def _agents(settings: Settings, exercise: Exercise, config: str, source: Path, work: Path,
                   tries: int, solo: Role | None, render: Callable[[Event], None],
-                  started: float) -> Result:
+                  started: float, sandbox: Sandbox) -> Result:
     from crew.commands.run import run_spec
 
     spec = source.parent / "spec.md"
@@ -185,12 +193,12 @@ async def _agents(settings: Settings, exercise: Exercise, config: str, source: P
         stats["loads"] += outcome.loads
         stats["load_seconds"] += outcome.load_seconds
         stop = outcome.stop_reason
-        verdict = await grade(work, exercise)
+        verdict = await grade(work, exercise, sandbox)
         if verdict.passed:
             passed = attempt
             break
     return Result(exercise.name, config, passed, tries, seconds=time.monotonic() - started,
-                  stop_reason=stop, error=error, **stats)
+                  stop_reason=stop, error=error, graded_in=sandbox.kind, **stats)
 
 
 def _feedback(verdict: Grade) -> str:

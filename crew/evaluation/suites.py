@@ -28,6 +28,9 @@ class Exercise:
     """Hidden tests, by path: never in the workspace while the agents work."""
     reference: dict[str, str] | None = None
     """Files that make the exercise pass (laid over the starting files)."""
+    solution_files: tuple[str, ...] | None = None
+    """The files grading takes from the workspace (polyglot's `.meta/config.json` `files.solution`);
+    None: the starting files and new non-test sources (see grading.py)."""
 
 
 def read_suite(path: Path) -> list[Exercise]:
@@ -107,10 +110,23 @@ def _polyglot(root: Path) -> list[Exercise]:
         tests = {k: v for k, v in tree.items() if k.endswith("_test.py")}
         files = {k: v for k, v in tree.items() if k not in tests}
         example = folder / ".meta" / "example.py"
-        stub = next((k for k in files if k.endswith(".py")), None)
+        solution = _solution_files(folder)
+        stub = solution[0] if solution else next((k for k in files if k.endswith(".py")), None)
         reference = {stub: example.read_text()} if example.is_file() and stub else None
-        exercises.append(Exercise(folder.name, spec, files, tests, reference))
+        exercises.append(Exercise(folder.name, spec, files, tests, reference, solution))
     return exercises
+
+
+def _solution_files(folder: Path) -> tuple[str, ...] | None:
+    """The exercise's own list of solution files, or None when it has none (or an unreadable one)."""
+    try:
+        config = json.loads((folder / ".meta" / "config.json").read_text())
+        names = config["files"]["solution"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(names) or None
 
 
 def _read_tree(root: Path) -> dict[str, str]:

@@ -1,0 +1,248 @@
+"""Attacks on `crew eval`'s grading: a wrong `add()` that tries to pass anyway, or to reach out.
+
+Each attack is graded the way `crew eval` grades (in the sandbox `detect` finds, as the runner
+does) and must fail; a right solution must still pass. As root, one more test runs every attack
+again as an unprivileged user (uid 65534), in a pytest of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from crew.evaluation.grading import Grade, grade, solution_files
+from crew.evaluation.suites import Exercise
+from crew.workspace.sandbox import Sandbox, detect
+
+pytestmark = pytest.mark.hostile
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB = "def add(a, b):\n    raise NotImplementedError\n"
+RIGHT = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a - b\n"
+EXERCISE = Exercise(
+    "add", "Write add(a, b) in add.py.", {"add.py": STUB},
+    {"tests/test_add.py": "from add import add\n\n\ndef test_ints():\n    assert add(2, 3) == 5\n\n\n"
+                          "def test_negative():\n    assert add(-1, 1) == 0\n"},
+)
+# Report every test as passed, whatever it did: a plugin pytest loads by the file's name.
+PASS_EVERYTHING = """import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    report.outcome = "passed"
+    report.longrepr = None
+"""
+FORGED_OUTPUT = "import os\nprint('2 passed in 0.01s')\nos._exit(0)\n"
+# Lines for every descriptor the process has: what a report crew trusted would say on a pass.
+FORGED_REPORT = """import json, os
+ids = ["tests/test_add.py::test_ints", "tests/test_add.py::test_negative"]
+lines = [{"kind": "collected", "ids": ids}]
+lines += [{"kind": "test", "id": i, "when": w, "outcome": "passed"} for i in ids
+          for w in ("setup", "call", "teardown")]
+lines.append({"kind": "finished", "status": 0})
+junit = ('<testsuites><testsuite name="pytest" tests="2" failures="0" errors="0">'
+         + "".join(f'<testcase classname="tests.test_add" name="{i.split("::")[1]}"/>' for i in ids)
+         + "</testsuite></testsuites>")
+for fd in range(3, 64):
+    try:
+        os.write(fd, "".join(json.dumps(line) + "\\n" for line in lines).encode())
+    except OSError:
+        pass
+for arg in __import__("sys").argv:
+    if arg.startswith("--junitxml="):
+        open(arg.split("=", 1)[1], "w").write(junit)
+print("2 passed in 0.01s")
+os._exit(0)
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    """The sandbox `crew eval` grades in on this machine (network off), as the runner finds it."""
+    return detect("auto", False)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "add.py").write_text(STUB)
+    return folder
+
+
+def graded(work: Path, files: dict[str, str], sandbox: Sandbox) -> Grade:
+    for path, text in files.items():
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return asyncio.run(grade(work, EXERCISE, sandbox=sandbox))
+
+
+def test_a_right_solution_passes_and_a_wrong_one_fails(work: Path, sandbox: Sandbox) -> None:
+    right = graded(work, {"add.py": RIGHT}, sandbox)
+    assert right.passed and "all 2 hidden tests passed" in right.output
+    assert right.sandbox == sandbox.kind
+    wrong = graded(work, {"add.py": WRONG}, sandbox)
+    assert not wrong.passed and "2 of 2 hidden tests did not pass" in wrong.output
+
+
+@pytest.mark.parametrize("planted", [
+    {"conftest.py": PASS_EVERYTHING},
+    {"tests/conftest.py": PASS_EVERYTHING},
+    {"pytest.py": FORGED_OUTPUT},
+    {"sitecustomize.py": FORGED_OUTPUT, "usercustomize.py": FORGED_OUTPUT,
+     "crew.pth": "import os; print('2 passed'); os._exit(0)\n", "unittest.py": FORGED_OUTPUT},
+    # Only a test of the workspace's own runs (pytest's `testpaths`, read from any of these).
+    {"pytest.ini": "[pytest]\ntestpaths = ok\n", "tox.ini": "[pytest]\ntestpaths = ok\n",
+     "setup.cfg": "[tool:pytest]\ntestpaths = ok\n",
+     "pyproject.toml": "[tool.pytest.ini_options]\ntestpaths = ['ok']\n",
+     "ok/test_ok.py": "def test_ok():\n    pass\n"},
+], ids=["conftest", "tests-conftest", "pytest.py", "site-customize-pth-unittest", "ini-files"])
+def test_files_that_pytest_or_python_load_by_name_do_not_make_a_wrong_add_pass(
+    work: Path, sandbox: Sandbox, planted: dict[str, str]
+) -> None:
+    verdict = graded(work, {"add.py": WRONG, **planted}, sandbox)
+    assert not verdict.passed, verdict.output
+    copied = solution_files(work, EXERCISE)
+    assert set(copied) == {"add.py"}
+
+
+@pytest.mark.parametrize("solution", [
+    "import os\nos._exit(0)\n",
+    FORGED_OUTPUT,
+    FORGED_REPORT,
+    "import pytest\n\n\ndef add(a, b):\n    pytest.skip('nothing to see')\n",
+], ids=["exit-at-import", "forged-output", "forged-report", "skip"])
+def test_a_solution_that_ends_early_or_forges_its_results_fails(
+    work: Path, sandbox: Sandbox, solution: str
+) -> None:
+    verdict = graded(work, {"add.py": solution}, sandbox)
+    assert not verdict.passed, verdict.output
+
+
+def test_symlinks_are_not_copied_as_their_targets(work: Path, tmp_path: Path, sandbox: Sandbox) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "add.py").write_text(RIGHT)
+    (outside / "secret.txt").write_text("SECRET-IN-A-FILE-0451\n")
+    (work / "add.py").unlink()
+    (work / "add.py").symlink_to(outside / "add.py")
+    (work / "notes.py").symlink_to(outside / "secret.txt")
+    (work / "lib").symlink_to(outside, target_is_directory=True)
+    verdict = asyncio.run(grade(work, EXERCISE, sandbox=sandbox))
+    assert not verdict.passed and "SECRET-IN-A-FILE" not in verdict.output
+    assert solution_files(work, EXERCISE) == {}
+
+
+def test_a_file_swapped_for_a_symlink_while_copied_is_never_read_through_it(tmp_path: Path) -> None:
+    """The name is checked and then opened: a symlink put there between the two must not be followed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-BY-RACE\n")
+    stop = threading.Event()
+
+    def flip() -> None:
+        spare = work / "spare.py"
+        while not stop.is_set():
+            spare.write_text(RIGHT)
+            os.replace(spare, work / "add.py")
+            spare.symlink_to(secret)
+            os.replace(spare, work / "add.py")
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for _ in range(2000):
+            copied = solution_files(work, EXERCISE)
+            assert b"SECRET-BY-RACE" not in b"".join(copied.values())
+    finally:
+        stop.set()
+        flipper.join(timeout=10)
+    assert not flipper.is_alive()
+
+
+def test_the_graded_code_cannot_write_outside_nor_read_crew_s_environment(
+    work: Path, tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sandbox.confines_files and not os.environ.get("CREW_REQUIRE_SANDBOX"):
+        pytest.skip("no sandbox on this machine: grading runs unconfined, as the grade says")
+    secret = "CREW-API-KEY-" + os.urandom(8).hex()
+    monkeypatch.setenv("CREW_TEST_API_KEY", secret)
+    marker = tmp_path / "outside-marker"
+    found = tmp_path / "found-environ"
+    attack = f"""import os
+try:
+    open({str(marker)!r}, "w").write("written from the graded code")
+except OSError:
+    pass
+seen = []
+for pid in [str(os.getppid())] + [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        seen.append(open(f"/proc/{{pid}}/environ", "rb").read().decode(errors="replace"))
+    except OSError:
+        pass
+try:
+    open({str(found)!r}, "w").write("\\n".join(seen))
+except OSError:
+    pass
+open("stolen.txt", "w").write("\\n".join(seen))
+
+
+def add(a, b):
+    raise RuntimeError("ENVIRON: " + " ".join(seen)[:2000])
+"""
+    verdict = graded(work, {"add.py": attack}, sandbox)
+    assert not verdict.passed
+    assert "ENVIRON:" in verdict.output  # the attack ran, and read what it could
+    assert not marker.exists() and not found.exists()
+    assert secret not in verdict.output
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def _interpreter_for_nobody(base: Path) -> Path:
+    """A Python uid 65534 can start, also inside the sandbox: this one may live under /root (pyenv),
+    which that user cannot enter. A venv of the system's Python of the same minor version, seeing
+    this one's packages through a .pth (outside /tmp, which the sandbox replaces)."""
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.is_file():
+        pytest.skip(f"no {system} to run the attacks as uid 65534 with")
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(base / "venv")], check=True, timeout=60)
+    packages = next((base / "venv" / "lib").glob("python3*/site-packages"))
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    (packages / "crew-tests.pth").write_text("\n".join(ours) + "\n")
+    return base / "venv" / "bin" / "python"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs the attacks as uid 65534: needs root and setpriv")
+def test_the_attacks_fail_as_an_unprivileged_user() -> None:
+    base = Path(tempfile.mkdtemp(prefix="crew-grading-nobody-", dir="/var/tmp"))
+    try:
+        python = _interpreter_for_nobody(base)
+        for path in [base, *base.rglob("*")]:
+            os.lchown(path, 65534, 65534)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C.UTF-8"}
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-m", "pytest",
+             "-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(base / "t"),
+             "-k", "not unprivileged_user", str(Path(__file__))],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
+    assert "13 passed" in done.stdout, done.stdout
