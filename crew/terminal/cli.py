@@ -539,6 +539,8 @@ def _print_summary(outcome: Any) -> None:
     _table(rows)
     verdict = "APPROVED" if outcome.approved else "NOT APPROVED"
     print(f"\n{verdict} ({outcome.stop_reason}); workspace {outcome.workspace.root}")
+    if outcome.left_out:
+        print(f"left out of crew.patch: {'; '.join(outcome.left_out)}")
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
