@@ -2,7 +2,9 @@
 behind `summary.json`.
 
 Every event becomes one JSON line, flushed at once (stream chunks are rendered, not recorded);
-every message and tool result is appended to the transcript. A routing decision is recorded
+every message and tool result is appended to the transcript. Both are opened through the
+workspace's folder descriptor (`Workspace.append_record`): a link planted at either is an
+error, never followed. A routing decision is recorded
 only after the message it answers: the selector decides as soon as a reply is complete, while
 the team's output stream may still hold that reply.
 """
@@ -28,7 +30,6 @@ from crew.events import (
     ToolCallRefused,
     ToolResult,
 )
-from crew.files import open_append
 from crew.routing import NAMES, ROLE_OF, approved
 from crew.settings import Role
 from crew.workspace.repo import Workspace
@@ -60,8 +61,12 @@ class Records:
         self, workspace: Workspace, render: Callable[[Event], None], models: Mapping[Role, str]
     ) -> None:
         self._render = render
-        self._events: IO[str] = open_append(workspace.root / "events.jsonl")
-        self._transcript: IO[str] = open_append(workspace.root / "transcript.md")
+        self._events: IO[str] = workspace.append_record("events.jsonl")
+        try:
+            self._transcript: IO[str] = workspace.append_record("transcript.md")
+        except BaseException:
+            self._events.close()
+            raise
         self._roles_of_model: dict[str, list[str]] = defaultdict(list)
         for role, model in models.items():
             self._roles_of_model[model].append(NAMES[role])
@@ -71,6 +76,8 @@ class Records:
         self.load_seconds = 0.0
         self._taken: set[str] = set()
         self._held: list[RoutingDecision] = []
+        self.left_out: list[str] = []
+        """Files `write_patch` left out of crew.patch (`name: why`), for summary.json."""
 
     def emit(self, event: Event) -> None:
         if isinstance(event, RoutingDecision) and event.after and event.after not in self._taken:
@@ -147,4 +154,5 @@ class Records:
                 "recovered_calls": sum(s.recovered_calls for s in self.stats.values()),
             },
             "roles": {name: role for name, role in ROLE_OF.items()},
+            "left_out_of_patch": list(self.left_out),
         }

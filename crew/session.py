@@ -97,8 +97,7 @@ class Session:
                 return Restored(said=said)
         if history:
             return Restored(replay=history)
-        spec = self.workspace.root / "spec.md"
-        text = spec.read_text(errors="replace").strip() if spec.is_file() else ""
+        text = read_spec(self.workspace)
         if text:
             return Restored(replay=[("user", text)], recorded=False)
         if self.mode == "chat":
@@ -132,14 +131,15 @@ class Session:
         try:
             await self.save()
         except Exception as exc:  # noqa: BLE001 - saving must never hide the session's own outcome
-            (self.workspace.root / "state.error.txt").write_text(f"could not save team state: {exc}\n")
+            self.workspace.write_record("state.error.txt", f"could not save team state: {exc}\n".encode())
 
     async def _close_team(self) -> None:
         if self.team is not None:
             await self.team.close()
 
     async def _write_patch(self) -> None:
-        await asyncio.to_thread(self.workspace.write_patch)
+        patch = await asyncio.to_thread(self.workspace.write_patch)
+        self.records.left_out = patch.left_out  # named in summary.json
 
     async def _unlock(self) -> None:
         self.workspace.unlock()
@@ -183,7 +183,7 @@ async def open_session(
     workspace.lock()  # one process at a time in a workspace: two would interleave its records
     try:
         if task is not None and resume is None:
-            (workspace.root / "spec.md").write_text(task)
+            workspace.write_record("spec.md", task.encode("utf-8", "surrogateescape"))
         manager = open_manager(settings, choice, workspace.id)
         records = Records(workspace, render, choice.models())
     except BaseException:
@@ -213,14 +213,50 @@ async def open_session(
     await session.close()
 
 
+# A saved team state is a few levels deep; far deeper is damage (and would overflow the walks
+# over it, `_holds` and `message_ids`).
+MAX_STATE_DEPTH = 100
+MAX_STATE_BYTES = 200_000_000
+
+
 def saved_state(root: Path) -> Any:
-    """The team state a stopped session saved in `root`, or None (missing or unreadable)."""
-    path = root / "state.json"
+    """The team state a stopped session saved in `root`, or None (missing, empty or not JSON);
+    WorkspaceError for one nested too deep or read through a link."""
+    data = Workspace.open(root).read_record("state.json", MAX_STATE_BYTES)
     try:
-        state = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+        state = json.loads(data) if data else None
+    except ValueError:
         return None
+    except RecursionError:
+        state = None
+        depth = MAX_STATE_DEPTH + 1
+    else:
+        depth = _depth(state)
+    if depth > MAX_STATE_DEPTH:
+        raise WorkspaceError(f"{root / 'state.json'} is damaged (nested deeper than {MAX_STATE_DEPTH} "
+                             "levels): delete it to resume from events.jsonl")
     return state if isinstance(state, dict) else None
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests (walked with a stack, not recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_STATE_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, level + 1) for v in item]
+    return deepest
+
+
+def read_spec(workspace: Workspace) -> str:
+    """The spec.md a run in `workspace` was given, or "" (never through a link)."""
+    data = workspace.read_record("spec.md", 10_000_000)
+    return data.decode("utf-8", errors="replace").strip() if data else ""
 
 
 def recorded_messages(root: Path) -> list[tuple[str, str]]:
@@ -234,9 +270,8 @@ def recorded_messages(root: Path) -> list[tuple[str, str]]:
 def check_resumable(root: Path) -> None:
     """Raise (one line) before anything starts if a run in `root` could not be resumed."""
     workspace = Workspace.open(root)
-    spec = workspace.root / "spec.md"
     if saved_state(workspace.root) is None and not recorded_messages(workspace.root) and not (
-        spec.is_file() and spec.read_text(errors="replace").strip()
+        read_spec(workspace)
     ):
         raise _not_resumable(workspace.root)
 

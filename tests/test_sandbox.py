@@ -128,7 +128,7 @@ def test_a_non_utf8_file_and_a_non_ascii_name_go_through_patch_and_tools(
     assert "café.txt" in listed.splitlines()
     assert run(tools["read_file"]("café.txt")) == "ok\n"
     assert "not a UTF-8 text file" in run(tools["read_file"]("latin1.txt"))
-    patch = workspace.write_patch().read_bytes()
+    patch = workspace.write_patch().path.read_bytes()
     assert b"caf\xe9" in patch
 
 

@@ -14,7 +14,8 @@ from crew.errors import WorkspaceError, WorkspaceEscape
 from crew.residency import ResidencyManager
 from crew.routing import approved, task_type
 from crew.team import Selector
-from crew.workspace.repo import Workspace, git
+from crew.workspace.git_calls import git
+from crew.workspace.repo import Workspace
 from crew.workspace.tools import (
     MAX_OUTPUT_CHARS,
     MAX_READ_BYTES,
@@ -224,7 +225,7 @@ def test_crews_own_git_calls_do_not_run_what_an_agent_planted_in_the_git_config(
                f"chmod +x .git/hooks/pre-commit && git config diff.external 'sh -c \"touch {marker}\"'")
     assert run(tools(workspace)["run_command"](planted)).startswith("exit code 0")
     (workspace.root / "app.py").write_text("x = 1\n")
-    patch = workspace.write_patch().read_text()  # git add -A, git diff: where fsmonitor would run
-    git(workspace.root, "commit", "-q", "-m", "crew turn: Coder")  # where a hook would run
+    patch = workspace.write_patch().path.read_text()  # git add -A, git diff: where fsmonitor would run
+    git(workspace.root, "commit", "-q", "--allow-empty", "-m", "crew turn: Coder")  # where a hook would run
     assert "+x = 1" in patch
     assert not marker.exists()

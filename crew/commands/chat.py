@@ -32,7 +32,7 @@ from crew.routing import HUMAN, NAMES
 from crew.session import Session, open_session
 from crew.settings import Settings
 from crew.team import Team, record
-from crew.workspace.repo import git
+from crew.workspace.git_calls import git
 
 PROMPT = "you> "
 COMMANDS = ("/ps", "/models", "/diff", "/undo", "/save", "/help", "/quit")

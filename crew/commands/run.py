@@ -56,6 +56,8 @@ class Outcome:
     loads: int = 0
     """Model loads during the run (an agent's stats count a model shared by roles once each)."""
     load_seconds: float = 0.0
+    left_out: list[str] = field(default_factory=list)
+    """Files left out of crew.patch (`name: why`): binaries, files over the size limit."""
 
 
 async def run_spec(
@@ -117,7 +119,7 @@ async def run_spec(
             raise (team.failure() or CrewError(f"an agent failed: {exc}")) from None
     records = session.records
     return Outcome(session.workspace, records.approved, session.stop_reason, records.stats,
-                   records.loads, records.load_seconds)
+                   records.loads, records.load_seconds, records.left_out)
 
 
 # How long a cancelled team may take to stop before the session closes without it (a call that

@@ -33,7 +33,7 @@ from crew.evaluation.suites import Exercise
 from crew.events import Event
 from crew.files import open_append
 from crew.settings import ROLES, Role, Settings
-from crew.workspace.repo import git
+from crew.workspace.git_calls import git
 from crew.workspace.sandbox import Sandbox, detect
 
 AGENT_CONFIGS = ("team", "solo")

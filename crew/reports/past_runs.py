@@ -32,7 +32,7 @@ class RunRecord:
 def read_run(folder: Path) -> RunRecord:
     record = RunRecord(id=folder.name, path=str(folder), complete=False)
     summary = folder / "summary.json"
-    if not summary.is_file():
+    if not summary.is_file() or summary.stat().st_size == 0:  # made empty when the run began
         record.problem = "no summary.json (still running, or stopped before writing it)"
         record.started = folder.stat().st_mtime
         return record

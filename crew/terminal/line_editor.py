@@ -5,11 +5,18 @@ and across sessions, takes a paste of several lines as one message (bracketed pa
 starts a new line by hand) and completes `/commands`, `@agents` and workspace paths. Without
 one (a pipe, CI), `LineReader` reads standard input line by line, as scripted sessions expect.
 Either way `read` returns None at the end of input and on Ctrl-C or Ctrl-D at the prompt.
+
+The history files are opened with O_NOFOLLOW: a link planted at the workspace's `chat_history`
+(created with the workspace, so a sandboxed command cannot plant one) is a WorkspaceError, and
+the person's lines never go where it points.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import errno
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +30,7 @@ from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
+from crew.errors import WorkspaceError
 from crew.workspace.repo import CREW_FILES
 
 Pause = Callable[[], AbstractContextManager[None]]
@@ -50,13 +58,54 @@ class LineReader:
             return await self._lines.get()
 
 
+class _NoFollowHistory(FileHistory):
+    """prompt_toolkit's FileHistory, never opening its file through a link."""
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.filename, flags | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise WorkspaceError(f"{os.fsdecode(self.filename)} is a symbolic link, which crew never "
+                                     "follows: "
+                                     "remove it to keep the chat's history there") from None
+            raise
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            fd = self._open(os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            return []
+        with os.fdopen(fd, "rb") as handle:
+            # FileHistory's own parser reads self.filename; hand it the bytes read here instead.
+            lines = handle.read(16_000_000).decode("utf-8", errors="replace").splitlines()
+        strings: list[str] = []
+        current: list[str] = []
+        for line in lines:
+            if line.startswith("+"):
+                current.append(line[1:])
+            elif current:
+                strings.append("\n".join(current))
+                current = []
+        if current:
+            strings.append("\n".join(current))
+        return list(reversed(strings))
+
+    def store_string(self, string: str) -> None:
+        fd = self._open(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "ab") as handle:
+            handle.write(f"\n# {datetime.datetime.now()}\n".encode())
+            for line in string.split("\n"):
+                handle.write(f"+{line}\n".encode("utf-8", errors="replace"))
+
+
 class ChatHistory(History):
     """The person's messages: this workspace's first (newest first), then other sessions'."""
 
     def __init__(self, workspace_file: Path, shared_file: Path) -> None:
         super().__init__()
         shared_file.parent.mkdir(parents=True, exist_ok=True)
-        self._files = [FileHistory(workspace_file), FileHistory(shared_file)]
+        self._files = [_NoFollowHistory(workspace_file), _NoFollowHistory(shared_file)]
 
     def load_history_strings(self) -> Iterable[str]:
         seen: set[str] = set()

@@ -27,6 +27,8 @@ def print_summary(outcome: Any) -> None:
     table(rows)
     verdict = "APPROVED" if outcome.approved else "NOT APPROVED"
     print(f"\n{verdict} ({outcome.stop_reason}); workspace {outcome.workspace.root}")
+    if outcome.left_out:  # names the agents chose: shown escaped
+        print(safe_text(f"left out of crew.patch: {'; '.join(outcome.left_out)}"))
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> None:

@@ -3,69 +3,77 @@
 `workspaces/<id>/` is a fresh repository with an initial commit, or (with `--repo`) a git
 worktree of the user's repository on a new branch `crew/<id>`. crew's own files
 (transcript, events, summary, patch, team state) are kept out of git, so `crew.patch` holds
-only the team's changes to the code. Every path a tool names is resolved here, and nothing
-outside the workspace can be reached: no `..`, no absolute paths, no symlink escapes.
+only the team's changes to the code.
+
+Every path a tool names is checked here (`check`: no `..`, no absolute path, nothing the
+system would refuse, not `.git` nor crew's records, compared casefolded for case-insensitive
+filesystems) and then opened through the workspace's folder descriptor with no link followed
+(`crew.workspace.beneath`), so a folder swapped for a link mid-call leads nowhere. crew's records
+are created when the workspace is made or opened (before any agent command runs, so the sandbox
+binds them read-only) and written the same way; a link found at one is an error.
+
+`write_patch` builds `crew.patch` without running anything a command may have planted: each
+file is read by crew (no link followed), hashed into git's object store with `--no-filters`,
+staged in a temporary index, and diffed index-to-tree with no textconv, external diff, hook or
+fsmonitor. Files over `MAX_PATCH_FILE_BYTES`, binaries, and what would pass
+`MAX_PATCH_TOTAL_BYTES` are left out and named.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-import subprocess
+import stat
+import tempfile
 import time
 import uuid
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from crew.errors import WorkspaceError, WorkspaceEscape
-from crew.files import write_atomic, write_json
+from crew.workspace import beneath
+from crew.workspace.git_calls import git, git_bytes, hash_file, object_id, tree
 
-RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md")
+RECORDS = ("crew.patch", "transcript.md", "events.jsonl", "summary.json", "state.json", "spec.md",
+           "state.error.txt")
 LOCK_FILE = ".crew.lock"
 CHAT_HISTORY = "chat_history"
 """What the person wrote in `crew chat` here, for the line editor's history."""
 # Every file crew keeps at the workspace root: out of git, out of the tools' reach, read-only
 # in the sandbox.
 CREW_FILES = (*RECORDS, "workspace.json", LOCK_FILE, CHAT_HISTORY)
-_GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c", "commit.gpgsign=false"]
-# An agent's command can write the workspace's git config: crew's own git calls must not run
-# what it planted there: hooks, an fsmonitor command (and, for diffs, `--no-ext-diff
-# --no-textconv` keep out external diff and textconv programs).
-_GIT_SAFETY = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
-# The variables git reads that could redirect it (GIT_DIR, GIT_CONFIG_*, GIT_EXTERNAL_DIFF, ...).
-_GIT_ENV_DROPPED = ("GIT_",)
+_PROTECTED = frozenset(name.casefold() for name in CREW_FILES)
+MAX_PATCH_FILE_BYTES = 1 << 20
+"""A file larger than this is left out of crew.patch (and named). 1 MiB: four times what
+read_file shows an agent (256 kB), far above any source file a model writes, and small enough
+that git's diff of it (several copies in memory) stays a few MiB."""
+MAX_PATCH_TOTAL_BYTES = 64 << 20
+"""What all the files put in crew.patch may add up to: many files just under the limit must
+not take crew's memory either."""
+_BINARY_PROBE = 8000  # git's own test: a NUL in the first 8000 bytes makes a file binary
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def git(cwd: Path, *args: str) -> str:
-    """Run git; its output as text (undecodable bytes replaced); a failure becomes a
-    WorkspaceError with git's own words."""
-    return git_bytes(cwd, *args).decode("utf-8", errors="replace")
+@dataclass(frozen=True)
+class Patch:
+    """What `write_patch` wrote, and the files it left out (each `name: why`)."""
+
+    path: Path
+    left_out: list[str] = field(default_factory=list)
 
 
-def git_bytes(cwd: Path, *args: str) -> bytes:
-    """`git`, with its output as the bytes git wrote."""
+def _close(fd: int) -> None:
     try:
-        done = subprocess.run(
-            ["git", *_GIT_IDENTITY, *_GIT_SAFETY, *args], cwd=cwd, capture_output=True,
-            check=False, env=_git_env(), timeout=120,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise WorkspaceError(f"could not run git in {cwd}: {exc}; is git installed?") from None
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).decode("utf-8", errors="replace").strip().splitlines()
-        raise WorkspaceError(f"git {args[0]} failed in {cwd}: {detail[-1] if detail else 'no output'}")
-    return done.stdout
-
-
-def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_GIT_ENV_DROPPED)}
-    env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on a terminal
-    return env
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class Workspace:
@@ -77,10 +85,23 @@ class Workspace:
         self.mode = mode
         """`run` or `chat`: the command that made it (None for folders older than the field)."""
         self._lock: IO[bytes] | None = None
+        self._fd: int | None = None
 
     @property
     def id(self) -> str:
         return self.root.name
+
+    @property
+    def fd(self) -> int:
+        """A descriptor of the workspace's folder, opened once: every file crew opens in the
+        workspace is reached from it, with no link followed."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+            except OSError as exc:
+                raise WorkspaceError(f"cannot open the workspace {self.root}: {exc.strerror}") from None
+            weakref.finalize(self, _close, self._fd)
+        return self._fd
 
     @classmethod
     def create(cls, workspaces_dir: Path, *, path: Path | None = None, repo: Path | None = None,
@@ -110,24 +131,35 @@ class Workspace:
         workspace._exclude_records()
         workspace.mode = mode
         workspace.write_json("workspace.json", {"base": workspace.base, "mode": mode})
+        workspace.ensure_records()
         return workspace
 
     @classmethod
     def open(cls, root: Path) -> Workspace:
         meta = root / "workspace.json"
-        if not meta.is_file():
+        if not root.is_dir():
+            raise WorkspaceError(f"{root} is not a crew workspace (no such folder): name a workspaces/<id>")
+        workspace = cls(root.resolve(), "")
+        try:
+            data = workspace.read_record("workspace.json", 64_000)
+        except WorkspaceError:
+            raise
+        if data is None:
             raise WorkspaceError(
                 f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>"
             )
         try:
-            meta_data = json.loads(meta.read_text())
+            meta_data = json.loads(data)
             base, mode = meta_data.get("base"), meta_data.get("mode")
-        except (OSError, ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             base, mode = None, None
         # It is handed to git: only a commit id, never an option an agent could have planted.
         if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
             raise WorkspaceError(f"{meta} is damaged (its base is not a commit id): start a new run")
-        return cls(root.resolve(), base, mode if mode in ("run", "chat") else None)
+        workspace.base = base
+        workspace.mode = mode if mode in ("run", "chat") else None
+        workspace.ensure_records()
+        return workspace
 
     def _exclude_records(self) -> None:
         exclude = Path(git(self.root, "rev-parse", "--git-path", "info/exclude").strip())
@@ -139,52 +171,202 @@ class Workspace:
 
     # -- paths ----------------------------------------------------------------------------
 
-    def resolve(self, path: str) -> Path:
-        """The real path of `path` inside the workspace; WorkspaceEscape if it leaves it."""
-        if not path or not path.strip():
+    def check(self, path: str) -> str:
+        """`path` as a clean relative path inside the workspace (components joined by `/`);
+        WorkspaceEscape if it may not be used: empty, absolute, `..`, a name the system would
+        refuse (NUL, not encodable), the `.git` folder or one of crew's records. Names are
+        compared casefolded: on a case-insensitive filesystem `.GIT` is `.git`. Links are not
+        resolved here: the opens refuse them (see `crew.workspace.beneath`)."""
+        if not isinstance(path, str) or not path.strip():
             raise WorkspaceEscape("a path is needed, relative to the workspace (e.g. src/app.py)")
-        candidate = Path(path.strip())
-        if candidate.is_absolute():
-            raise WorkspaceEscape(f"{path}: absolute paths are not allowed; use a path inside the workspace")
-        if ".." in candidate.parts:
-            raise WorkspaceEscape(f"{path}: '..' is not allowed; stay inside the workspace")
-        if candidate.parts and candidate.parts[0] == ".git":
-            raise WorkspaceEscape(f"{path}: the .git folder is off limits")
-        full = (self.root / candidate).resolve()
-        if full != self.root and self.root not in full.parents:
-            raise WorkspaceEscape(f"{path}: it leads outside the workspace (symlink)")
-        git_dir = self.root / ".git"
-        if full == git_dir or git_dir in full.parents:  # checked again once links are resolved
-            raise WorkspaceEscape(f"{path}: it leads into the .git folder, which is off limits")
-        if full.name in CREW_FILES and full.parent == self.root:
-            raise WorkspaceEscape(f"{path}: that name is reserved for crew's records")
-        return full
+        text = path.strip()
+        shown = text.encode("utf-8", "backslashreplace").decode()[:200]
+        if "\0" in text:
+            raise WorkspaceEscape(f"{shown!r}: a path cannot hold a NUL character")
+        try:
+            os.fsencode(text)
+        except UnicodeError:
+            raise WorkspaceEscape(f"{shown}: the path holds characters no file name can have") from None
+        if text.startswith("/") or Path(text).is_absolute():
+            raise WorkspaceEscape(f"{shown}: absolute paths are not allowed; use a path inside the workspace")
+        parts = [p for p in text.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise WorkspaceEscape(f"{shown}: '..' is not allowed; stay inside the workspace")
+        if not parts:
+            raise WorkspaceEscape(f"{shown}: that is the workspace itself; name a file in it")
+        if any(p.casefold() == ".git" for p in parts):
+            raise WorkspaceEscape(f"{shown}: the .git folder is off limits")
+        if len(parts) == 1 and parts[0].casefold() in _PROTECTED:
+            raise WorkspaceEscape(f"{shown}: that name is reserved for crew's records")
+        return "/".join(parts)
+
+    def resolve(self, path: str) -> Path:
+        """Where `path` is inside the workspace (checked by `check`; links not resolved, as the
+        opens refuse them)."""
+        return self.root / self.check(path)
 
     # -- records ---------------------------------------------------------------------------
 
-    def write_json(self, name: str, data: Any) -> None:
-        write_json(self.root / name, data)
+    def ensure_records(self) -> None:
+        """Create each of crew's records that is missing (empty), before any agent command can
+        run: the sandbox binds what exists read-only, so none can later be planted as a link or
+        a folder. A link or anything but a file found at one is a WorkspaceError."""
+        for name in CREW_FILES:
+            try:
+                fd = beneath.open_at(self.fd, name, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0))
+            except (OSError, WorkspaceEscape) as exc:
+                raise self._record_error(name, exc) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise self._record_error(name, OSError(errno.EINVAL, "not a regular file"))
+            finally:
+                os.close(fd)
 
-    def write_patch(self) -> Path:
+    def _record_error(self, name: str, exc: BaseException) -> WorkspaceError:
+        if isinstance(exc, WorkspaceEscape):
+            what = "is a symbolic link, which crew never follows"
+        else:
+            what = f"cannot be used ({getattr(exc, 'strerror', None) or exc})"
+        return WorkspaceError(f"{self.root / name} {what}: the workspace's records were tampered "
+                              "with; remove that entry, or start a new run")
+
+    def write_record(self, name: str, data: bytes) -> None:
+        """Replace the record `name` atomically (a link there is replaced, never followed)."""
+        try:
+            beneath.replace(self.fd, name, data)
+        except (OSError, WorkspaceEscape) as exc:
+            raise self._record_error(name, exc) from None
+
+    def write_json(self, name: str, data: Any) -> None:
+        self.write_record(name, json.dumps(data, indent=2, default=str).encode())
+
+    def read_record(self, name: str, limit: int) -> bytes | None:
+        """The record `name` (None if missing or empty); WorkspaceError for a link, a record
+        that is not a file, or one larger than `limit` bytes."""
+        try:
+            data, _ = beneath.read(self.fd, name, limit)
+        except FileNotFoundError:
+            return None
+        except (OSError, WorkspaceEscape) as exc:
+            raise self._record_error(name, exc) from None
+        if len(data) > limit:
+            raise WorkspaceError(f"{self.root / name} is larger than {limit} bytes: it is damaged; "
+                                 "remove it, or start a new run")
+        return data or None
+
+    def append_record(self, name: str) -> IO[str]:
+        """The record `name` opened to append text, line-buffered; a link there is an error."""
+        try:
+            return beneath.append(self.fd, name)
+        except (OSError, WorkspaceEscape) as exc:
+            raise self._record_error(name, exc) from None
+
+    def write_patch(self) -> Patch:
         """All changes since the initial commit, as a git diff that applies to it (the bytes as
-        git wrote them: a file in any encoding is carried as it is)."""
-        git(self.root, "add", "-A")
-        diff = git_bytes(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv",
-                         self.base)
-        target = self.root / "crew.patch"
-        write_atomic(target, diff)
-        return target
+        git wrote them: a file in any encoding is carried as it is), in `crew.patch`.
+
+        Nothing a command planted runs: crew reads each file itself (no link followed), stores
+        it with `hash-object --no-filters` semantics (`fast-import` of the bytes read), stages
+        it in a temporary index (the real one is untouched) and diffs that index against the
+        base with no textconv or external diff. Binaries, files over MAX_PATCH_FILE_BYTES, and
+        files past MAX_PATCH_TOTAL_BYTES are left out and named in the result."""
+        staged, left_out = self._snapshot()
+        with tempfile.TemporaryDirectory(prefix="crew-index-") as folder:
+            env = {"GIT_INDEX_FILE": str(Path(folder) / "index")}
+            git_bytes(self.root, "read-tree", self.base, env=env)
+            if staged:
+                git_bytes(self.root, "update-index", "-z", "--index-info", stdin=b"".join(staged), env=env)
+            diff = git_bytes(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv",
+                             "--no-color", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
+                             "--submodule=short", self.base, "--", env=env)
+        self.write_record("crew.patch", diff)
+        return Patch(self.root / "crew.patch", left_out)
+
+    def _snapshot(self) -> tuple[list[bytes], list[str]]:
+        """`--index-info` lines for what changed since the base, and what was left out."""
+        algorithm = "sha1" if len(self.base) == 40 else "sha256"
+        base, sizes = tree(self.root, self.base)
+        listed = git_bytes(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        names = sorted({n for n in os.fsdecode(listed).split("\0") if n} | set(base))
+        staged: list[bytes] = []
+        blobs: list[bytes] = []
+        left_out: list[str] = []
+        total = 0
+        for name in names:
+            was = base.get(name)
+            if was is not None and was[0] == "160000":
+                continue  # a submodule: kept as it is
+            if name.endswith("/"):
+                left_out.append(f"{name}: a nested git repository")
+                continue
+            try:
+                entry, why = self._entry(name, was, sizes.get(name, -1), algorithm,
+                                         MAX_PATCH_TOTAL_BYTES - total)
+            except (OSError, WorkspaceEscape) as exc:
+                entry, why = None, f"unreadable ({getattr(exc, 'strerror', None) or exc})"
+            if why:
+                left_out.append(f"{name}: {why}")
+                continue
+            if entry is None:
+                if was is not None:  # gone: removed from the staged tree
+                    staged.append(f"0 {'0' * len(self.base)}\t{name}\0".encode("utf-8", "surrogateescape"))
+                continue
+            mode, oid, data = entry
+            if was == (mode, oid):
+                continue
+            total += len(data)
+            blobs.append(data)
+            staged.append(f"{mode} {oid}\t{name}\0".encode("utf-8", "surrogateescape"))
+        if blobs:  # one process stores them all, as the bytes crew read (no filter can apply)
+            stream = b"".join(b"blob\ndata %d\n%s\n" % (len(b), b) for b in blobs)
+            git_bytes(self.root, "fast-import", "--quiet", stdin=stream)
+        return staged, left_out
+
+    def _entry(self, name: str, was: tuple[str, str] | None, was_size: int, algorithm: str,
+               room: int) -> tuple[tuple[str, str, bytes] | None, str]:
+        """(mode, object id, bytes) of the file `name` now, or None if it is gone; or why it is
+        left out of the patch."""
+        info = beneath.lstat(self.fd, name)
+        if info is None or stat.S_ISDIR(info.st_mode):
+            return None, ""
+        if stat.S_ISLNK(info.st_mode):
+            data, mode = beneath.readlink(self.fd, name), "120000"
+        elif stat.S_ISREG(info.st_mode):
+            mode = "100755" if info.st_mode & stat.S_IXUSR else "100644"
+            if info.st_size > MAX_PATCH_FILE_BYTES:
+                # A large file the base holds, of the same size: unchanged if its id matches
+                # (hashed in pieces); anything else that large is left out unread.
+                if was is not None and was_size == info.st_size and \
+                        was == (mode, hash_file(self.fd, name, algorithm)):
+                    return (mode, was[1], b""), ""
+                return None, f"{info.st_size} bytes, over the {MAX_PATCH_FILE_BYTES}-byte limit"
+            data, _ = beneath.read(self.fd, name, MAX_PATCH_FILE_BYTES)
+            if len(data) > MAX_PATCH_FILE_BYTES:
+                return None, f"over the {MAX_PATCH_FILE_BYTES}-byte limit"
+        else:
+            return None, "not a regular file"
+        oid = object_id(data, algorithm)
+        if was == (mode, oid):
+            return (mode, oid, data), ""
+        if b"\0" in data[:_BINARY_PROBE]:
+            return None, "binary"
+        if len(data) > room:
+            return None, f"the patch would pass {MAX_PATCH_TOTAL_BYTES} bytes"
+        return (mode, oid, data), ""
 
     def lock(self) -> None:
         """Take this workspace for this process; WorkspaceError if another crew works in it."""
         import fcntl
 
-        handle = (self.root / LOCK_FILE).open("a+b")
+        try:
+            handle = os.fdopen(beneath.open_at(self.fd, LOCK_FILE, os.O_RDWR | os.O_CREAT), "r+b")
+        except (OSError, WorkspaceEscape) as exc:
+            raise self._record_error(LOCK_FILE, exc) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip() or "another process"
+            holder = handle.read(100).decode(errors="replace").strip() or "another process"
             handle.close()
             raise WorkspaceError(f"{self.root} is in use by crew process {holder}: wait for it to end, "
                                  "or stop it") from None
@@ -204,5 +386,6 @@ class Workspace:
 
     def files(self) -> list[str]:
         # -z: names as they are (not C-quoted), so what list_files shows read_file can open.
+        # git lists a link as an entry and never enters it.
         listed = git(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
         return sorted(name for name in listed.split("\0") if name)

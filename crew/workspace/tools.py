@@ -1,7 +1,10 @@
 """The agents' tools, bound to one workspace.
 
-Every path goes through `Workspace.resolve`. Errors come back as text the model can act on,
-not as exceptions. A write or edit that would leave a Python, JSON or TOML file unparsable is
+Every path is checked by `Workspace.check` and then opened through the workspace's folder
+descriptor with no link followed (`crew.workspace.beneath`): a folder swapped for a link while
+a tool runs leads nowhere. Writes replace the file atomically (a temporary file and a rename).
+Errors, a name the system refuses included, come back as one line the model can act on, not as
+exceptions. A write or edit that would leave a Python, JSON or TOML file unparsable is
 refused with the parser's message (as SWE-agent refuses edits that fail its linter), and an edit
 whose text differs from the file only in trailing whitespace or line endings still applies.
 `run_command` runs in the workspace with a timeout that kills its whole process group, an
@@ -21,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from crew.errors import WorkspaceEscape
+from crew.errors import WorkspaceError
+from crew.workspace import beneath
 from crew.workspace.repo import Workspace
 from crew.workspace.sandbox import Sandbox
 
@@ -30,6 +34,8 @@ UNCONFINED = Sandbox("none", network=True)
 MAX_OUTPUT_CHARS = 12_000
 MAX_READ_CHARS = 60_000
 MAX_READ_BYTES = 256_000
+# edit_file reads the whole file to replace text in it: a bound on what it will load.
+MAX_EDIT_BYTES = 4_000_000
 # A command's output is kept up to this many bytes (its start and its end); the rest is counted.
 MAX_OUTPUT_BYTES = 64_000
 # After a kill, how long the command's processes may take to go (a guard, not a timing).
@@ -46,16 +52,43 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _escapes_as_errors(tool: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
-    """A path outside the workspace becomes an error message the model can act on."""
+    """A path outside the workspace, or one the system refuses (too long, not a folder, ...),
+    becomes one line the model can act on."""
 
     @functools.wraps(tool)  # keeps the signature and docstring AutoGen turns into the schema
     async def guarded(*args: Any, **kwargs: Any) -> str:
         try:
             return await tool(*args, **kwargs)
-        except WorkspaceEscape as exc:
-            return f"error: {exc}"
+        except WorkspaceError as exc:
+            return f"error: {_one_line(str(exc))}"
+        except FileNotFoundError:
+            return f"error: {_shown(args, kwargs)} does not exist; call list_files to see what does"
+        except OSError as exc:
+            return f"error: {_shown(args, kwargs)}: {exc.strerror or exc}"
+        except (ValueError, UnicodeError) as exc:
+            return f"error: {_shown(args, kwargs)}: {_one_line(str(exc))}"
 
     return guarded
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
+
+
+def _shown(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The path a tool was given, printable and short, for an error line."""
+    path = kwargs.get("path", args[0] if args else "")
+    return _one_line(str(path).encode("utf-8", "backslashreplace").decode())[:200] or "the path"
+
+
+def _read(workspace: Workspace, path: str, limit: int) -> tuple[bytes, int]:
+    return beneath.read(workspace.fd, workspace.check(path), limit)
+
+
+def _write(workspace: Workspace, path: str, text: str) -> None:
+    # newline="": the text's own line endings are written as they are (as open(newline="")).
+    beneath.replace(workspace.fd, workspace.check(path), text.encode("utf-8", "surrogateescape"),
+                    make_parents=True)
 
 
 def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = COMMAND_TIMEOUT_S,
@@ -70,12 +103,8 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
     @_escapes_as_errors
     async def read_file(path: str) -> str:
         """Read a text file of the workspace. `path` is relative to the workspace root."""
-        target = workspace.resolve(path)
-        if not target.is_file():
-            return f"error: {path} does not exist; call list_files to see what does"
         # Read at most a bound: a huge (or sparse) file must not take crew's memory with it.
-        with target.open("rb") as handle:
-            data = handle.read(MAX_READ_BYTES + 1)
+        data, size = await asyncio.to_thread(_read, workspace, path, MAX_READ_BYTES)
         try:
             text = data[:MAX_READ_BYTES].decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -83,7 +112,6 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
                 return f"error: {path} is not a UTF-8 text file"
             text = data[:exc.start].decode("utf-8")
         if len(data) > MAX_READ_BYTES:
-            size = target.stat().st_size
             return (f"{_clip(text, MAX_READ_CHARS)}\n... [read the first {MAX_READ_BYTES} bytes of "
                     f"{size}: the file is larger than read_file returns]")
         return _clip(text, MAX_READ_CHARS)
@@ -91,23 +119,24 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
     @_escapes_as_errors
     async def write_file(path: str, content: str) -> str:
         """Create or overwrite a file with `content`. `path` is relative to the workspace root."""
-        target = workspace.resolve(path)
+        workspace.check(path)
         broken = syntax_error(path, content)
         if broken:
             return f"error: not written: {broken}; fix it and write the whole file again"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        await asyncio.to_thread(_write, workspace, path, content)
         return f"wrote {path} ({len(content.splitlines())} lines)"
 
     @_escapes_as_errors
     async def edit_file(path: str, old: str, new: str) -> str:
         """Replace the exact text `old` with `new` in a file; `old` must occur exactly once."""
-        target = workspace.resolve(path)
-        if not target.is_file():
-            return f"error: {path} does not exist; use write_file to create it"
         try:
-            with target.open(newline="") as handle:  # keep the file's line endings as they are
-                text = handle.read()
+            data, _ = await asyncio.to_thread(_read, workspace, path, MAX_EDIT_BYTES)
+        except FileNotFoundError:
+            return f"error: {path} does not exist; use write_file to create it"
+        if len(data) > MAX_EDIT_BYTES:
+            return f"error: {path} is larger than {MAX_EDIT_BYTES} bytes; edit_file works on smaller files"
+        try:
+            text = data.decode("utf-8")  # bytes as they are: the file's line endings are kept
         except UnicodeDecodeError:
             return f"error: {path} is not a text file"
         edited = replace_once(text, old, new)
@@ -119,7 +148,7 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
         broken = syntax_error(path, edited)
         if broken and not syntax_error(path, text):  # never block the repair of a broken file
             return f"error: not edited: the result would not parse: {broken}; {path} is unchanged"
-        target.write_text(edited, newline="")
+        await asyncio.to_thread(_write, workspace, path, edited)
         return f"edited {path}"
 
     async def run_command(command: str) -> str:
