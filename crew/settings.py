@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     sandbox: Literal["auto", "require", "off"] = "auto"
     """Agent commands in a sandbox (bubblewrap, namespaces, sandbox-exec): auto uses the best
     there is and says when there is none; require makes none an error."""
+    sandbox_read: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """More paths agent commands may read (read-only), besides the system, crew's Python and the
+    workspace: `sandbox_read = ["~/data"]` in crew.toml, or CREW_SANDBOX_READ comma-separated."""
     tool_network: bool = False
     """Agent commands may use the network (CREW_TOOL_NETWORK=on)."""
     review_architect_lines: int = Field(400, ge=1)
@@ -216,6 +219,23 @@ class Settings(BaseSettings):
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
         return [{"url": url, "name": name or None}
                 for name, _, url in (e.rpartition("=") if "=" in e else ("", "", e) for e in entries)]
+
+    @field_validator("sandbox_read", mode="before")
+    @classmethod
+    def _paths_from_text(cls, value: Any) -> Any:
+        # CREW_SANDBOX_READ="/data/corpus,~/datasets"
+        if isinstance(value, str):
+            return [entry.strip() for entry in value.split(",") if entry.strip()]
+        return value
+
+    @field_validator("sandbox_read")
+    @classmethod
+    def _paths_absolute(cls, value: list[Path]) -> list[Path]:
+        expanded = [path.expanduser() for path in value]
+        relative = [str(path) for path in expanded if not path.is_absolute()]
+        if relative:
+            raise ValueError(f"must be absolute paths (or start with ~): {', '.join(relative)}")
+        return expanded
 
     @field_validator("prompts_dir")
     @classmethod
