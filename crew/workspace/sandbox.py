@@ -77,6 +77,11 @@ class Limits:
     tmp_bytes: int = 2 * GIB
     """Size of the private /tmp (and HOME in it): a tmpfs takes the machine's memory."""
 
+    def pid_max(self) -> int:
+        """The PID namespace's pid_max that bounds `processes` where RLIMIT_NPROC cannot (root):
+        once PIDs wrap the kernel hands out only those from 300 up, so 300 more."""
+        return self.processes + 300
+
     def prlimit(self) -> list[str]:
         return ["prlimit", f"--data={self.data_bytes}", f"--fsize={self.file_bytes}",
                 f"--nproc={self.processes}", "--core=0", "--"]
@@ -211,7 +216,7 @@ def _root_pid_max(limits: Limits) -> list[str]:
     if os.geteuid() != 0:
         return []
     return ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
-            f'echo {max(limits.processes, 301)} > /proc/sys/kernel/pid_max 2>/dev/null; exec "$@"',
+            f'echo {limits.pid_max()} > /proc/sys/kernel/pid_max 2>/dev/null; exec "$@"',
             "crew-limits"]
 
 
@@ -249,7 +254,7 @@ def _unshare(sandbox: Sandbox, command: str, workspace: Path, mounts: Sequence[M
     steps = [part for m in mounts for part in (m.op + ("" if m.is_dir else "-file"), m.path, m.target)]
     return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
             "--kill-child", "--propagation", "private", *net, "sh", "-c", _UNSHARE_PROLOGUE,
-            "crew-sandbox", command, str(_resolved([workspace])[0]), str(max(sandbox.limits.processes, 301)),
+            "crew-sandbox", command, str(_resolved([workspace])[0]), str(sandbox.limits.pid_max()),
             str(sandbox.limits.tmp_bytes), *steps]
 
 
@@ -295,12 +300,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 awk '$1 == "crew-hidden" {print $2}' /proc/self/mounts | while read -r h; do
-  mount -o remount,ro "$(printf '%b' "$h")"
+  mount -o remount,bind,ro "$(printf '%b' "$h")"
 done
 echo "$pidmax" > $N/proc/sys/kernel/pid_max 2>/dev/null || true
 echo 0 > $N/proc/sys/user/max_user_namespaces
 exec 4<&-
-cd $N; pivot_root . .old; umount -l /.old; rmdir /.old; mount -o remount,ro /
+cd $N; pivot_root . .old; umount -l /.old; rmdir /.old; mount -o remount,bind,ro /
 cd "$ws"
 export HOME=/tmp/home PATH="$userpath"
 exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs -- sh -c "$cmd"
