@@ -27,7 +27,7 @@ from crew.residency import ResidencyManager, open_manager
 from crew.routing import HUMAN, NAMES
 from crew.settings import Role, Settings
 from crew.workspace.repo import Workspace
-from crew.workspace.sandbox import Sandbox, detect
+from crew.workspace.sandbox import Sandbox, for_settings
 from crew.workspace.tools import UNCONFINED
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ async def open_session(
 ) -> AsyncIterator[Session]:
     """A session in a new workspace (or `resume`'s), closed the same way on every exit path."""
     # Before anything is created: CREW_SANDBOX=require with no sandbox stops here.
-    sandbox = await asyncio.to_thread(detect, settings.sandbox, settings.tool_network)
+    sandbox = await asyncio.to_thread(for_settings, settings)
     # And a backend that cannot serve: no empty workspace is left behind for a run that never began.
     choice = await choose_backend(settings)
     try:

