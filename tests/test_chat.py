@@ -103,6 +103,7 @@ def start(fake: FakeOllama, cwd: Path, *args: str) -> Terminal:
     return Terminal([sys.executable, "-m", "crew", "chat", *args], cwd, start_env(fake))
 
 
+@pytest.mark.slow
 def test_a_whole_chat_session(ollama: FakeOllama, clean_env: Path) -> None:
     ollama.capacity = 60 * GB
     ollama.script(ARCHITECT, "1. Create hello.py with greet(name).\nNEXT: Coder",
@@ -166,6 +167,7 @@ def paste(text: str) -> str:
     return f"\x1b[200~{text}\x1b[201~"
 
 
+@pytest.mark.slow
 def test_line_editing_paste_history_completion_and_ctrl_c(ollama: FakeOllama, clean_env: Path) -> None:
     ollama.capacity = 60 * GB
     gate = threading.Event()

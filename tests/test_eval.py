@@ -28,6 +28,7 @@ def eval_json(out: Path) -> dict:
     return json.loads((out / "eval.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_built_in_suite_scores_100_with_references_and_0_untouched(
     clean_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -60,6 +61,7 @@ RIGHT = "def double(x):\n    return 2 * x\n"
 WRONG = "def double(x):\n    return x + 1\n"
 
 
+@pytest.mark.slow
 def test_team_and_solo_on_two_exercises_every_number(
     ollama: FakeOllama, on_the_fake: None, clean_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

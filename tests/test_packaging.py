@@ -11,6 +11,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from crew.residency.budget import GB
 from tests.fake_ollama import FakeOllama
 from tests.helpers import ARCHITECT, CODER, REVIEWER
@@ -18,6 +20,7 @@ from tests.helpers import ARCHITECT, CODER, REVIEWER
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_wheel_installed_non_editable_runs_crew(ollama: FakeOllama, tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ and egg-info behind in the tree it builds.
     source = tmp_path / "source"

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import ollama as ol
 import openai
+import pytest
 
 from tests.fake_ollama import GB, FakeModel, FakeOllama, FakeReply
 from tests.serving import running, serve_settings, wait_until
@@ -61,6 +62,7 @@ def _client(url: str, seed: int, outcomes: list[str]) -> None:
         outcomes.append(f"FAILED {kind}: {type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_three_crews_and_thirty_clients(ollama: FakeOllama, clean_env: Path) -> None:
     ollama.reset(models=[FakeModel(ALPHA, 8 * GB), FakeModel(BETA, 9 * GB), FakeModel(GAMMA, 10 * GB)])
     for model in (ALPHA, BETA, GAMMA):
