@@ -217,6 +217,36 @@ def test_crews_git_runs_nothing_planted_in_the_workspace(clean_env: Path) -> Non
 
 
 @pytest.mark.hostile
+def test_chat_turns_diff_and_undo_run_nothing_planted(clean_env: Path) -> None:
+    from crew.workspace import turns
+
+    outside = _outside(clean_env)
+    marker = outside / "ran"
+    workspace = Workspace.create(clean_env / "workspaces")
+    root = workspace.root
+    (root / "app.py").write_text("x = 1\n")
+    assert turns.commit_turn(workspace, "Coder")
+    plant = " && ".join(p.format(m=marker) for p in _PLANTS.values())
+    subprocess.run(["sh", "-c", plant], cwd=root, check=True, env={"PATH": os.environ["PATH"]})
+    (root / "app.py").write_text("x = 2\n")
+    (root / "new.py").write_text("n = 1\n")
+    assert "+x = 2" in turns.diff(workspace)
+    assert turns.commit_turn(workspace, "Reviewer")
+    assert not turns.commit_turn(workspace, "Reviewer")  # nothing changed since
+    assert turns.undo_turn(workspace) == "crew turn: Reviewer"
+    assert (root / "app.py").read_text() == "x = 1\n" and not (root / "new.py").exists()
+    assert not (root / ".gitattributes").exists()  # planted in the undone turn
+    assert turns.undo_turn(workspace) == "crew turn: Coder"
+    assert not (root / "app.py").exists()
+    assert turns.undo_turn(workspace) is None  # the start is not a turn
+    assert sorted(p.name for p in outside.iterdir()) == ["environ"], "crew's git ran planted code"
+    # The plant is live: git's own porcelain, as crew chat used it, runs it.
+    (root / "again.py").write_text("a = 1\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, capture_output=True, check=False)
+    assert sorted(p.name for p in outside.iterdir()) != ["environ"]
+
+
+@pytest.mark.hostile
 @pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="already the unprivileged run")
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_the_attacks_hold_as_an_unprivileged_user() -> None:

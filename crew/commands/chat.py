@@ -32,7 +32,7 @@ from crew.routing import HUMAN, NAMES
 from crew.session import Session, open_session
 from crew.settings import Settings
 from crew.team import Team, record
-from crew.workspace.git_calls import git
+from crew.workspace import turns
 
 PROMPT = "you> "
 COMMANDS = ("/ps", "/models", "/diff", "/undo", "/save", "/help", "/quit")
@@ -163,17 +163,18 @@ class ChatSession:
             self.say("  (no changes yet)")
 
     def _diff(self) -> str:
-        git(self.workspace.root, "add", "-A")
-        return git(self.workspace.root, "diff", "--cached", "--no-ext-diff", "--no-textconv",
-                   self.workspace.base)
+        return turns.diff(self.workspace)
 
     async def cmd_undo(self) -> None:
-        log = git(self.workspace.root, "log", "-1", "--format=%H %s").strip()
-        if not log or " crew turn: " not in f" {log.split(' ', 1)[1]}":
+        try:
+            undone = await asyncio.to_thread(turns.undo_turn, self.workspace)
+        except (WorkspaceError, OSError) as exc:
+            self.say(f"  could not undo: {exc}")
+            return
+        if undone is None:
             self.say("  nothing to undo: no agent edit since the start")
             return
-        git(self.workspace.root, "reset", "-q", "--hard", "HEAD~1")
-        self.say(f"  undone: {log.split(' ', 1)[1]}")
+        self.say(f"  undone: {undone}")
 
     async def cmd_save(self) -> None:
         await self.save()
@@ -187,10 +188,8 @@ class ChatSession:
     def commit_turn(self, source: str) -> None:
         if source in NAMES.values():
             try:
-                git(self.workspace.root, "add", "-A")
-                if git(self.workspace.root, "status", "--porcelain").strip():
-                    git(self.workspace.root, "commit", "-q", "-m", f"crew turn: {source}")
-            except WorkspaceError as exc:
+                turns.commit_turn(self.workspace, source)
+            except (WorkspaceError, OSError) as exc:
                 self.say(f"  (could not record {source}'s edits for /undo: {exc})")
 
     def on_sigint(self) -> None:

@@ -30,6 +30,8 @@ import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -265,27 +267,39 @@ class Workspace:
         """All changes since the initial commit, as a git diff that applies to it (the bytes as
         git wrote them: a file in any encoding is carried as it is), in `crew.patch`.
 
-        Nothing a command planted runs: crew reads each file itself (no link followed), stores
-        it with `hash-object --no-filters` semantics (`fast-import` of the bytes read), stages
-        it in a temporary index (the real one is untouched) and diffs that index against the
-        base with no textconv or external diff. Binaries, files over MAX_PATCH_FILE_BYTES, and
-        files past MAX_PATCH_TOTAL_BYTES are left out and named in the result."""
-        staged, left_out = self._snapshot()
-        with tempfile.TemporaryDirectory(prefix="crew-index-") as folder:
-            env = {"GIT_INDEX_FILE": str(Path(folder) / "index")}
-            git_bytes(self.root, "read-tree", self.base, env=env)
-            if staged:
-                git_bytes(self.root, "update-index", "-z", "--index-info", stdin=b"".join(staged), env=env)
-            diff = git_bytes(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv",
-                             "--no-color", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
-                             "--submodule=short", self.base, "--", env=env)
+        Nothing a command planted runs: the diff is of `files_index` (the files as crew read
+        them) against the base, with no textconv or external diff. Binaries, files over
+        MAX_PATCH_FILE_BYTES, and files past MAX_PATCH_TOTAL_BYTES are left out and named."""
+        diff, left_out = self.diff_bytes()
         self.write_record("crew.patch", diff)
         return Patch(self.root / "crew.patch", left_out)
 
-    def _snapshot(self) -> tuple[list[bytes], list[str]]:
-        """`--index-info` lines for what changed since the base, and what was left out."""
+    def diff_bytes(self) -> tuple[bytes, list[str]]:
+        """The diff of the work tree against the base, and what it left out (see write_patch)."""
+        with self.files_index(self.base) as (env, left_out):
+            diff = git_bytes(self.root, "diff", "--cached", "--binary", "--no-ext-diff", "--no-textconv",
+                             "--no-color", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
+                             "--submodule=short", self.base, "--", env=env)
+        return diff, left_out
+
+    @contextmanager
+    def files_index(self, against: str) -> Iterator[tuple[dict[str, str], list[str]]]:
+        """A temporary git index holding the work tree's files as crew read them (no link
+        followed, no filter run: `fast-import` of the bytes read), on top of commit `against`;
+        yields the environment that points git at it, and the files left out. The real index
+        is untouched."""
+        staged, left_out = self._snapshot(against)
+        with tempfile.TemporaryDirectory(prefix="crew-index-") as folder:
+            env = {"GIT_INDEX_FILE": str(Path(folder) / "index")}
+            git_bytes(self.root, "read-tree", against, env=env)
+            if staged:
+                git_bytes(self.root, "update-index", "-z", "--index-info", stdin=b"".join(staged), env=env)
+            yield env, left_out
+
+    def _snapshot(self, against: str) -> tuple[list[bytes], list[str]]:
+        """`--index-info` lines for what changed since commit `against`, and what was left out."""
         algorithm = "sha1" if len(self.base) == 40 else "sha256"
-        base, sizes = tree(self.root, self.base)
+        base, sizes = tree(self.root, against)
         listed = git_bytes(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
         names = sorted({n for n in os.fsdecode(listed).split("\0") if n} | set(base))
         staged: list[bytes] = []
