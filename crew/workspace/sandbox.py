@@ -37,6 +37,7 @@ import platform
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,29 @@ def _under(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
+@functools.cache
+def _private_system_files() -> tuple[str, ...]:
+    """What a user could not read under `/etc` (`/etc/shadow`, ssh host keys,
+    `/etc/ssl/private`, sudoers): hidden from a command crew runs as root, which keeps uid 0
+    (without capabilities) and so still owns them. Read once per process; as another user the
+    kernel refuses them anyway."""
+    if os.geteuid() != 0:
+        return ()
+    private: list[str] = []
+    for top in ("/etc",):
+        for folder, dirs, files in os.walk(top):
+            for name in [*dirs, *files]:
+                path = os.path.join(folder, name)
+                try:
+                    mode = os.lstat(path).st_mode
+                except OSError:
+                    continue
+                if not stat.S_ISLNK(mode) and not mode & stat.S_IROTH:
+                    private.append(path)
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in private]
+    return tuple(private)
+
+
 def layout(workspace: Path, read_only: Sequence[Path], readable: Sequence[Path],
            hidden: Sequence[Path], env: Mapping[str, str]) -> list[Mount]:
     """The sandbox's view, in the order the mounts are made: shallow paths first, so a deeper
@@ -201,7 +225,7 @@ def layout(workspace: Path, read_only: Sequence[Path], readable: Sequence[Path],
     ws = _resolved([workspace])[0]
     steps.append((len(ws.parts), 1, Mount("rw", str(ws))))
     visible = [Path(m.path) for _, _, m in steps if m.op != "link"]
-    for path in _resolved([*HIDDEN_ALWAYS, *hidden]):
+    for path in _resolved([*HIDDEN_ALWAYS, *_private_system_files(), *hidden]):
         # Hiding matters only inside something shown; elsewhere it is not there at all.
         if path.exists() and any(_under(path, v) and path != v for v in visible):
             steps.append((len(path.parts), 0, Mount("hide", str(path), is_dir=path.is_dir())))
