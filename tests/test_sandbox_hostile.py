@@ -179,7 +179,9 @@ def test_a_fork_bomb_ends_as_an_error_and_crew_goes_on(site: Site, kind: str, us
     assert subprocess.run(["true"], timeout=30, check=False).returncode == 0
 
 
-def test_what_a_user_could_not_read_in_etc_root_s_commands_do_not_see(site: Site, kind: str, user: str) -> None:
+def test_what_a_user_could_not_read_in_etc_root_s_commands_do_not_see(
+    site: Site, kind: str, user: str
+) -> None:
     # As root the command keeps uid 0 (no capabilities), so it still owns /etc/shadow; the
     # files under /etc that others may not read are not there for it.
     if not os.path.exists("/etc/shadow"):
