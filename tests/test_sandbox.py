@@ -202,3 +202,20 @@ def test_a_coder_that_attacks_through_run_command_reaches_nothing(
     assert "fsmonitor" not in (workspace / ".git" / "config").read_text()
     assert json.loads((workspace / "workspace.json").read_text())["mode"] == "run"
     assert json.loads((workspace / "summary.json").read_text())["approved"] is True
+
+
+def test_git_works_in_a_repo_worktree_under_a_hidden_home_and_its_git_folder_is_read_only(
+    clean_env: Path, bwrap: Sandbox
+) -> None:
+    from dataclasses import replace
+
+    home = clean_env / "home"
+    project = home / "project"
+    project.mkdir(parents=True)
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "the first commit"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True)
+    ws = Workspace.create(project / "workspaces", repo=project)
+    sandbox = replace(bwrap, hidden=(home,))  # the person's home: hidden, as crew hides it
+    out = sh(ws, "git log --format=%s; echo x > $(git rev-parse --git-common-dir)/planted", sandbox)
+    assert "the first commit" in out
+    assert not (project / ".git" / "planted").exists()

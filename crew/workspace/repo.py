@@ -22,6 +22,7 @@ fsmonitor. Files over `MAX_PATCH_FILE_BYTES`, binaries, and what would pass
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -393,6 +394,15 @@ class Workspace:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    @functools.cached_property
+    def git_dirs(self) -> tuple[Path, ...]:
+        """The repository's git folders outside the work tree (a `--repo` worktree's), which the
+        agents' commands may read, not write, so that git works for them in the sandbox."""
+        listed = git(self.root, "rev-parse", "--absolute-git-dir", "--git-common-dir").split("\n")
+        found = {(self.root / line.strip()).resolve() for line in listed if line.strip()}
+        inside = self.root.resolve()
+        return tuple(sorted(p for p in found if not (p == inside or inside in p.parents)))
 
     def protected(self) -> list[Path]:
         """What the agents' commands must not change: the git data and crew's records."""

@@ -278,7 +278,8 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     whole group goes (and, in a PID namespace, everything it started)."""
     loop = asyncio.get_running_loop()
     env = scrubbed_env(workspace.root)
-    argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected())
+    argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected(),
+                        readable=workspace.git_dirs)
     transport, output = await loop.subprocess_exec(
         lambda: _Output(loop), *argv, cwd=workspace.root, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
