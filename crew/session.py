@@ -13,9 +13,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,11 +159,13 @@ class Session:
 async def open_session(
     settings: Settings, *, mode: str, render: Callable[[Event], None], spec: Path | None = None,
     task: str | None = None, resume: Path | None = None, workspace_path: Path | None = None,
-    repo: Path | None = None,
+    repo: Path | None = None, hidden: Sequence[Path] = (),
 ) -> AsyncIterator[Session]:
-    """A session in a new workspace (or `resume`'s), closed the same way on every exit path."""
+    """A session in a new workspace (or `resume`'s), closed the same way on every exit path.
+    `hidden`: more paths the agents' commands must not see (an eval's suite and results)."""
     # Before anything is created: CREW_SANDBOX=require with no sandbox stops here.
-    sandbox = await asyncio.to_thread(for_settings, settings)
+    found = await asyncio.to_thread(for_settings, settings)
+    sandbox = replace(found, hidden=(*found.hidden, *hidden))
     # And a backend that cannot serve: no empty workspace is left behind for a run that never began.
     choice = await choose_backend(settings)
     try:

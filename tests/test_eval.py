@@ -121,6 +121,35 @@ def test_agents_never_see_the_hidden_tests(ollama: FakeOllama, on_the_fake: None
     assert "double(4) == 8" not in json.dumps(ollama.chats)
 
 
+@pytest.mark.hostile
+def test_the_agents_commands_see_neither_the_suite_nor_other_results(
+    ollama: FakeOllama, on_the_fake: None, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew.workspace.sandbox import detect
+
+    if detect("auto", False).kind == "none":
+        pytest.skip("no sandbox here")
+    shared = clean_env / "shared"  # shown to commands (sandbox_read): the suite and results in it are not
+    suite, out = shared / "suite", shared / "ev"
+    write_exercise(suite, "a", "alpha", RIGHT)
+    (out / "reference" / "b" / "work").mkdir(parents=True)
+    (out / "reference" / "b" / "work" / "beta.py").write_text("THE-REFERENCE-OF-B\n")
+    monkeypatch.setenv("CREW_SANDBOX_READ", str(shared))
+    (shared / "visible.txt").write_text("SHOWN-AS-ASKED\n")
+    look = (f"cat {shared}/visible.txt; cat {suite}/a/tests/test_alpha.py {suite}/a/solution/alpha.py "
+            f"{out}/reference/b/work/beta.py; find {shared} -type f -not -path '*/.git/*' | head; echo done")
+    ollama.script(CODER, FakeReply("", tool_calls=[{"name": "run_command", "arguments": {"command": look}}]),
+                  "Nothing.\nDONE")
+    assert main(["eval", str(suite), "--configs", "solo", "--tries", "1", "--out", str(out)]) == 0
+    events = [json.loads(line) for line in
+              (out / "solo" / "a" / "work" / "events.jsonl").read_text().splitlines()]
+    (shown,) = [e["content"] for e in events if e["type"] == "tool_result"]
+    assert "done" in shown and "SHOWN-AS-ASKED" in shown
+    for secret in ("double(4) == 8", "return 2 * x", "THE-REFERENCE-OF-B"):
+        assert secret not in shown
+    assert f"{suite}/a/tests/test_alpha.py\n" not in shown  # not even listed by find
+
+
 def test_humaneval_and_polyglot_suites_are_read_and_graded(clean_env: Path) -> None:
     humaneval = clean_env / "HumanEval.jsonl.gz"
     item = {"task_id": "HumanEval/0", "entry_point": "inc",

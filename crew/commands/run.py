@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,16 +71,18 @@ async def run_spec(
     max_turns: int | None = None,
     solo: Role | None = None,
     follow_up: str | None = None,
+    hidden: Sequence[Path] = (),
 ) -> Outcome:
     """Run the team (or, with `solo`, one agent on that role's model) on a spec; or continue a
-    stopped run (`resume`), with `follow_up` said to it first if given."""
+    stopped run (`resume`), with `follow_up` said to it first if given. `hidden`: paths the
+    agents' commands must not see, beyond what the settings hide (an eval's suite)."""
     task = read_spec(spec) if spec is not None else None
     if task is None and resume is None:
         raise InputError("give a spec file to run, or --resume workspaces/<id> to continue a run")
     if resume is not None:
         check_resumable(resume)
     async with open_session(settings, mode="run", render=render, spec=spec, task=task, resume=resume,
-                            workspace_path=workspace_path, repo=repo) as session:
+                            workspace_path=workspace_path, repo=repo, hidden=hidden) as session:
         team = await session.build_team(max_turns=max_turns, solo=solo)
         given: str | list[BaseChatMessage] | None = task
         replayed: set[str] = set()

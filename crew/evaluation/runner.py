@@ -95,15 +95,16 @@ def load_results(out: Path) -> list[Result]:
 
 async def run_eval(
     settings: Settings, exercises: list[Exercise], configs: list[str], *, out: Path, tries: int,
-    render: Callable[[Event], None], progress: Callable[[Progress], None],
+    render: Callable[[Event], None], progress: Callable[[Progress], None], suite: Path | None = None,
 ) -> list[Result]:
-    """Every exercise under every config, skipping those `out` already has results for."""
+    """Every exercise under every config, skipping those `out` already has results for. The
+    agents' commands and the graded code see neither the suite's folder (its hidden tests and
+    references) nor `out` beyond the exercise at hand."""
     require_pytest()
+    secret = (out.resolve(), *([suite.resolve()] if suite is not None else []))
     # Grading runs the graded code: in the sandbox the agents' commands get, never with network.
-    # It sees what the agents' commands see (homes and crew's state hidden), and not the eval's
-    # own folder, where other exercises' references and results are.
     found = await asyncio.to_thread(for_settings, settings)
-    sandbox = replace(found, network=False, hidden=(*found.hidden, out.resolve()))
+    sandbox = replace(found, network=False, hidden=(*found.hidden, *secret))
     done = {(r.exercise, r.config): r for r in load_results(out)}
     out.mkdir(parents=True, exist_ok=True)
     total = len(exercises) * len(configs)
@@ -182,11 +183,11 @@ async def _agents(settings: Settings, exercise: Exercise, config: str, source: P
         try:
             if attempt == 1:
                 outcome = await run_spec(settings, spec, render=render, workspace_path=work, repo=source,
-                                         solo=solo)
+                                         solo=solo, hidden=sandbox.hidden)
             else:
                 assert verdict is not None
                 outcome = await run_spec(settings, None, render=render, resume=work, solo=solo,
-                                         follow_up=_feedback(verdict))
+                                         follow_up=_feedback(verdict), hidden=sandbox.hidden)
         except CrewError as exc:
             error = str(exc)
             break

@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{p.rate:.0%}", file=sys.stderr, flush=True)
 
     results = arun(run_eval(settings, exercises, configs, out=out, tries=args.tries, render=render,
-                             progress=progress))
+                             progress=progress, suite=args.suite))
     data = write_report(out, results, configs)
     if not args.json_:
         print((out / "eval.md").read_text())
