@@ -399,7 +399,10 @@ class Workspace:
     def git_dirs(self) -> tuple[Path, ...]:
         """The repository's git folders outside the work tree (a `--repo` worktree's), which the
         agents' commands may read, not write, so that git works for them in the sandbox."""
-        listed = git(self.root, "rev-parse", "--absolute-git-dir", "--git-common-dir").split("\n")
+        try:
+            listed = git(self.root, "rev-parse", "--absolute-git-dir", "--git-common-dir").split("\n")
+        except WorkspaceError:
+            return ()  # no repository git can read (a command broke it): nothing more to show
         found = {(self.root / line.strip()).resolve() for line in listed if line.strip()}
         inside = self.root.resolve()
         return tuple(sorted(p for p in found if not (p == inside or inside in p.parents)))
