@@ -89,3 +89,98 @@ def test_a_command_s_memory_is_bounded_as_a_whole(site: Site, kind: str, user: s
     held = int(result.split("held=")[1].split()[0])
     shm = int(result.split("shm=")[1].split()[0])
     assert held * 100 + shm <= 128 + 64, result
+
+
+# -- 3. crew's own git calls ------------------------------------------------------------------
+
+
+def _plant_nested_repo(marker: Path) -> str:
+    """A command that makes `sub/` a git repository of its own, in the workspace (writable in
+    the sandbox), with a clean filter on every file and a file git must hash again to know if
+    it changed (same size, other mtime)."""
+    return f"""set -e
+        mkdir sub && cd sub && git init -q . && git config user.email a@b && git config user.name a
+        git config filter.evil.clean "touch {marker}; cat"
+        echo '* filter=evil' > .gitattributes
+        echo a > f.txt && git -c filter.evil.clean=cat add -A && git -c filter.evil.clean=cat commit -qm x
+        echo b > f.txt && touch -d 2001-01-01 f.txt && echo planted"""
+
+
+def _commit_turn(workspace: Workspace) -> None:
+    """What `crew chat` does after each agent turn (ChatSession.commit_turn), on this workspace."""
+    said: list[str] = []
+    ChatSession.commit_turn(SimpleNamespace(workspace=workspace, say=said.append), "Coder")  # type: ignore[arg-type]
+    ChatSession.commit_turn(SimpleNamespace(workspace=workspace, say=said.append), "Coder")  # type: ignore[arg-type]
+
+
+def test_chat_s_git_calls_run_no_filter_planted_in_a_nested_repository(tmp_path: Path) -> None:
+    """In the sandbox (bubblewrap or unshare, as found), a command makes `sub/` a nested git
+    repository whose own `.git/config` (not crew's read-only `.git`) defines a clean filter.
+    `crew chat` commits each agent turn with `git add -A` / `git status`: git looks inside the
+    nested repository and runs that filter, in crew's own process, outside any sandbox; the
+    marker it touches appears on the real filesystem. `write_patch` (crew run) leaves `sub/`
+    out and holds; `/diff` runs the same `git add -A` and breaks the same way."""
+    sandbox = detect("auto", False)
+    if not sandbox.confines_files:
+        pytest.skip("no sandbox here")
+    outside = Path(tempfile.mkdtemp(prefix="crew-attack-outside-", dir="/tmp"))
+    try:
+        marker = outside / "filter-ran"
+        workspace = Workspace.create(tmp_path / "workspaces")
+        answer = asyncio.run(run_in_workspace(workspace, _plant_nested_repo(marker), 60, sandbox))
+        assert "planted" in answer, answer
+        assert not marker.exists()  # the sandbox hid it: only crew's own git can make it
+        _commit_turn(workspace)
+        assert not marker.exists(), "crew's git ran a filter an agent planted, outside the sandbox"
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_chat_s_git_calls_run_no_filter_planted_without_a_sandbox(tmp_path: Path) -> None:
+    """With CREW_SANDBOX=off a command writes `.git/config` (a clean filter) and a
+    `.gitattributes` naming it: `crew chat`'s per-turn `git add -A` runs it. The issue asked that
+    no filter an agent planted run in crew's own git calls without a sandbox either (README still
+    says "not protected yet")."""
+    outside = Path(tempfile.mkdtemp(prefix="crew-attack-outside-", dir="/tmp"))
+    try:
+        marker = outside / "filter-ran"
+        workspace = Workspace.create(tmp_path / "workspaces")
+        answer = asyncio.run(run_in_workspace(workspace, f"""
+            git config filter.evil.clean "touch {marker}; cat" && echo '* filter=evil' > .gitattributes
+            echo hi > new.txt && echo planted""", 60, Sandbox("none", network=True)))
+        assert "planted" in answer, answer
+        _commit_turn(workspace)
+        assert not marker.exists(), "crew's git ran a filter an agent planted"
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+# -- 4. crew eval grading ---------------------------------------------------------------------
+
+WRONG_BUT_PASSES = {
+    # The graded code runs inside pytest's own process: it can switch the test runner off.
+    "runtest-replaced": "import _pytest.python\n_pytest.python.Function.runtest = lambda self: None\n\n\n"
+                        "def add(a, b):\n    return a - b\n",
+    # Or rewrite each report before crew reads it.
+    "report-rewritten": "import _pytest.reports as r\n_made = r.TestReport.from_item_and_call.__func__\n\n\n"
+                        "def _passed(cls, item, call):\n    rep = _made(cls, item, call)\n"
+                        "    rep.outcome, rep.longrepr = 'passed', None\n    return rep\n\n\n"
+                        "r.TestReport.from_item_and_call = classmethod(_passed)\n\n\n"
+                        "def add(a, b):\n    return a - b\n",
+    # Or answer with something equal to everything (the hidden tests compare with ==).
+    "always-equal": "class _Yes(int):\n    def __eq__(self, other):\n        return True\n"
+                    "    __hash__ = int.__hash__\n\n\ndef add(a, b):\n    return _Yes(a - b)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG_BUT_PASSES))
+def test_a_wrong_add_that_patches_pytest_from_inside_does_not_pass(tmp_path: Path, name: str) -> None:
+    """`add.py` alone (no conftest, no planted file: it IS the solution file, so it is copied)
+    returns a - b, and at import replaces pytest's `Function.runtest`, or rewrites every
+    `TestReport` to passed, or returns an int subclass equal to anything. Graded in the sandbox
+    `crew eval` uses, each is "all 2 hidden tests passed"."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "add.py").write_text(WRONG_BUT_PASSES[name])
+    verdict = asyncio.run(grade(work, EXERCISE, sandbox=detect("auto", False)))
+    assert not verdict.passed, verdict.output
