@@ -14,9 +14,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from crew.commands.chat import ChatSession
@@ -24,6 +26,7 @@ from crew.evaluation.grading import grade
 from crew.workspace.repo import Workspace
 from crew.workspace.sandbox import Sandbox, detect
 from crew.workspace.tools import run_in_workspace
+from tests.fake_ollama import FakeOllama
 from tests.test_grading_attacks import EXERCISE
 from tests.test_sandbox_hostile import Site, attack, kind, site, user  # noqa: F401  (fixtures)
 
@@ -184,3 +187,50 @@ def test_a_wrong_add_that_patches_pytest_from_inside_does_not_pass(tmp_path: Pat
     (work / "add.py").write_text(WRONG_BUT_PASSES[name])
     verdict = asyncio.run(grade(work, EXERCISE, sandbox=detect("auto", False)))
     assert not verdict.passed, verdict.output
+
+
+# -- 6. crew serve ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_a_client_cannot_write_escape_sequences_to_the_operator_s_terminal(
+    ollama: FakeOllama, clean_env: Path
+) -> None:
+    """`crew serve` writes one access-log line per request to its stderr, the operator's
+    terminal. The client's `X-Crew-Client` header and the request path (percent-decoded) go
+    into it raw: OSC 52 (writes the operator's clipboard), a clear screen, a C1 CSI, a
+    right-to-left override, and a newline that forges a whole log line."""
+    port = _free_port()
+    env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_MEMORY_BUDGET_GB": "48",
+           "CREW_SERVE_PORT": str(port), "HOME": str(clean_env)}
+    server = subprocess.Popen([sys.executable, "-m", "crew", "serve"], cwd=clean_env, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # polls a condition (the server answering), bounded by the deadline
+            try:
+                httpx.get(f"{base}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "crew serve did not start"
+                time.sleep(0.05)
+        httpx.get(f"{base}/health", headers={"X-Crew-Client": "evil\x1b]52;c;SGVsbG8=\x07\x1b[2J"}, timeout=10)
+        httpx.get(f"{base}/api/ps%1b%5b31mRED%0a2026-12-06%20FORGED%20LINE", timeout=10)
+        httpx.get(f"{base}/health", headers={"X-Crew-Client": "a\u009b31m\u202e".encode()}, timeout=10)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    shown = err.decode("utf-8", "replace")
+    assert "FORGED" in shown and "evil" in shown  # the requests were logged
+    for control in ("\x1b", "\x07", "\u009b", "\u202e", "\nFORGED"):
+        assert control not in shown, f"{control!r} reached the operator's terminal:\n{shown!r}"
