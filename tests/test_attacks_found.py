@@ -25,7 +25,7 @@ from crew.commands.chat import ChatSession
 from crew.evaluation.grading import grade
 from crew.workspace.repo import Workspace
 from crew.workspace.sandbox import Sandbox, detect
-from crew.workspace.tools import run_in_workspace
+from crew.workspace.tools import MAX_READ_CHARS, make_tools, run_in_workspace
 from tests.fake_ollama import FakeOllama
 from tests.test_grading_attacks import EXERCISE
 from tests.test_sandbox_hostile import Site, attack, kind, site, user  # noqa: F401  (fixtures)
@@ -234,3 +234,19 @@ def test_a_client_cannot_write_escape_sequences_to_the_operator_s_terminal(
     assert "FORGED" in shown and "evil" in shown  # the requests were logged
     for control in ("\x1b", "\x07", "\u009b", "\u202e", "\nFORGED"):
         assert control not in shown, f"{control!r} reached the operator's terminal:\n{shown!r}"
+
+
+# -- 2. the file tools ------------------------------------------------------------------------
+
+
+def test_list_files_answers_with_a_bounded_text(tmp_path: Path) -> None:
+    """Every other tool's answer is cut to a bound (run_command 12,000 characters, read_file
+    60,000); `list_files` returns every name. A command that makes 20,000 files with 200-character
+    names (a second's work) makes each list_files call a 4 MB answer: into the model's context,
+    `events.jsonl` and `transcript.md`, every time an agent looks. A million names is 200 MB."""
+    workspace = Workspace.create(tmp_path / "workspaces")
+    for i in range(2_000):  # 2,000 x 200 characters: 400 kB, enough to show it (fast)
+        (workspace.root / f"{'n' * 200}{i}").touch()
+    tools = {t.__name__: t for t in make_tools(workspace, write=False)}
+    size = len(asyncio.run(tools["list_files"]()))
+    assert size <= MAX_READ_CHARS, f"list_files answered {size:,} characters"
