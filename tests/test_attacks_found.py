@@ -224,7 +224,8 @@ def test_a_client_cannot_write_escape_sequences_to_the_operator_s_terminal(
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "crew serve did not start"
                 time.sleep(0.05)
-        httpx.get(f"{base}/health", headers={"X-Crew-Client": "evil\x1b]52;c;SGVsbG8=\x07\x1b[2J"}, timeout=10)
+        clipboard_and_clear = "evil\x1b]52;c;SGVsbG8=\x07\x1b[2J"
+        httpx.get(f"{base}/health", headers={"X-Crew-Client": clipboard_and_clear}, timeout=10)
         httpx.get(f"{base}/api/ps%1b%5b31mRED%0a2026-12-06%20FORGED%20LINE", timeout=10)
         httpx.get(f"{base}/health", headers={"X-Crew-Client": "a\u009b31m\u202e".encode()}, timeout=10)
     finally:
