@@ -232,7 +232,9 @@ def test_a_client_cannot_write_escape_sequences_to_the_operator_s_terminal(
         server.terminate()
         _, err = server.communicate(timeout=30)
     shown = err.decode("utf-8", "replace")
-    assert "FORGED" in shown and "evil" in shown  # the requests were logged
+    # The requests were logged (uvicorn refuses ESC and BEL in a header value itself, so the
+    # clipboard one never reaches crew; C1 and bidi characters in UTF-8 do).
+    assert "FORGED" in shown and "31m" in shown
     for control in ("\x1b", "\x07", "\u009b", "\u202e", "\nFORGED"):
         assert control not in shown, f"{control!r} reached the operator's terminal:\n{shown!r}"
 

@@ -144,3 +144,13 @@ def test_safe_text_escapes_each_character_and_json_safe_keeps_the_value() -> Non
     assert safe_text(OSC52[:3]) + safe_text(OSC52[3:]) == safe_text(OSC52)
     line = json.dumps({"t": ATTACK}, ensure_ascii=False)
     assert unsafe_in(json_safe(line)) == [] and json.loads(json_safe(line)) == {"t": ATTACK}
+
+
+def test_what_a_person_cannot_see_is_shown_escaped_but_joiners_stay() -> None:
+    from crew.safe_text import one_line
+
+    hidden = "run\u200b rm\U000e0041\U000e0042 -rf\u2060 /\ufeff\u200f"
+    shown = safe_text(hidden)
+    assert shown == "run\\u200b rm\\U000e0041\\U000e0042 -rf\\u2060 /\\ufeff\\u200f"
+    assert safe_text("👨\u200d👩\u200d👧 می\u200cخواهم") == "👨\u200d👩\u200d👧 می\u200cخواهم"
+    assert one_line("a\nb\tc\x1b") == "a\\x0ab\\x09c\\x1b"

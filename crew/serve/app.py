@@ -37,6 +37,7 @@ from crew.errors import (
     ResidencyDeadlock,
     SettingsError,
 )
+from crew.safe_text import one_line
 from crew.serve.authority import Authority, ClientGone
 from crew.serve.browsers import MAX_DEPTH, Browsers, too_deep
 from crew.serve.forward import UpstreamRefused
@@ -245,6 +246,7 @@ class Gate:
         metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
         if metrics is not None:
             metrics.requests.labels(route, str(status)).inc()
-        access_log.info("%s %s %s %d model=%s waited=%.3fs took=%.3fs", client_name(scope), scope["method"],
-                        scope["path"], status, state.get("model", "-"), float(state.get("waited_s", 0.0)),
-                        seconds)
+        # What the client sent is shown escaped, in one line: the log is read on a terminal.
+        access_log.info("%s %s %s %d model=%s waited=%.3fs took=%.3fs", one_line(client_name(scope)),
+                        one_line(scope["method"]), one_line(scope["path"]), status,
+                        one_line(str(state.get("model", "-"))), float(state.get("waited_s", 0.0)), seconds)

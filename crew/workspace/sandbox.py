@@ -61,6 +61,8 @@ SANDBOX_HOME = "/tmp/home"
 """HOME inside the sandbox: empty at every command, gone after it."""
 # What every command reads: the system, never the people on it.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+# Shared memory a command may use (Python's multiprocessing, browsers): bounded like /tmp.
+SHM_BYTES = 256 * 2**20
 # Homes and crew's own folders: not there unless a visible path lies inside them.
 HIDDEN_ALWAYS = ("/home", "/root", "/Users", "/var/root")
 
@@ -256,7 +258,10 @@ def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, st
     if not sandbox.network:
         argv.append("--unshare-net")
     size = str(sandbox.limits.tmp_bytes)
-    argv += ["--dev", "/dev", "--proc", "/proc", "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
+    # /dev is bubblewrap's own tmpfs: read-only once made (device nodes still work), and its
+    # /dev/shm a small bounded tmpfs, or it would hold whatever a command wrote, unbounded.
+    argv += ["--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--proc", "/proc",
+             "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
     hidden_dirs = []
     for m in mounts:
         if m.op == "link":
@@ -268,7 +273,7 @@ def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, st
             argv += ["--ro-bind", "/dev/null", m.path]
         else:
             argv += ["--bind" if m.op == "rw" else "--ro-bind", m.path, m.path]
-    for path in hidden_dirs:  # after the deeper mounts inside them are made
+    for path in [*hidden_dirs, "/dev"]:  # after the deeper mounts inside them are made
         argv += ["--remount-ro", path]
     argv += ["--chdir", str(_resolved([workspace])[0]), "--clearenv"]
     for key, value in {**env, "HOME": SANDBOX_HOME}.items():

@@ -51,6 +51,21 @@ def _clip(text: str, limit: int) -> str:
     return text[: limit // 2] + f"\n... [{len(text) - limit} characters cut] ...\n" + text[-limit // 2:]
 
 
+def _listing(names: list[str]) -> str:
+    """The names, one a line, cut to MAX_READ_CHARS like every answer (a command can make a
+    million files), with how many were left out."""
+    shown: list[str] = []
+    size = 0
+    for name in names:
+        size += len(name) + 1
+        if size > MAX_READ_CHARS - 200:
+            rest = len(names) - len(shown)
+            return "\n".join(shown) + (f"\n... and {rest} more files ({len(names)} in all): list one folder "
+                                       "with run_command, e.g. `ls some/folder`")
+        shown.append(name)
+    return "\n".join(shown)
+
+
 def _escapes_as_errors(tool: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
     """A path outside the workspace, or one the system refuses (too long, not a folder, ...),
     becomes one line the model can act on."""
@@ -98,7 +113,7 @@ def make_tools(workspace: Workspace, *, write: bool, command_timeout: float = CO
     async def list_files() -> str:
         """List the files of the workspace, one path per line."""
         files = await asyncio.to_thread(workspace.files)
-        return "\n".join(files) or "(the workspace is empty)"
+        return _listing(files) or "(the workspace is empty)"
 
     @_escapes_as_errors
     async def read_file(path: str) -> str:
