@@ -21,6 +21,7 @@ from crew.residency.budget import MemoryBudget
 from crew.residency.measurements import Measurements
 from crew.routing import forecast
 from crew.settings import ROLES, Role, Settings
+from crew.workspace import cgroup
 from crew.workspace.sandbox import for_settings
 
 # The speaker order of a typical run: a plan, then three rounds of code and review.
@@ -98,7 +99,9 @@ def _sandbox(settings: Settings, warnings: list[str], problems: list[str]) -> st
         return sandbox.describe()
     # What a command sees, so a missing tool or a visible secret shows before a run.
     shown = sandbox.visible(settings.workspaces_dir / "<run>")
-    return f"{sandbox.describe()}; commands see: {', '.join(shown)}, a private /tmp and HOME"
+    memory = ("memory and processes bounded per command (a cgroup)" if cgroup.available()
+              else "memory bounded per process only (no cgroup crew may make here)")
+    return f"{sandbox.describe()}; {memory}; commands see: {', '.join(shown)}, a private /tmp and HOME"
 
 
 def _embedded_model() -> str | None:

@@ -61,8 +61,6 @@ SANDBOX_HOME = "/tmp/home"
 """HOME inside the sandbox: empty at every command, gone after it."""
 # What every command reads: the system, never the people on it.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
-# Shared memory a command may use (Python's multiprocessing, browsers): bounded like /tmp.
-SHM_BYTES = 256 * 2**20
 # Homes and crew's own folders: not there unless a visible path lies inside them.
 HIDDEN_ALWAYS = ("/home", "/root", "/Users", "/var/root")
 
@@ -79,6 +77,10 @@ class Limits:
     """Largest file a command may write (RLIMIT_FSIZE)."""
     tmp_bytes: int = 2 * GIB
     """Size of the private /tmp (and HOME in it): a tmpfs takes the machine's memory."""
+
+    def shm_bytes(self) -> int:
+        """Size of /dev/shm (Python's multiprocessing, browsers): an eighth of /tmp's."""
+        return self.tmp_bytes // 8
 
     def pid_max(self) -> int:
         """The PID namespace's pid_max that bounds `processes` where RLIMIT_NPROC cannot (root):
@@ -260,7 +262,8 @@ def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, st
     size = str(sandbox.limits.tmp_bytes)
     # /dev is bubblewrap's own tmpfs: read-only once made (device nodes still work), and its
     # /dev/shm a small bounded tmpfs, or it would hold whatever a command wrote, unbounded.
-    argv += ["--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--proc", "/proc",
+    shm = str(sandbox.limits.shm_bytes())
+    argv += ["--dev", "/dev", "--size", shm, "--tmpfs", "/dev/shm", "--proc", "/proc",
              "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
     hidden_dirs = []
     for m in mounts:

@@ -26,6 +26,7 @@ from typing import Any
 
 from crew.errors import WorkspaceError
 from crew.workspace import beneath
+from crew.workspace.cgroup import CommandCgroup, open_cgroup
 from crew.workspace.repo import Workspace
 from crew.workspace.sandbox import Sandbox
 
@@ -295,8 +296,26 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     env = scrubbed_env(workspace.root)
     argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected(),
                         readable=workspace.git_dirs)
+    group = await asyncio.to_thread(command_cgroup, sandbox)
+    try:
+        return await _run(loop, command, group.wrap(argv) if group else argv, workspace.root, env, timeout)
+    finally:
+        if group is not None:
+            await asyncio.to_thread(group.remove)
+
+
+def command_cgroup(sandbox: Sandbox) -> CommandCgroup | None:
+    """A cgroup bounding a sandboxed command's memory and processes as a whole, where crew can
+    make one (see crew.workspace.cgroup); unconfined commands get none."""
+    if not sandbox.confines_files:
+        return None
+    return open_cgroup(sandbox.limits.data_bytes, sandbox.limits.processes)
+
+
+async def _run(loop: asyncio.AbstractEventLoop, command: str, argv: list[str], cwd: Path,
+               env: dict[str, str], timeout: float) -> str:
     transport, output = await loop.subprocess_exec(
-        lambda: _Output(loop), *argv, cwd=workspace.root, env=env,
+        lambda: _Output(loop), *argv, cwd=cwd, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
