@@ -22,6 +22,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crew import __version__
@@ -66,10 +67,23 @@ def status_of(exc: CrewError) -> int:
     return next((code for cls, code in table if isinstance(exc, cls)), 502)
 
 
+# OpenAI's error `code` for a status (a string, as its clients type it); others: the status.
+OPENAI_CODES: dict[int, str] = {
+    400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "request_too_large", 422: "invalid_request", 499: "client_closed_request",
+    502: "upstream_error", 503: "unavailable", 504: "timeout", 507: "insufficient_memory",
+}
+
+
 def error_response(path: str, status: int, message: str) -> JSONResponse:
-    if path.startswith("/v1/"):
+    """One JSON error: OpenAI's `{"error": {"message", "type", "code"}}` under /v1, else
+    Ollama's `{"error": message}` (which the seed's clients read too)."""
+    if path == "/v1" or path.startswith("/v1/"):
         kind = "invalid_request_error" if status < 500 else "server_error"
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+        if status == 401:
+            kind = "authentication_error"
+        code = OPENAI_CODES.get(status, str(status))
+        return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -114,9 +128,20 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return error_response(request.url.path, *_field_message(exc))
 
-    from crew.serve import crew_routes, ollama_routes, openai_routes, ops, seed_routes
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own 404/405 in the API's shape, not FastAPI's {"detail": ...}.
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+                       exc.status_code, str(exc.detail))
+        response = error_response(request.url.path, exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
+
+    from crew.serve import crew_routes, ollama_routes, openai_routes, ops, seed_routes, seed_status
 
     app.include_router(seed_routes.router)
+    app.include_router(seed_status.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ops.router)
