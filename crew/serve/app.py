@@ -10,6 +10,8 @@ the status a client can act on (`status_of`); OpenAI routes get OpenAI's error s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -40,6 +42,7 @@ from crew.errors import (
 )
 from crew.serve.authority import Authority, ClientGone
 from crew.serve.browsers import MAX_DEPTH, Browsers, too_deep
+from crew.serve.drain import Drain, drain_of
 from crew.serve.forward import UpstreamRefused
 from crew.serve.ops import Metrics, access_log
 from crew.serve.requests import client_name
@@ -67,14 +70,6 @@ def status_of(exc: CrewError) -> int:
     return next((code for cls, code in table if isinstance(exc, cls)), 502)
 
 
-# OpenAI's error `code` for a status (a string, as its clients type it); others: the status.
-OPENAI_CODES: dict[int, str] = {
-    400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "request_too_large", 422: "invalid_request", 499: "client_closed_request",
-    502: "upstream_error", 503: "unavailable", 504: "timeout", 507: "insufficient_memory",
-}
-
-
 def error_response(path: str, status: int, message: str) -> JSONResponse:
     """One JSON error: OpenAI's `{"error": {"message", "type", "code"}}` under /v1, else
     Ollama's `{"error": message}` (which the seed's clients read too)."""
@@ -82,8 +77,8 @@ def error_response(path: str, status: int, message: str) -> JSONResponse:
         kind = "invalid_request_error" if status < 500 else "server_error"
         if status == 401:
             kind = "authentication_error"
-        code = OPENAI_CODES.get(status, str(status))
-        return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+        # `code` is the status: OpenAI's clients read message and type; crew's always had it so.
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -115,6 +110,7 @@ def create_app(
 
     app = FastAPI(title="crew serve", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url="/crew/v1/openapi.json")
+    app.state.drain = Drain()
 
     @app.exception_handler(CrewError)
     async def crew_error(request: Request, exc: CrewError) -> Response:
@@ -213,8 +209,25 @@ class Gate:
         except _TooLarge:
             if not status["sent"]:
                 await error_response(scope["path"], *self._too_large())(scope, receive, sending)
+        except asyncio.CancelledError:
+            drain = drain_of(scope)
+            if drain is None or not drain.ended:
+                raise
+            # uvicorn cancels what outlived the drain: finish it in one line, not a traceback.
+            status["code"] = 503 if not status["sent"] else int(status["code"])
+            await self._cut(scope, receive, send, bool(status["sent"]))
         finally:
             self._log(scope, int(status["code"]), time.monotonic() - started)
+
+    @staticmethod
+    async def _cut(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+        """End a request the drain outlived: a 503 if nothing was sent, else end its body."""
+        with contextlib.suppress(Exception):
+            if started:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                message = "crew serve stopped before this request finished (drain grace over): send it again"
+                await error_response(scope["path"], 503, message)(scope, receive, send)
 
     def _refusal(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         if self.token is not None:
