@@ -11,7 +11,7 @@ of agent turns, and `@coder` addresses one agent. The Reviewer ends a run with a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from crew.settings import Role
@@ -20,12 +20,31 @@ NAMES: dict[Role, str] = {"architect": "Architect", "coder": "Coder", "reviewer"
 ROLE_OF: dict[str, Role] = {name: role for role, name in NAMES.items()}
 # What the workflow does after each speaker.
 NEXT: dict[Role, Role] = {"architect": "coder", "coder": "reviewer", "reviewer": "coder"}
-# The seed's task-type routing.
-TASK_TYPES: dict[Role, tuple[str, ...]] = {
-    "architect": ("plan", "design", "architecture", "requirements", "strategy"),
-    "coder": ("code", "implement", "fix", "refactor", "feature", "optimize"),
-    "reviewer": ("review", "test", "validate", "debug"),
+# The seed router's TASK_ROUTING, entry for entry and in its order (its models are the roles'):
+# the default table of `role_for`; crew.toml's `[routing]` may override entries.
+SEED_ROUTING: dict[str, Role] = {
+    "plan": "architect", "design": "architect", "architecture": "architect",
+    "requirements": "architect", "strategy": "architect",
+    "code": "coder", "implement": "coder", "refactor": "coder", "fix": "coder",
+    "feature": "coder", "optimize": "coder",
+    "review": "reviewer", "test": "reviewer", "qa": "reviewer", "validate": "reviewer",
+    "debug": "reviewer", "summary": "reviewer",
 }
+# The seed's table by role.
+TASK_TYPES: dict[Role, tuple[str, ...]] = {
+    role: tuple(kind for kind, r in SEED_ROUTING.items() if r == role)
+    for role in ("architect", "coder", "reviewer")
+}
+# Words that, opening a request in prose, name the kind of work (`task_type`): the seed's task
+# types except `qa` and `summary`, which in prose name a thing ("add a summary line"), not the work.
+OPENING_WORDS: dict[Role, tuple[str, ...]] = {
+    role: tuple(k for k in kinds if k not in ("qa", "summary")) for role, kinds in TASK_TYPES.items()
+}
+# The task types whose `urgency: critical` request stays with the Architect (the seed's list):
+# other Architect work that is critical goes to the Coder.
+CRITICAL_STAYS: frozenset[str] = frozenset({"plan", "design", "architecture"})
+# The seed's own routes name a task type: /architect is design work, /coder code, /reviewer review.
+ROUTE_TASK_TYPE: dict[Role, str] = {"architect": "design", "coder": "code", "reviewer": "review"}
 HUMAN = "You"
 # In a chat, the person gets the floor after this many agent turns in a row.
 MAX_AGENT_STREAK = 6
@@ -50,7 +69,7 @@ def task_type(text: str) -> Role | None:
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     words = re.findall(r"[a-z]+", lines[0].lower())[:12] if lines else []
     for word in words:
-        for role, keywords in TASK_TYPES.items():
+        for role, keywords in OPENING_WORDS.items():
             if word in keywords:
                 return role
     return None
@@ -127,12 +146,33 @@ def _prefer_resident(roles: list[Role], why: str, resident: Callable[[Role], boo
 DEFAULT_ROLE: Role = "architect"
 
 
-def role_for(task_type: str, role: Role | None = None) -> tuple[Role, str]:
-    """Which role answers a task type (or the role's own route), and why."""
+def routing_table(overrides: Mapping[str, Role] | None = None) -> dict[str, Role]:
+    """The seed's table with crew.toml's `[routing]` entries over it (keys lower-cased)."""
+    return {**SEED_ROUTING, **{k.strip().lower(): r for k, r in (overrides or {}).items()}}
+
+
+def role_for(
+    task_type: str, role: Role | None = None, table: Mapping[str, Role] = SEED_ROUTING
+) -> tuple[Role, str]:
+    """Which role answers a task type (or the role's own route), and why: the seed's
+    `select_model` step 1, case-insensitive, an unknown type going to the Architect."""
     if role is not None:
         return role, f"the /{role} route"
     kind = task_type.strip().lower()
-    matched = next((r for r, kinds in TASK_TYPES.items() if kind in kinds), None)
+    matched = table.get(kind)
     if matched is None:
         return DEFAULT_ROLE, f"task_type '{kind}' is not in the table: the Architect plans"
     return matched, f"task_type '{kind}' is {NAMES[matched]} work"
+
+
+def urgent_role(task_type: str, urgency: str, role: Role | None = None,
+                table: Mapping[str, Role] = SEED_ROUTING) -> tuple[Role, str]:
+    """`role_for`, then the seed's urgency rule (its `select_model` step 2): a `critical` request
+    for Architect work other than plan/design/architecture goes to the Coder. Nothing else
+    changes the role; a role's own route is that role's task type (/architect is `design`)."""
+    kind = ROUTE_TASK_TYPE[role] if role is not None else task_type
+    chosen, why = role_for(task_type, role, table)
+    critical = urgency.strip().lower() == "critical"
+    if critical and chosen == "architect" and kind.strip().lower() not in CRITICAL_STAYS:
+        return "coder", f"{why}; critical and not plan/design/architecture: the Coder answers (seed rule)"
+    return chosen, why

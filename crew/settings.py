@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     """Browser origins `crew serve` answers besides Ollama's defaults (comma-separated, `*`
     matches any run of characters, `*` alone any origin), like OLLAMA_ORIGINS."""
 
+    routing: dict[str, Role] = Field(default_factory=dict)
+    """Task types routed elsewhere than the seed's table says, or added to it: a `[routing]`
+    table in crew.toml (`summary = "coder"`), or CREW_ROUTING_<TYPE>=<role>. `crew models`
+    prints the table in effect."""
+
     architect: ArchitectSettings = ArchitectSettings()
     coder: CoderSettings = CoderSettings()
     reviewer: ReviewerSettings = ReviewerSettings()
@@ -226,6 +231,15 @@ class Settings(BaseSettings):
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
         return [{"url": url, "name": name or None}
                 for name, _, url in (e.rpartition("=") if "=" in e else ("", "", e) for e in entries)]
+
+    @field_validator("routing", mode="before")
+    @classmethod
+    def _routing_lowercase(cls, value: Any) -> Any:
+        # Task types and roles compare case-insensitively, as the seed's `task_type.lower()`.
+        if not isinstance(value, dict):
+            return value
+        return {str(k).strip().lower(): v.strip().lower() if isinstance(v, str) else v
+                for k, v in value.items()}
 
     @field_validator("serve_allowed_hosts", "serve_origins", "sandbox_read", mode="before")
     @classmethod

@@ -108,7 +108,7 @@ def test_ps_models_and_plan_with_one_model_resident(
     code, models = crew_json(capsys, "models")
     learned = {r["role"]: r["resident_bytes"] for r in models["roles"]}
     assert learned == {"architect": None, "coder": None, "reviewer": env.resident()[REVIEWER]}
-    assert models["task_routing"]["reviewer"] == ["review", "test", "validate", "debug"]
+    assert models["task_routing"]["reviewer"] == ["review", "test", "qa", "validate", "debug", "summary"]
 
     code, plan = crew_json(capsys, "plan")
     assert code == 0 and plan["loads"] == [ARCHITECT, CODER, REVIEWER]

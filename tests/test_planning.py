@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from crew.residency.planning import Grant, Load, Situation, Wait, plan
-from crew.residency.queue import Waiter
+from crew.residency.queue import URGENT, Waiter
 from crew.residency.slots import Slot
 
 GB = 10**9
@@ -79,3 +79,13 @@ def test_joining_a_load_in_flight() -> None:
         await loading.task
 
     asyncio.run(joined())
+
+
+def test_a_critical_request_for_a_resident_model_never_waits_for_a_starving_load() -> None:
+    coder = _slot("coder", 19)
+    starving = _waiter("architect")
+    critical = Waiter(model="coder", owner="t", priority=URGENT, seq=2)
+    assert plan(critical, _now(coder, starving=starving, head=starving), _largest) == Grant(coder)
+    high = Waiter(model="coder", owner="t", priority=URGENT - 1, seq=3)
+    decided = plan(high, _now(coder, starving=starving, head=starving), _largest)
+    assert decided == Wait(["architect"], for_room=False)

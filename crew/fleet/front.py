@@ -29,7 +29,7 @@ from crew import __version__
 from crew.backends.ollama_api import normalize_model
 from crew.fleet.asgi import Head, Wire
 from crew.fleet.policy import Want
-from crew.routing import role_for
+from crew.routing import routing_table, urgent_role
 from crew.serve.app import Gate, error_response
 from crew.serve.browsers import Browsers
 from crew.serve.requests import disconnected
@@ -125,8 +125,10 @@ def model_of(settings: Settings, path: str, body: bytes) -> str | None:
     if path in SEED_ROUTES:
         items = data if isinstance(data, list) else [data]
         roles = settings.roles()
-        picked = Tally(normalize_model(roles[role_for(str(i.get("task_type") or "general"),
-                                                      _role_path(path))[0]].model)
+        table = routing_table(settings.routing)
+        picked = Tally(normalize_model(roles[urgent_role(str(i.get("task_type") or "general"),
+                                                         str(i.get("urgency") or "normal"),
+                                                         _role_path(path), table)[0]].model)
                        for i in items if isinstance(i, dict))
         return picked.most_common(1)[0][0] if picked else None
     model = data.get("model") if isinstance(data, dict) else None

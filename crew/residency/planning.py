@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from crew.residency.queue import Waiter
+from crew.residency.queue import URGENT, Waiter
 from crew.residency.slots import Slot
 
 
@@ -72,7 +72,7 @@ def plan(waiter: Waiter, now: Situation, choose: Choose) -> Plan:
     if slot is not None and slot.state == "resident" and not slot.mismatched:
         if waiter.reservation is slot:
             return Grant(slot)
-        if now.starving is not None and now.starving.model != waiter.model:
+        if now.starving is not None and now.starving.model != waiter.model and waiter.priority < URGENT:
             return Wait([now.starving.model], for_room=False)
         return Grant(slot)
     if slot is not None and slot.state == "unloading":

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from crew.residency.slots import Slot
 
 DEFAULT_FAIRNESS = 4
+# A request at this priority or above (a server's `urgency: critical`) is granted a resident
+# model at once, even past a starving load: it never waits for a load it does not need.
+URGENT = 2
 
 
 @dataclass(eq=False)

@@ -10,6 +10,8 @@ the status a client can act on (`status_of`); OpenAI routes get OpenAI's error s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -22,6 +24,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crew import __version__
@@ -40,6 +43,7 @@ from crew.errors import (
 from crew.safe_text import one_line
 from crew.serve.authority import Authority, ClientGone
 from crew.serve.browsers import MAX_DEPTH, Browsers, too_deep
+from crew.serve.drain import Drain, drain_of
 from crew.serve.forward import UpstreamRefused
 from crew.serve.ops import Metrics, access_log
 from crew.serve.requests import client_name
@@ -68,8 +72,13 @@ def status_of(exc: CrewError) -> int:
 
 
 def error_response(path: str, status: int, message: str) -> JSONResponse:
-    if path.startswith("/v1/"):
+    """One JSON error: OpenAI's `{"error": {"message", "type", "code"}}` under /v1, else
+    Ollama's `{"error": message}` (which the seed's clients read too)."""
+    if path == "/v1" or path.startswith("/v1/"):
         kind = "invalid_request_error" if status < 500 else "server_error"
+        if status == 401:
+            kind = "authentication_error"
+        # `code` is the status: OpenAI's clients read message and type; crew's always had it so.
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
     return JSONResponse({"error": message}, status_code=status)
 
@@ -102,6 +111,7 @@ def create_app(
 
     app = FastAPI(title="crew serve", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url="/crew/v1/openapi.json")
+    app.state.drain = Drain()
 
     @app.exception_handler(CrewError)
     async def crew_error(request: Request, exc: CrewError) -> Response:
@@ -115,9 +125,20 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return error_response(request.url.path, *_field_message(exc))
 
-    from crew.serve import crew_routes, ollama_routes, openai_routes, ops, seed_routes
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own 404/405 in the API's shape, not FastAPI's {"detail": ...}.
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+                       exc.status_code, str(exc.detail))
+        response = error_response(request.url.path, exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
+
+    from crew.serve import crew_routes, ollama_routes, openai_routes, ops, seed_routes, seed_status
 
     app.include_router(seed_routes.router)
+    app.include_router(seed_status.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ops.router)
@@ -189,8 +210,25 @@ class Gate:
         except _TooLarge:
             if not status["sent"]:
                 await error_response(scope["path"], *self._too_large())(scope, receive, sending)
+        except asyncio.CancelledError:
+            drain = drain_of(scope)
+            if drain is None or not drain.ended:
+                raise
+            # uvicorn cancels what outlived the drain: finish it in one line, not a traceback.
+            status["code"] = 503 if not status["sent"] else int(status["code"])
+            await self._cut(scope, receive, send, bool(status["sent"]))
         finally:
             self._log(scope, int(status["code"]), time.monotonic() - started)
+
+    @staticmethod
+    async def _cut(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+        """End a request the drain outlived: a 503 if nothing was sent, else end its body."""
+        with contextlib.suppress(Exception):
+            if started:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                message = "crew serve stopped before this request finished (drain grace over): send it again"
+                await error_response(scope["path"], 503, message)(scope, receive, send)
 
     def _refusal(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         if self.token is not None:

@@ -24,13 +24,15 @@ from crew.backends.ollama_api import normalize_model
 from crew.errors import CrewError
 from crew.events import Event, ModelLoaded, ResidencyWaiting
 from crew.residency import Hold, ResidencyManager
+from crew.residency.queue import URGENT
+from crew.routing import routing_table
 from crew.settings import Role, Settings
 
 # Options that shape the runner: a request that changes one makes Ollama reload the model.
 RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
 
 Urgency = Literal["normal", "high", "critical"]
-PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": 2}
+PRIORITY: dict[str, int] = {"normal": 0, "high": 1, "critical": URGENT}
 
 
 class ClientGone(CrewError):
@@ -83,6 +85,8 @@ class Authority:
         self.upstream = upstream
         self.host = settings.ollama_host
         self.roles: dict[Role, str] = {}
+        self.routing: dict[str, Role] = routing_table(settings.routing)
+        """Task type -> role: the seed's table with crew.toml's `[routing]` over it."""
         self._seq = itertools.count(1)
         self._register_lock = asyncio.Lock()
         self.wait_observers: list[Callable[[str, float], None]] = []
@@ -196,3 +200,7 @@ class Authority:
 
     def resident(self) -> set[str]:
         return {v.name for v in self.manager.snapshot().slots if v.state == "resident"}
+
+    def resident_bytes(self, model: str) -> int:
+        """What `model` takes in memory now (0 if it is not resident)."""
+        return next((v.bytes for v in self.manager.snapshot().slots if v.name == model), 0)

@@ -7,6 +7,8 @@ and releases the hold however the response ends, even if its body was never star
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -14,12 +16,13 @@ from typing import Any
 
 import httpx
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from crew.backends.ollama_api import ollama_errors
 from crew.errors import BackendError
 from crew.residency import Hold
 from crew.serve.authority import Authority, Client, Ticket
+from crew.serve.drain import Drain, drain_of
 
 
 class UpstreamRefused(BackendError):
@@ -104,7 +107,12 @@ async def open_stream(
 
 class HeldStream(StreamingResponse):
     """A streaming response that runs `on_close` however it ends: finished, failed, or cut off
-    by a client that disconnected (Starlette cancels the body then, or never starts it)."""
+    by a client that disconnected (Starlette cancels the body then, or never starts it).
+
+    When the server's drain grace runs out (`Drain.end`) while it still streams, it stops
+    reading, sends its client the API's own error (an NDJSON `{"error": ...}` line, or an SSE
+    error event) and completes the response, so the client is told and nothing is cancelled
+    from outside."""
 
     def __init__(
         self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any
@@ -115,7 +123,11 @@ class HeldStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            drain = drain_of(scope)
+            if drain is None:
+                await super().__call__(scope, receive, send)
+            else:
+                await self._until_drained(drain, scope, receive, send)
         finally:
             try:
                 aclose = getattr(self._content, "aclose", None)
@@ -123,6 +135,41 @@ class HeldStream(StreamingResponse):
                     await aclose()
             finally:
                 await self._on_close()
+
+    async def _until_drained(self, drain: Drain, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        body = asyncio.ensure_future(super().__call__(scope, receive, sending))
+        ended = asyncio.ensure_future(drain.wait())
+        try:
+            done, _ = await asyncio.wait({body, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not body.done():
+                body.cancel()  # ours to cancel: the drain ended, or this request was cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await body
+        if body in done:
+            body.result()  # its own failure, if it had one
+            return
+        if not started:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self._last_words(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _last_words(self) -> bytes:
+        message = ("crew serve stopped: this answer was still streaming when its drain grace "
+                   "(CREW_SERVE_GRACE_S) ran out; send the request again")
+        if "event-stream" in (self.media_type or ""):
+            error = {"message": message, "type": "server_error", "code": 503}
+            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        return ndjson({"error": message})
 
 
 def ndjson(payload: Mapping[str, Any]) -> bytes:

@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from crew.backends.ollama_api import ollama_errors
-from crew.errors import CrewError, InputError
+from crew.backends.ollama_api import normalize_model, ollama_errors
+from crew.errors import CrewError, InputError, ModelNotPulled
 from crew.serve.forward import HeldStream, Upstream, call, open_stream
 from crew.serve.requests import authority, client_of, json_body
 
@@ -31,15 +31,31 @@ def _finish(data: dict[str, Any]) -> str:
     return _FINISH.get(str(data.get("done_reason")), "stop")
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
+async def _model_ids(request: Request) -> list[str]:
     auth = authority(request)
     async with ollama_errors(auth.host):
         tags = (await auth.upstream.get("/api/tags")).json()
-    return {"object": "list", "data": [
-        {"id": m.get("name") or m.get("model"), "object": "model", "created": 0, "owned_by": "library"}
-        for m in tags.get("models") or []
-    ]}
+    return [str(m.get("name") or m.get("model")) for m in tags.get("models") or []]
+
+
+def _model_object(ident: str) -> dict[str, Any]:
+    return {"id": ident, "object": "model", "created": 0, "owned_by": "library"}
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_object(i) for i in await _model_ids(request)]}
+
+
+@router.get("/models/{model:path}")
+async def model(request: Request, model: str) -> dict[str, Any]:
+    """OpenAI's `models.retrieve`: the model if Ollama has it pulled, else a 404."""
+    ids = await _model_ids(request)
+    wanted = normalize_model(model) if model.strip() else ""
+    found = next((i for i in ids if i == model or i == wanted), None)
+    if found is None:
+        raise ModelNotPulled(model, authority(request).host)
+    return _model_object(found)
 
 
 @router.post("/chat/completions")

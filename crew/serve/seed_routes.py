@@ -1,9 +1,18 @@
-"""The seed router's API, done right: `/route` by task type and urgency, one route per role,
-`/batch` grouped by model, and `/health`, `/models`, `/memory` that tell the truth.
+"""The seed router's model routes, answer for answer: `/route` by task type and urgency, one
+route per role, and `/batch` grouped by model.
 
-Routing uses crew's task-type table (`crew.routing.TASK_TYPES`); an unknown task type goes to
-the Architect, as in the seed. `urgency: high` starts its load ahead of queued normal requests;
-`critical` takes a role model that is already resident rather than wait for a load.
+A request is the seed's `LLMRequest` (every field, its defaults; unknown fields ignored, as the
+seed's pydantic model ignores them) plus crew's own (`messages`, `system`, `stream`). An answer
+is the seed's `LLMResponse` (`model`, `agent`, `response`, `tokens_generated`, `latency_ms`,
+`memory_used_gb`, `timestamp`) plus crew's own fields beside them (`role`, `thinking`, `usage`,
+`load_s`, `waited_s`, `reason`).
+
+Routing is the seed's: its task-type table (`crew.routing.SEED_ROUTING`, with crew.toml's
+`[routing]` over it), an unknown type to the Architect, and its urgency rule (`critical`
+Architect work other than plan/design/architecture goes to the Coder). Urgency then changes
+only when a request runs, never who answers: `high` and `critical` start their loads ahead of
+queued normal requests, and a `critical` request for a resident model is granted at once, even
+past a load that has waited its fairness bound.
 """
 
 from __future__ import annotations
@@ -14,34 +23,40 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crew.backends.ollama_api import ollama_errors
 from crew.errors import CrewError
-from crew.routing import DEFAULT_ROLE, NAMES, TASK_TYPES, role_for
-from crew.serve.authority import Authority, Client, Urgency
+from crew.routing import NAMES, urgent_role
+from crew.serve.authority import Authority, Client, Ticket, Urgency
 from crew.serve.forward import HeldStream, Upstream, call, ndjson, open_stream
-from crew.serve.requests import authority, client_of
+from crew.serve.requests import authority, client_of, now_iso
 from crew.settings import ROLES, Role
 
 router = APIRouter()
 
+GB = 1_000_000_000  # crew's gigabyte (memory_budget_gb), as in every other figure it reports
 
 
 class RouteRequest(BaseModel):
-    """One request to a role's model."""
+    """The seed's LLMRequest, and crew's own fields after it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as the seed's model: a newer client's extras pass
 
-    task_type: str = "general"
     prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    system: str | None = None
-    context: str | None = None
-    urgency: Urgency = "normal"
+    task_type: str = "general"
     max_tokens: int = Field(4096, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    context: str | None = None
+    """Put before the prompt, as the seed does."""
+    urgency: Urgency = "normal"
+    messages: list[dict[str, Any]] | None = None
+    system: str | None = None
     stream: bool = False
+
+    @field_validator("urgency", mode="before")
+    @classmethod
+    def _urgency_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _has_input(self) -> RouteRequest:
@@ -67,24 +82,16 @@ class Routed(BaseModel):
 
 
 def route_for(auth: Authority, task_type: str, urgency: str, role: Role | None = None) -> Routed:
-    """Which role's model answers, and why."""
-    chosen, why = role_for(task_type, role)
-    model = auth.roles[chosen]
-    if urgency == "critical":
-        resident = auth.resident()
-        if model not in resident:
-            ready = [r for r in ROLES if auth.roles[r] in resident]
-            if ready:
-                return Routed(role=ready[0], model=auth.roles[ready[0]],
-                              reason=f"{why}; critical: {NAMES[ready[0]]}'s model is resident, "
-                                     f"{model} would need a load")
-    return Routed(role=chosen, model=model, reason=why)
+    """Which role's model answers, and why: the seed's table and urgency rule."""
+    chosen, why = urgent_role(task_type, urgency, role, auth.routing)
+    return Routed(role=chosen, model=auth.roles[chosen], reason=why)
 
 
-async def answer(auth: Authority, client: Client, req: RouteRequest, routed: Routed) -> dict[str, Any]:
-    started = time.monotonic()
+async def answer(
+    auth: Authority, client: Client, req: RouteRequest, routed: Routed, started: float
+) -> dict[str, Any]:
     result = await call(auth, client, "/api/chat", routed.model, _native(req), req.urgency)
-    return _result(routed, result.data, result.ticket.waited_s, result.ticket.load_s, started)
+    return _result(auth, routed, result.data, result.ticket, started)
 
 
 def _native(req: RouteRequest) -> dict[str, Any]:
@@ -92,33 +99,42 @@ def _native(req: RouteRequest) -> dict[str, Any]:
             "options": {"temperature": req.temperature, "num_predict": req.max_tokens}}
 
 
-def _result(routed: Routed, data: dict[str, Any], waited: float, load: float | None,
+def _result(auth: Authority, routed: Routed, data: dict[str, Any], ticket: Ticket,
             started: float) -> dict[str, Any]:
+    """The seed's LLMResponse, then crew's fields."""
     message = data.get("message") or {}
+    completion = int(data.get("eval_count") or 0)
     return {
-        "model": routed.model, "role": routed.role, "agent": NAMES[routed.role],
-        "content": message.get("content") or "", "thinking": message.get("thinking") or None,
-        "usage": {"prompt_tokens": int(data.get("prompt_eval_count") or 0),
-                  "completion_tokens": int(data.get("eval_count") or 0)},
-        "latency_s": round(time.monotonic() - started, 4), "load_s": load,
-        "waited_s": round(waited, 4), "reason": routed.reason,
+        "model": routed.model, "agent": NAMES[routed.role], "response": message.get("content") or "",
+        "tokens_generated": completion,
+        "latency_ms": round((time.monotonic() - started) * 1000, 3),
+        # The seed meant what answering took in memory: here, the bytes its model is resident in.
+        "memory_used_gb": round(auth.resident_bytes(routed.model) / GB, 3),
+        "timestamp": now_iso(),
+        "role": routed.role, "thinking": message.get("thinking") or None,
+        "usage": {"prompt_tokens": int(data.get("prompt_eval_count") or 0), "completion_tokens": completion},
+        "load_s": ticket.load_s, "waited_s": round(ticket.waited_s, 4), "reason": routed.reason,
     }
 
 
 async def _serve(request: Request, req: RouteRequest, role: Role | None = None) -> Response:
+    started = time.monotonic()
     auth = authority(request)
     routed = route_for(auth, req.task_type, req.urgency, role)
     await auth.ensure(routed.model)
     client = client_of(request, auth)
     if not req.stream:
-        result = await answer(auth, client, req, routed)
-        return JSONResponse(result)
-    started = time.monotonic()
+        return JSONResponse(await answer(auth, client, req, routed, started))
     upstream = await open_stream(auth, client, "/api/chat", routed.model, _native(req), req.urgency)
-    return HeldStream(_pieces(routed, upstream, started), upstream.aclose, media_type="application/x-ndjson")
+    return HeldStream(_pieces(auth, routed, upstream, started), upstream.aclose,
+                      media_type="application/x-ndjson")
 
 
-async def _pieces(routed: Routed, upstream: Upstream, started: float) -> AsyncIterator[bytes]:
+async def _pieces(
+    auth: Authority, routed: Routed, upstream: Upstream, started: float
+) -> AsyncIterator[bytes]:
+    """The answer streamed as NDJSON: `{"response", "thinking", "done": false}` pieces, then the
+    whole LLMResponse (its `response` empty, as Ollama's last line) with `"done": true`."""
     try:
         async for line in upstream.lines():
             if "error" in line:
@@ -126,10 +142,10 @@ async def _pieces(routed: Routed, upstream: Upstream, started: float) -> AsyncIt
                 return
             message = line.get("message") or {}
             if line.get("done"):
-                final = _result(routed, line, upstream.ticket.waited_s, upstream.ticket.load_s, started)
-                yield ndjson({**final, "content": "", "thinking": None, "done": True})
+                final = _result(auth, routed, line, upstream.ticket, started)
+                yield ndjson({**final, "response": "", "thinking": None, "done": True})
             elif message.get("content") or message.get("thinking"):
-                yield ndjson({"content": message.get("content") or "",
+                yield ndjson({"response": message.get("content") or "",
                               "thinking": message.get("thinking") or None, "done": False})
     except CrewError as exc:
         yield ndjson({"error": str(exc)})
@@ -152,84 +168,71 @@ for _role in ROLES:
 
 
 @router.post("/batch")
-async def batch(request: Request, reqs: list[RouteRequest]) -> dict[str, Any]:
-    """Requests grouped by model, resident models first, so each model loads at most once;
-    results in input order, each with its own status."""
+async def batch(request: Request, items: list[Any]) -> dict[str, Any]:
+    """The seed's batch answer (`total`, `succeeded`, `failed`, `results` with `index`,
+    `status`, `result` or `error`, in input order), run grouped by model, resident models first,
+    so each model loads at most once (`order`). An item that is not a valid request fails alone."""
     auth = authority(request)
-    plans = [route_for(auth, r.task_type, r.urgency) for r in reqs]
-    resident = auth.resident()
-    order: list[str] = []
-    for plan in plans:
-        if plan.model not in order:
-            order.append(plan.model)
-    order.sort(key=lambda m: m not in resident)  # stable: first appearance within each group
-    results: list[dict[str, Any] | None] = [None] * len(reqs)
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    plans: dict[int, tuple[RouteRequest, Routed]] = {}
+    for i, item in enumerate(items):
+        try:
+            req = RouteRequest.model_validate(item)
+        except ValidationError as exc:
+            results[i] = {"index": i, "status": "error", "error": _invalid(exc)}
+            continue
+        plans[i] = req, route_for(auth, req.task_type, req.urgency)
+    order = _group_order(auth, [plan.model for _, plan in plans.values()])
     client = client_of(request, auth)
     for model in order:
-        indices = [i for i, p in enumerate(plans) if p.model == model]
-        try:
-            await auth.ensure(model)
-            async with auth.hold(model, client):  # one hold per group: no eviction between its items
-                for i in indices:
-                    results[i] = await _one(auth, client, reqs[i], plans[i], i)
-        except CrewError as exc:
-            for i in indices:
-                results[i] = results[i] or {"index": i, "status": "error", "error": str(exc)}
+        await _run_group(auth, client, model, plans, results)
     done = [r for r in results if r is not None]
     ok = sum(1 for r in done if r["status"] == "success")
-    return {"total": len(reqs), "succeeded": ok, "failed": len(done) - ok, "order": order, "results": done}
+    return {"total": len(items), "succeeded": ok, "failed": len(done) - ok, "results": done, "order": order}
+
+
+def _group_order(auth: Authority, models: list[str]) -> list[str]:
+    """Each model once, resident ones first, else in order of first appearance."""
+    resident = auth.resident()
+    order = list(dict.fromkeys(models))
+    order.sort(key=lambda m: m not in resident)  # stable
+    return order
+
+
+async def _run_group(
+    auth: Authority, client: Client, model: str, plans: dict[int, tuple[RouteRequest, Routed]],
+    results: list[dict[str, Any] | None],
+) -> None:
+    """One model's items under one hold (no eviction between them). The group's load, if it
+    needed one, is reported by its first item: the one that waited for it."""
+    indices = [i for i, (_, plan) in plans.items() if plan.model == model]
+    group_started = time.monotonic()
+    try:
+        await auth.ensure(model)
+        async with auth.hold(model, client) as ticket:
+            for n, i in enumerate(indices):
+                # Each item's latency is its own, as in the seed; the first's includes the load.
+                began = group_started if n == 0 else time.monotonic()
+                results[i] = await _one(auth, client, *plans[i], i, began)
+                result = results[i]
+                if n == 0 and result is not None and "result" in result:
+                    result["result"]["load_s"] = ticket.load_s
+                    result["result"]["waited_s"] = round(ticket.waited_s + result["result"]["waited_s"], 4)
+    except CrewError as exc:
+        for i in indices:
+            results[i] = results[i] or {"index": i, "status": "error", "error": str(exc)}
 
 
 async def _one(
-    auth: Authority, client: Client, req: RouteRequest, plan: Routed, index: int
+    auth: Authority, client: Client, req: RouteRequest, plan: Routed, index: int, started: float
 ) -> dict[str, Any]:
     try:
-        return {"index": index, "status": "success", "result": await answer(auth, client, req, plan)}
+        return {"index": index, "status": "success", "result": await answer(auth, client, req, plan, started)}
     except CrewError as exc:
         return {"index": index, "status": "error", "error": str(exc)}
 
 
-# -- the seed's read-only routes ----------------------------------------------------------------
-
-
-@router.get("/health")
-async def health(request: Request) -> Response:
-    auth = authority(request)
-    try:
-        async with ollama_errors(auth.host):
-            version = (await auth.upstream.get("/api/version")).json().get("version")
-        body = {"status": "healthy", "ollama": auth.host, "ollama_version": version}
-        return JSONResponse(body)
-    except CrewError as exc:
-        return JSONResponse({"status": "unhealthy", "ollama": auth.host, "error": str(exc)}, status_code=503)
-
-
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
-    auth = authority(request)
-    out = []
-    for role in ROLES:
-        model = auth.roles[role]
-        entry: dict[str, Any] = {"role": role, "agent": NAMES[role], "model": model,
-                                 "num_ctx": auth.runner_options(model).get("num_ctx")}
-        try:
-            entry["expected_bytes"] = await auth.manager.expected_size(model)
-            entry["pulled"] = True
-        except CrewError as exc:
-            entry.update(pulled=False, error=str(exc))
-        out.append(entry)
-    routing = {kind: auth.roles[role] for role, kinds in TASK_TYPES.items() for kind in kinds}
-    return {"models": out, "total": len(out), "routing_rules": routing, "default": auth.roles[DEFAULT_ROLE]}
-
-
-@router.get("/memory")
-async def memory(request: Request) -> dict[str, Any]:
-    auth = authority(request)
-    snap = await auth.manager.refresh()
-    return {
-        "budget_bytes": snap.budget.bytes, "budget_source": snap.budget.source,
-        "used_bytes": snap.used, "free_bytes": max(0, snap.budget.bytes - snap.used),
-        "resident": [{"model": v.name, "bytes": v.bytes, "state": v.state, "pins": v.pins,
-                      "ours": v.ours, "idle_s": round(v.idle_seconds, 3)} for v in snap.slots],
-        "waiting": auth.manager.waiting(),
-    }
+def _invalid(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "item"
+    return f"not a valid request: {where}: {first.get('msg', 'invalid')}"

@@ -1,9 +1,15 @@
-"""Running `crew serve`: checking what it may bind, binding, and serving an app until a signal."""
+"""Running `crew serve`: checking what it may bind, binding, and serving an app until a signal.
+
+On SIGTERM or Ctrl-C the server stops accepting, lets requests in flight finish for
+`serve_grace_s`, then ends the drain (`crew.serve.drain`): streams still running get the API's
+error and finish; it hands its models back to Ollama's expiry and exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -12,6 +18,7 @@ from typing import Any
 
 from crew.errors import InputError, SettingsError
 from crew.serve.browsers import is_loopback
+from crew.serve.drain import LAST_WORDS_S, Drain, drain_of
 from crew.settings import Settings
 
 
@@ -54,6 +61,22 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
             f"is Ollama at {settings.ollama_host} reachable?")
 
 
+def draining_server(config: Any, grace_s: float, drain: Drain | None) -> Any:
+    """A uvicorn Server that ends `drain` `grace_s` after its shutdown begins."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            ending = asyncio.get_running_loop().call_later(grace_s, drain.end) if drain else None
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if ending is not None:
+                    ending.cancel()
+
+    return DrainingServer(config)
+
+
 def run_app(
     app: Any, settings: Settings, sock: socket.socket, on_ready: Callable[[str], None] | None, check: str
 ) -> None:
@@ -71,9 +94,10 @@ def run_app(
         access.propagate = False
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=int(settings.serve_grace_s) or None, timeout_keep_alive=30,
+        # The grace, then the streams' last words (drain.LAST_WORDS_S), then uvicorn cancels.
+        timeout_graceful_shutdown=math.ceil(settings.serve_grace_s + LAST_WORDS_S), timeout_keep_alive=30,
     )
-    server = uvicorn.Server(config)
+    server = draining_server(config, settings.serve_grace_s, drain_of({"app": app}))
     if on_ready is not None:
         on_ready(f"http://{settings.serve_host}:{port}")
     # uvicorn drains on SIGTERM, then raises it again under the handler it found: with this

@@ -139,13 +139,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     checkup = arun(run_checkup(settings, resolve_budget(settings.memory_budget_gb)))
-    from crew.routing import TASK_TYPES
+    from crew.routing import DEFAULT_ROLE, routing_table
+    from crew.settings import ROLES
 
-    routing = {role: list(words) for role, words in TASK_TYPES.items()}
+    table_in_effect = routing_table(settings.routing)
+    routing = {role: [kind for kind, r in table_in_effect.items() if r == role] for role in ROLES}
     if args.json_:
         from dataclasses import asdict
 
-        emit_json({"roles": [asdict(c) for c in checkup.roles], "task_routing": routing})
+        emit_json({"roles": [asdict(c) for c in checkup.roles], "task_routing": routing,
+                   "default_role": DEFAULT_ROLE})
         return EXIT_OK
     rows: list[tuple[str, ...]] = [("ROLE", "MODEL", "NUM_CTX", "ESTIMATED", "LEARNED", "CAPABILITIES")]
     for c in checkup.roles:
@@ -154,7 +157,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                      gb(learned) if learned else "-", ",".join(c.capabilities) or "-"))
     table(rows)
     print()
-    table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()])
+    table([("TASK TYPE", "ROLE")] + [(", ".join(w), r) for r, w in routing.items()]
+          + [("(any other)", DEFAULT_ROLE)])
     return EXIT_OK
 
 
