@@ -215,12 +215,15 @@ userpath=$PATH; PATH=/usr/sbin:/usr/bin:/sbin:/bin
 exec 4</tmp
 N=/tmp
 src() { case "$1" in /tmp|/tmp/*) printf '%s' "/proc/self/fd/4${1#/tmp}" ;; *) printf '%s' "$1" ;; esac; }
+# Every mount at or under one of the read-only targets, read once from the mount table (its
+# \040-style escapes decoded), each remounted read-only.
 readonly_under() {
-  awk '{print $2}' /proc/self/mounts | while read -r m; do
-    m=$(printf '%b' "$m")
-    case "$m" in "$1"|"$1"/*) mount -o remount,bind,ro "$m" ;; esac
-  done
+  awk -v targets="$1" 'BEGIN { n = split(targets, t, "\n") }
+    { m = $2; gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m); gsub(/\\134/, "\\", m)
+      for (i = 1; i <= n; i++) if (t[i] != "" && (m == t[i] || index(m, t[i] "/") == 1)) { print m; break } }' \
+    /proc/self/mounts | while IFS= read -r m; do mount -o remount,bind,ro "$m"; done
 }
+ro_targets=
 mount -t tmpfs -o size=1m,mode=0755 crew-root $N
 mkdir $N/proc $N/dev $N/tmp $N/.old
 mount -t proc proc $N/proc
@@ -241,9 +244,11 @@ while [ $# -gt 0 ]; do
     hide-file) mount --bind /dev/null "$N$p" ;;
     *) case $op in *-file) mkdir -p "$N${p%/*}"; [ -e "$N$p" ] || touch "$N$p" ;; *) mkdir -p "$N$p" ;; esac
        mount --no-canonicalize --rbind "$(src "$p")" "$N$p"
-       case $op in ro*) readonly_under "$N$p" ;; esac ;;
+       case $op in ro*) ro_targets="$ro_targets$N$p
+" ;; esac ;;
   esac
 done
+readonly_under "$ro_targets"
 awk '$1 == "crew-hidden" {print $2}' /proc/self/mounts | while read -r h; do
   mount -o remount,bind,ro "$(printf '%b' "$h")"
 done
