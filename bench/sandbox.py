@@ -91,4 +91,5 @@ async def main(calls: int, runs: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 5))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
+                     int(sys.argv[2]) if len(sys.argv) > 2 else 5))

@@ -220,7 +220,8 @@ src() { case "$1" in /tmp|/tmp/*) printf '%s' "/proc/self/fd/4${1#/tmp}" ;; *) p
 readonly_under() {
   awk -v targets="$1" 'BEGIN { n = split(targets, t, "\n") }
     { m = $2; gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m); gsub(/\\134/, "\\", m)
-      for (i = 1; i <= n; i++) if (t[i] != "" && (m == t[i] || index(m, t[i] "/") == 1)) { print m; break } }' \
+      for (i = 1; i <= n; i++)
+        if (t[i] != "" && (m == t[i] || index(m, t[i] "/") == 1)) { print m; break } }' \
     /proc/self/mounts | while IFS= read -r m; do mount -o remount,bind,ro "$m"; done
 }
 ro_targets=

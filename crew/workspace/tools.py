@@ -294,14 +294,19 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     whole group goes (and, in a PID namespace, everything it started)."""
     loop = asyncio.get_running_loop()
     env = scrubbed_env(workspace.root)
-    argv = sandbox.argv(command, workspace.root, env, read_only=workspace.protected(),
-                        readable=workspace.git_dirs)
+    # Both read the filesystem (the view's paths, git, the cgroup tree): off the event loop.
+    argv = await asyncio.to_thread(_argv, sandbox, command, workspace, env)
     group = await asyncio.to_thread(command_cgroup, sandbox)
     try:
         return await _run(loop, command, group.wrap(argv) if group else argv, workspace.root, env, timeout)
     finally:
         if group is not None:
             await asyncio.to_thread(group.remove)
+
+
+def _argv(sandbox: Sandbox, command: str, workspace: Workspace, env: dict[str, str]) -> list[str]:
+    return sandbox.argv(command, workspace.root, env, read_only=workspace.protected(),
+                        readable=workspace.git_dirs)
 
 
 def command_cgroup(sandbox: Sandbox) -> CommandCgroup | None:
