@@ -214,8 +214,13 @@ def test_git_works_in_a_repo_worktree_under_a_hidden_home_and_its_git_folder_is_
     project.mkdir(parents=True)
     for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "the first commit"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True)
+    # What actions/checkout leaves in a clone's config: the job's token.
+    subprocess.run(["git", "config", "http.https://github.com/.extraheader", "AUTHORIZATION: SECRET-TOKEN-1"],
+                   cwd=project, check=True)
     ws = Workspace.create(project / "workspaces", repo=project)
     sandbox = replace(bwrap, hidden=(home,))  # the person's home: hidden, as crew hides it
-    out = sh(ws, "git log --format=%s; echo x > $(git rev-parse --git-common-dir)/planted", sandbox)
+    out = sh(ws, "git log --format=%s; echo x > $(git rev-parse --git-common-dir)/planted; "
+                 "git config --get-regexp extraheader; cat $(git rev-parse --git-common-dir)/config", sandbox)
     assert "the first commit" in out
     assert not (project / ".git" / "planted").exists()
+    assert "SECRET-TOKEN-1" not in out

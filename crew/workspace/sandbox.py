@@ -34,6 +34,7 @@ and crew says so once; `CREW_SANDBOX=require` makes that an error.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import platform
@@ -159,6 +160,15 @@ class Sandbox:
 
 
 @functools.cache
+def _empty_file() -> str:
+    """An empty file of crew's own (0600), bound read-only over the files a command must not read."""
+    fd, path = tempfile.mkstemp(prefix="crew-empty-")
+    os.close(fd)
+    atexit.register(os.unlink, path)
+    return path
+
+
+@functools.cache
 def pid_max_per_namespace() -> bool:
     """Whether `kernel.pid_max` belongs to each PID namespace (Linux 6.14+): before that it is the
     whole machine's, and a sandbox must never write it."""
@@ -203,8 +213,8 @@ def _bwrap(sandbox: Sandbox, command: str, workspace: Path, env: Mapping[str, st
         elif m.op == "hide" and m.is_dir:
             argv += ["--size", "65536", "--tmpfs", m.path]
             hidden_dirs.append(m.path)
-        elif m.op == "hide":
-            argv += ["--ro-bind", "/dev/null", m.path]
+        elif m.op == "hide":  # an empty file: /dev/null, bound nodev, would read as denied
+            argv += ["--ro-bind", _empty_file(), m.path]
         else:
             argv += ["--bind" if m.op == "rw" else "--ro-bind", m.path, m.path]
     for path in [*hidden_dirs, "/dev"]:  # after the deeper mounts inside them are made
@@ -249,6 +259,7 @@ readonly_under() {
 ro_targets=
 mount -t tmpfs -o size=1m,mode=0755 crew-root $N
 mkdir $N/proc $N/dev $N/tmp $N/.old
+: > $N/.empty
 mount -t proc proc $N/proc
 mount -t tmpfs -o size=$tmpsize,mode=1777 crew-tmp $N/tmp
 mkdir -m 0700 $N/tmp/home
@@ -264,7 +275,7 @@ while [ $# -gt 0 ]; do
   case $op in
     link) mkdir -p "$N${p%/*}"; ln -s "$t" "$N$p" ;;
     hide) mkdir -p "$N$p"; mount -t tmpfs -o size=64k,mode=0755 crew-hidden "$N$p" ;;
-    hide-file) mount --bind /dev/null "$N$p" ;;
+    hide-file) mount --bind $N/.empty "$N$p" ;;  # an empty file: /dev/null here reads as denied
     *) case $op in *-file) mkdir -p "$N${p%/*}"; [ -e "$N$p" ] || touch "$N$p" ;; *) mkdir -p "$N$p" ;; esac
        mount --no-canonicalize --rbind "$(src "$p")" "$N$p"
        case $op in ro*) ro_targets="$ro_targets$N$p

@@ -305,8 +305,12 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
 
 
 def _argv(sandbox: Sandbox, command: str, workspace: Workspace, env: dict[str, str]) -> list[str]:
+    # A --repo worktree's git folders are shown so git works, but not their config: it can hold
+    # credentials (actions/checkout keeps the job's token there as an http.extraheader).
+    configs = [folder / name for folder in workspace.git_dirs for name in ("config", "config.worktree")
+               if (folder / name).is_file()]
     return sandbox.argv(command, workspace.root, env, read_only=workspace.protected(),
-                        readable=workspace.git_dirs)
+                        readable=workspace.git_dirs, hidden=configs)
 
 
 def command_cgroup(sandbox: Sandbox) -> CommandCgroup | None:
