@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
-from crew.backends.worker import WORKER_PROGRAM, ModelWorker
+from crew.backends.worker import ModelWorker
 from crew.errors import BackendError, ModelNotPulled
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class EmbeddedBackend:
     """Models in worker processes, one llama.cpp context in each (`crew.backends.worker`)."""
 
     def __init__(self, *, threads: int | None = None, check_native: bool = True,
-                 worker_program: Sequence[str] = WORKER_PROGRAM) -> None:
+                 worker_program: Sequence[str] | None = None) -> None:
         if not embedded_available():
             raise BackendError(f"the embedded backend is not installed: {INSTALL_HINT}")
         self._threads = threads

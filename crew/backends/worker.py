@@ -69,10 +69,10 @@ class ModelWorker:
     """The worker process of one model: started by `start()`, ended by `stop()`."""
 
     def __init__(self, model: str, options: Mapping[str, Any], *,
-                 program: Sequence[str] = WORKER_PROGRAM) -> None:
+                 program: Sequence[str] | None = None) -> None:
         self.model = model
         self._options = dict(options)
-        self._program = list(program)
+        self._program = list(program if program is not None else WORKER_PROGRAM)
         self._process: asyncio.subprocess.Process | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._pending: dict[int, asyncio.Future[Answer]] = {}
