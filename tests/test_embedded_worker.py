@@ -113,7 +113,9 @@ def test_a_worker_that_aborts_mid_answer_is_one_line_and_the_turn_is_asked_again
     assert after["tools"]  # and the turn after that has it again
 
 
-def test_a_worker_that_dies_again_fails_the_call_with_one_line(clean_env: Path, no_native_check: None) -> None:
+def test_a_worker_that_dies_again_fails_the_call_with_one_line(
+    clean_env: Path, no_native_check: None
+) -> None:
     folder = clean_env / "plan"
     said, _ = client_scenario(plan(folder, "abort", "abort", "answer later"))
     error = said[0]
@@ -155,9 +157,9 @@ def test_ctrl_c_during_an_embedded_answer_ends_the_run_with_its_state_saved(
 ) -> None:
     # A worker that ignores the cancel: only a kill ends its answer.
     program = plan(clean_env / "plan", "hang")
-    launcher = ("import sys, crew.backends.worker as w; w.WORKER_PROGRAM = tuple(sys.argv[1:%d]); "
-                "from crew.terminal.cli import main; sys.exit(main(sys.argv[%d:]))"
-                % (len(program) + 1, len(program) + 1))
+    cut = len(program) + 1
+    launcher = (f"import sys, crew.backends.worker as w; w.WORKER_PROGRAM = tuple(sys.argv[1:{cut}]); "
+                f"from crew.terminal.cli import main; sys.exit(main(sys.argv[{cut}:]))")
     spec = write_spec(clean_env)
     crew = subprocess.Popen(
         [sys.executable, "-c", launcher, *program, "run", str(spec), "--backend", "embedded",

@@ -46,18 +46,27 @@ def main(argv: list[str]) -> int:
     _say(proto, {"ready": True, "held": _held_bytes(llm), "n_ctx": int(llm.n_ctx())})
     requests: queue.Queue[dict[str, Any]] = queue.Queue()
     current = [_NOTHING]
+    cancelled: set[Any] = set()
     cut = threading.Event()
-    threading.Thread(target=_read, args=(requests, current, cut), daemon=True).start()
+    threading.Thread(target=_read, args=(requests, current, cancelled, cut), daemon=True).start()
     eos = int(llm.token_eos())
     while True:
         request = requests.get()
-        current[0] = int(request.get("id", _NOTHING))
+        ident = request.get("id", _NOTHING)
+        # In this order, against _read's: a cancel that came before is in `cancelled`, one that
+        # comes after sees `current` and sets `cut` after it was cleared.
+        current[0] = ident
         cut.clear()
-        _say(proto, _answer(llm, request, cut, eos))
+        if ident in cancelled:
+            _say(proto, {"id": ident, "result": None, "cut": True})
+        else:
+            _say(proto, _answer(llm, request, cut, eos))
         current[0] = _NOTHING
+        cancelled.discard(ident)
 
 
-def _read(requests: queue.Queue[dict[str, Any]], current: list[int], cut: threading.Event) -> None:
+def _read(requests: queue.Queue[dict[str, Any]], current: list[Any], cancelled: set[Any],
+          cut: threading.Event) -> None:
     for line in sys.stdin:
         try:
             message = json.loads(line)
@@ -66,6 +75,7 @@ def _read(requests: queue.Queue[dict[str, Any]], current: list[int], cut: thread
         if not isinstance(message, dict):
             continue
         if message.get("op") == "cancel":
+            cancelled.add(message.get("id"))
             if message.get("id") == current[0]:
                 cut.set()
         elif message.get("op") == "chat":

@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,12 +124,17 @@ class ModelWorker:
         self.rss = _rss(process.pid)
         self._pumps = [stderr, asyncio.ensure_future(self._read(process, stderr))]
 
-    async def chat(self, args: Mapping[str, Any], *, asked: str, owner: object) -> Answer:
+    async def chat(self, args: Mapping[str, Any], *, asked: str, owner: object,
+                   wanted: Callable[[], bool] = lambda: True) -> Answer:
         """The worker's answer to one chat request. `asked` says what was asked, for the message
-        if the worker dies; `owner` is who may `cut` it. A cancelled call cuts the answer first."""
+        if the worker dies; `owner` is who may `cut` it; `wanted` is asked just before the
+        request is sent (a cut that came before has nothing to cut yet). A cancelled call cuts
+        the answer first."""
         async with self._turn:
             if not self.alive:
                 await self._restart()
+            if not wanted():
+                return Answer(None, cut=True)
             process = self._process
             assert process is not None and process.stdin is not None
             self._next_id += 1

@@ -30,6 +30,8 @@ class EmbeddedChatClient(ModelClient):
 
     _plain_next = False
     """The last answer crashed the worker: the next one is asked without a grammar."""
+    _cuts = 0
+    """Bumped by every cut: an answer asked under an older value is not wanted."""
 
     @property
     def _llama(self) -> EmbeddedBackend:
@@ -70,8 +72,9 @@ class EmbeddedChatClient(ModelClient):
     async def _complete(self, ask: Ask) -> Piece:
         grammar, self._plain_next = not self._plain_next, False
         worker = self._llama.worker(self._model)
+        cuts = self._cuts
         call = worker.chat(self._arguments(ask, grammar=grammar), asked=self._asked(ask, grammar=grammar),
-                           owner=self)
+                           owner=self, wanted=lambda: self._cuts == cuts)
         try:
             answer = await asyncio.wait_for(call, self._settings.timeout_s)
         except TimeoutError:
@@ -85,10 +88,12 @@ class EmbeddedChatClient(ModelClient):
             raise
         if answer.result is None:
             return Piece(interrupted=True)
-        return _piece(answer.result, interrupted=answer.cut)
+        return _piece(answer.result, interrupted=answer.cut or self._cuts != cuts)
 
     async def _cut(self) -> None:
-        # The answer in flight ends at its next token, or its worker is killed.
+        # The answer in flight ends at its next token, or its worker is killed; one not sent yet
+        # is never sent.
+        self._cuts += 1
         backend = self._backend
         if isinstance(backend, EmbeddedBackend):
             try:
