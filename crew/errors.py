@@ -10,7 +10,8 @@
      │   ├─ OllamaOutOfMemory
      │   ├─ RequestTimeout ─ LoadTimeout
      │   ├─ StreamInterrupted
-     │   └─ AnswerFailed
+     │   ├─ AnswerFailed ─ ModelCrashed
+     │   └─ ContextOverflow
      ├─ BudgetError
      │   ├─ ModelTooLarge
      │   └─ ResidencyDeadlock
@@ -84,6 +85,18 @@ class StreamInterrupted(BackendError):
 
 class AnswerFailed(BackendError):
     """The server started answering (HTTP 200) and then reported an error instead."""
+
+
+class ModelCrashed(AnswerFailed):
+    """The process running an embedded model died (a crash of llama.cpp): retried once."""
+
+    def __init__(self, message: str, *, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class ContextOverflow(BackendError):
+    """The conversation no longer fits the embedded model's context."""
 
 
 class BudgetError(CrewError):

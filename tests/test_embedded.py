@@ -132,9 +132,8 @@ def test_interrupt_stops_an_embedded_answer_at_its_next_token(clean_env: Path) -
                 await answer
             except StreamInterrupted as exc:
                 error = exc
-            free = manager.backend.locks["smollm2"].acquire(blocking=False)
-            if free:
-                manager.backend.locks["smollm2"].release()
+            # The worker is free: not still generating the cut answer (or started anew).
+            free = not manager.backend.worker("smollm2")._pending
             after = await client.create(messages[:1] + [UserMessage(content="Say hi.", source="user")])
             return error, str(after.content), free
         finally:
@@ -143,8 +142,56 @@ def test_interrupt_stops_an_embedded_answer_at_its_next_token(clean_env: Path) -
 
     error, after, free = run(scenario())
     assert isinstance(error, StreamInterrupted) and "interrupted" in str(error)
-    assert free  # the worker thread let go of the model: it is not still generating
+    assert free
     assert after.strip()  # and the next request is answered normally
     # Stopped at its first token, where the essay would have run to the 512-token bound.
     interrupted, answered = [c for c in calls if c.type == "model_call"]
     assert interrupted.completion_tokens <= 1 < answered.completion_tokens
+
+
+def test_the_real_worker_killed_by_sigabrt_mid_answer_is_one_line_and_a_retried_turn(clean_env: Path) -> None:
+    import signal
+
+    from autogen_core.models import UserMessage
+    from autogen_core.tools import FunctionTool
+
+    from tests.helpers import manager_for
+
+    def write_file(path: str, content: str) -> str:
+        """Write a file."""
+        return "ok"
+
+    settings = load_settings(backend="embedded", coder={"model": "smollm2", "num_ctx": 2048,
+                                                        "temperature": 0.0, "seed": 1})
+    events: list[Event] = []
+
+    async def scenario() -> tuple[str, int, int]:
+        manager, choice = await manager_for(settings, "test")
+        facts = await manager.facts("smollm2")
+        held = asyncio.Event()
+        client = make_client(choice, manager, "coder", facts, events.append, on_hold=held.set)
+        try:
+            answer = asyncio.ensure_future(client.create(
+                [UserMessage(content="Write hello.py that prints hello.", source="user")],
+                tools=[FunctionTool(write_file, description="Write a file.")]))
+            await asyncio.wait_for(held.wait(), 120)
+            worker = manager.backend.worker("smollm2")
+            for _ in range(10_000):  # until the request is with the worker (bounded)
+                if worker._current is not None:
+                    break
+                await asyncio.sleep(0.001)
+            first = worker.pid
+            assert first is not None and worker._current is not None
+            os.kill(first, signal.SIGABRT)  # as llama.cpp's grammar code aborts
+            result = await asyncio.wait_for(answer, 300)
+            return str(result.content), first, worker.pid or 0
+        finally:
+            await client.close()
+            await manager.aclose()
+
+    content, first, second = run(scenario())
+    assert content and second != first  # answered by a new worker
+    retried = [e for e in events if e.type == "model_call_retried"]
+    assert len(retried) == 1
+    line = retried[0].error  # type: ignore[attr-defined]
+    assert "\n" not in line and "SIGABRT" in line and "the coder's request" in line

@@ -1,7 +1,8 @@
 """Model servers the ResidencyManager drives, and the choice of one from settings.
 
 Owns the `Backend` protocol (`base`), one module per backend (`ollama`, `embedded`,
-`simulated`), Ollama's HTTP API as crew reads it (`ollama_api`), and the registry (`registry`)
+`simulated`), the embedded model's worker process (`worker` on crew's side, `llama_worker` the
+program it runs), Ollama's HTTP API as crew reads it (`ollama_api`), and the registry (`registry`)
 that turns settings into a `BackendChoice`: which backend, and which model each role runs on it.
 Adding a backend is one module here and one `register(...)` line in the registry, plus its chat
 client: one module in `crew.clients` and one line in `crew.clients.factory`. Above this package,

