@@ -139,3 +139,15 @@ def test_depth_is_counted_outside_strings_only() -> None:
     assert too_deep(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
     assert not too_deep(b'{"a": "%s"}' % (b"[{" * 10_000))
     assert not too_deep(b'{"a": "\\"[[[[", "b": [%s]}' % b",".join([b"[]"] * 10_000))
+
+
+def test_depth_is_read_in_one_pass_strings_skipped() -> None:
+    from crew.serve.browsers import too_deep
+
+    assert not too_deep(b'{"a": "' + b"[" * 100 + b'"}')  # brackets in a string are text
+    assert not too_deep(b'{"x": "\\"[[[["}' + b"[]" * 100)  # an escaped quote does not end it
+    assert too_deep(b"[" * 65 + b"]" * 65) and not too_deep(b"[" * 64 + b"]" * 64)
+    assert too_deep(b"[{" * 33 + b"}]" * 33) and not too_deep(b"[{" * 32 + b"}]" * 32)
+    assert too_deep(b"[" * 16_000)  # never closed: no parser should recurse into it
+    # An unclosed string of escaped quotes after the opening brackets: once cost a pass per quote.
+    assert too_deep(b"[" * 65 + b'"' + b'\\"' * 50_000)
