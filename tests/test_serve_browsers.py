@@ -110,6 +110,16 @@ def test_a_deeply_nested_body_is_a_400_without_a_traceback(served: Served, ollam
             assert sent.status_code == 400, path
             error = sent.json()["error"]
             assert f"deeper than {MAX_DEPTH}" in (error["message"] if path.startswith("/v1/") else error)
+        # Past the depth check, inside strings and odd shapes: still a 400 in OpenAI's shape.
+        for message in ({"role": "assistant", "content": "", "tool_calls": [
+                            {"id": "c1", "type": "function",
+                             "function": {"name": "f", "arguments": "[" * 100_000}}]},
+                        {"role": "user", "content": ["x"]},
+                        {"role": "assistant", "content": "", "tool_calls": "not a list"}):
+            sent = httpx.post(f"{served.url}/v1/chat/completions",
+                              json={"model": REVIEWER, "messages": [message]})
+            assert sent.status_code == 400, message
+            assert sent.json()["error"]["message"]
     finally:
         for logger in loggers:
             logger.removeHandler(handler)

@@ -202,7 +202,7 @@ class Gate:
                 return
             if refusal is None and too_deep(body):
                 refusal = 400, (f"the request body nests arrays or objects deeper than {MAX_DEPTH} "
-                                "levels: send a flatter one")
+                                "levels, or its brackets do not pair up: send flatter, valid JSON")
             if refusal is not None:
                 await error_response(scope["path"], *refusal)(scope, receive, sending)
                 return

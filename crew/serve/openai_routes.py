@@ -145,8 +145,10 @@ def _message(message: Any, names: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message["role"]}
     content = message.get("content")
     if isinstance(content, list):  # parts: text and images (as data URLs)
-        out["content"] = "".join(p.get("text", "") for p in content if p.get("type") == "text")
-        images = [str(p["image_url"]["url"]).split(",", 1)[-1] for p in content
+        if not all(isinstance(p, dict) for p in content):
+            raise InputError("each part of a message's content must be an object with a type")
+        out["content"] = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+        images = [str(p["image_url"].get("url", "")).split(",", 1)[-1] for p in content
                   if p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)]
         if images:
             out["images"] = images
@@ -154,15 +156,18 @@ def _message(message: Any, names: dict[str, str]) -> dict[str, Any]:
         out["content"] = content or ""
     calls = message.get("tool_calls")
     if calls:
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise InputError("tool_calls must be a list of objects")
         out["tool_calls"] = []
         for call in calls:
-            function = call.get("function") or {}
+            function = call.get("function") if isinstance(call.get("function"), dict) else {}
             names[str(call.get("id"))] = str(function.get("name", ""))
             arguments = function.get("arguments") or "{}"
             try:
                 parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-            except ValueError:
-                raise InputError(f"tool call {call.get('id')} has arguments that are not JSON") from None
+            except (ValueError, RecursionError):  # a JSON text inside a string: nested past reason
+                raise InputError(f"tool call {call.get('id')} has arguments that are not JSON "
+                                 "(or are nested too deep)") from None
             out["tool_calls"].append({"function": {"name": function.get("name"), "arguments": parsed}})
     if message["role"] == "tool":
         out["tool_name"] = names.get(str(message.get("tool_call_id")), message.get("name", ""))
