@@ -240,10 +240,26 @@ def test_the_attacks_fail_as_an_unprivileged_user() -> None:
         done = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-m", "pytest",
              "-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(base / "t"),
-             "-k", "not unprivileged_user", str(Path(__file__))],
+             "-k", "not unprivileged_user and not bounded_as_a_whole", str(Path(__file__))],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
     assert "13 passed" in done.stdout, done.stdout
+
+
+def test_graded_code_is_bounded_as_a_whole_and_many_files_are_not_read(work: Path, sandbox: Sandbox) -> None:
+    from crew.evaluation.grading import MAX_SOLUTION_FILES, solution_files
+    from crew.workspace import cgroup
+
+    if sandbox.kind == "none" or not cgroup.available():
+        pytest.skip("no sandbox, or no cgroup crew may make here")
+    # The graded code says where it runs, in the error its import raises (pytest shows it).
+    where = graded(work, {"add.py": "raise RuntimeError(open('/proc/self/cgroup').read())\n"}, sandbox)
+    assert not where.passed and "crew-cmd-" in where.output  # in a cgroup of its own
+    many = work / "made"
+    many.mkdir()
+    for i in range(MAX_SOLUTION_FILES + 50):
+        (many / f"m{i}.py").write_text("x = 1\n")
+    assert len(solution_files(work, EXERCISE)) <= MAX_SOLUTION_FILES

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import fcntl
 import importlib.util
 import os
 import re
@@ -36,7 +37,7 @@ import shlex
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from crew.errors import InputError
 from crew.evaluation.suites import Exercise
 from crew.workspace.repo import CREW_FILES
 from crew.workspace.sandbox import Sandbox
-from crew.workspace.tools import kill_group, scrubbed_env
+from crew.workspace.tools import command_cgroup, kill_group, scrubbed_env
 
 GRADE_TIMEOUT_S = 120.0
 # What a failing try shows the agents on the second: the end of pytest's report.
@@ -53,6 +54,9 @@ FEEDBACK_CHARS = 6000
 REAP_GUARD_S = 10.0
 # A solution file larger than this is not a source file anyone wrote: it is left out.
 MAX_FILE_BYTES = 1_000_000
+# All the solution's files together: a solution is sources, not what a command made by the thousand.
+MAX_SOLUTION_BYTES = 16_000_000
+MAX_SOLUTION_FILES = 2_000
 MAX_REPORT_BYTES = 4_000_000
 MAX_DEPTH = 16
 
@@ -116,17 +120,22 @@ def solution_files(workspace: Path, exercise: Exercise) -> dict[str, bytes]:
     """The solution's files in `workspace`, by relative path: only regular files, read through
     descriptors opened without following symlinks (a symlink or a swapped folder is skipped)."""
     found: dict[str, bytes] = {}
+    total = 0
     root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for relative, data in _regular_files(root, ""):
-            if _is_solution(relative, exercise):
-                found[relative] = data
+        for relative, data in _regular_files(root, "", lambda name: _is_solution(name, exercise)):
+            total += len(data)
+            if total > MAX_SOLUTION_BYTES or len(found) >= MAX_SOLUTION_FILES:
+                break  # what an agent made by the thousand is no solution to copy (and grade)
+            found[relative] = data
     finally:
         os.close(root)
     return found
 
 
-def _regular_files(folder: int, prefix: str, depth: int = 0) -> Iterator[tuple[str, bytes]]:
+def _regular_files(folder: int, prefix: str, wanted: Callable[[str], bool],
+                   depth: int = 0) -> Iterator[tuple[str, bytes]]:
+    """The regular files under `folder` whose relative path `wanted` takes, read only then."""
     with os.scandir(folder) as entries:
         names = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
     for name, is_dir in names:
@@ -139,10 +148,10 @@ def _regular_files(folder: int, prefix: str, depth: int = 0) -> Iterator[tuple[s
             except OSError:
                 continue
             try:
-                yield from _regular_files(child, relative + "/", depth + 1)
+                yield from _regular_files(child, relative + "/", wanted, depth + 1)
             finally:
                 os.close(child)
-        else:
+        elif wanted(relative):
             data = _read_regular(folder, name)
             if data is not None:
                 yield relative, data
@@ -342,7 +351,10 @@ async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) 
     loop = asyncio.get_running_loop()
     token = secrets.token_hex(16)
     hidden = box / "hidden"
-    read_end, write_end = os.pipe()
+    read_end, low = os.pipe()
+    # Above the single-digit fds the sandbox's shell prologue may use for itself.
+    write_end = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(low)
     command = shlex.join([
         sys.executable, "-I", "-B", str(box / "pytest_runner.py"), str(write_end), str(box / "solution"),
         "-q", "--tb=short", "-p", "no:cacheprovider", "-c", str(box / "grade.ini"), "-o", "addopts=",
@@ -360,14 +372,16 @@ async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) 
         reader.close()
         os.close(write_end)
         raise
+    group = await asyncio.to_thread(command_cgroup, sandbox)  # bounded as run_command is
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=box, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(write_end,),
-        )
-    finally:
-        os.close(write_end)  # the child has its own: the report ends when the child's closes
-    try:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *(group.wrap(argv) if group else argv), cwd=box, env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                pass_fds=(write_end,),
+            )
+        finally:
+            os.close(write_end)  # the child has its own: the report ends when the child's closes
         output, returncode = await _await_tests(process, token, timeout)
         try:  # the report's last lines (everything holding the pipe is dead by now)
             await asyncio.wait_for(asyncio.shield(report.closed), REAP_GUARD_S)
@@ -375,6 +389,8 @@ async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) 
             pass
     finally:
         report_transport.close()
+        if group is not None:
+            await asyncio.to_thread(group.remove)
     if returncode is None:
         return Grade(False, f"{output}\ncrew: the tests took longer than {timeout:g} s and were stopped",
                      sandbox.kind)
@@ -397,21 +413,21 @@ async def _await_tests(process: asyncio.subprocess.Process, token: str,
         process.stdin.close()
     except (BrokenPipeError, ConnectionResetError):
         pass  # it did not wait for its token: its report will not carry it
+    kept = bytearray()
     try:
-        tail, _ = await asyncio.wait_for(asyncio.gather(_tail(process.stdout), process.wait()), timeout)
-        return tail.decode(errors="replace")[-FEEDBACK_CHARS:], process.returncode
-    except TimeoutError:
-        return "", None
+        await asyncio.wait_for(asyncio.gather(_tail(process.stdout, kept), process.wait()), timeout)
+        return kept.decode(errors="replace")[-FEEDBACK_CHARS:], process.returncode
+    except TimeoutError:  # what it said so far is the agents' feedback
+        return kept.decode(errors="replace")[-FEEDBACK_CHARS:], None
     finally:
         kill_group(process.pid)
         if process.returncode is None:
             await process.wait()
 
 
-async def _tail(stream: asyncio.StreamReader) -> bytes:
-    """The end of a stream, read to its end: a flood of output costs no more memory than this."""
-    kept = bytearray()
+async def _tail(stream: asyncio.StreamReader, kept: bytearray) -> None:
+    """The end of a stream, read into `kept` to its end: a flood of output costs no more memory
+    than this, and what came before a timeout is there."""
     while chunk := await stream.read(65536):
         kept += chunk
         del kept[:-FEEDBACK_CHARS * 4]
-    return bytes(kept)
