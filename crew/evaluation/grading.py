@@ -372,7 +372,7 @@ async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) 
         reader.close()
         os.close(write_end)
         raise
-    group = await asyncio.to_thread(command_cgroup, sandbox)  # bounded as run_command is
+    group = command_cgroup(sandbox)  # bounded as run_command is
     try:
         try:
             process = await asyncio.create_subprocess_exec(

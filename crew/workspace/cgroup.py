@@ -5,8 +5,9 @@ Rlimits bound each process on its own: four processes under an 8 GiB data limit 
 A cgroup bounds them together. crew makes one per command under its own cgroup (cgroup v1's
 `memory` and `pids` hierarchies) or under `/sys/fs/cgroup/crew` (cgroup v2), moves the command's
 first process into it before anything else runs (a shell that writes its pid, then execs the
-sandbox), and removes it when the command is over. That takes root (as CI runs) or a delegated
-cgroup; elsewhere `open_cgroup` returns None and the rlimits stay the only bound.
+sandbox), and removes it when the command is over; those a crew killed with -9 left behind are
+removed by the next crew that starts one. That takes root (as CI runs) or a delegated cgroup;
+elsewhere `open_cgroup` returns None and the rlimits stay the only bound.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,17 +87,67 @@ def available() -> bool:
 _Maker = Callable[[int, int, str], "CommandCgroup"]
 
 
-@functools.cache
+_FIRST = threading.Lock()
+
+
 def _maker() -> _Maker | None:
-    """The way this machine makes a command's cgroup, tried once per process."""
-    for maker in (_v2, _v1):
+    with _FIRST:  # commands started together ask at once: one probe, one answer
+        return _probed()
+
+
+@functools.cache
+def _probed() -> _Maker | None:
+    """The way this machine makes a command's cgroup, tried once per process, after removing
+    the cgroups crews that are gone left behind (killed with -9, their commands died with them)."""
+    for maker, parents in ((_v2, _v2_parents), (_v1, _v1_parents)):
         try:
-            probe = maker(1 << 30, 64, f"probe-{os.getpid()}")
+            _sweep(parents())
+            probe = maker(1 << 30, 64, f"probe-{os.getpid()}-{secrets.token_hex(4)}")
         except OSError:
             continue
         probe.remove()
         return maker
     return None
+
+
+_LEFT = re.compile(r"(?:crew-)?(?:cmd|probe)-(\d+)(?:-[0-9a-f]+)?")
+
+
+def _sweep(parents: list[Path]) -> None:
+    """Remove the empty cgroups of crew processes that no longer exist."""
+    for parent in parents:
+        for folder in parent.glob("*"):
+            found = _LEFT.fullmatch(folder.name)
+            if found is None or _alive(int(found[1])):
+                continue
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # still holds a process: not ours to end
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _v2_parents() -> list[Path]:
+    return [ROOT / "crew"] if (ROOT / "crew").is_dir() else []
+
+
+def _v1_parents() -> list[Path]:
+    found = []
+    for controller in ("memory", "pids"):
+        try:
+            found.append(_v1_own(controller))
+        except OSError:
+            pass
+    return found
 
 
 def _v2(memory_bytes: int, processes: int, name: str) -> CommandCgroup:
@@ -134,8 +187,8 @@ def _v1(memory_bytes: int, processes: int, name: str) -> CommandCgroup:
     return CommandCgroup(tuple(made))
 
 
-def _v1_child(controller: str, name: str) -> Path:
-    """A new cgroup under this process's own, in v1's hierarchy of `controller`."""
+def _v1_own(controller: str) -> Path:
+    """This process's own cgroup in v1's hierarchy of `controller`."""
     mount = ROOT / controller
     if not (mount / "cgroup.procs").is_file():
         raise OSError(f"no cgroup v1 {controller} hierarchy")
@@ -144,7 +197,12 @@ def _v1_child(controller: str, name: str) -> Path:
         _, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
             own = path
-    folder = mount / own.lstrip("/") / f"crew-{name}"
+    return mount / own.lstrip("/")
+
+
+def _v1_child(controller: str, name: str) -> Path:
+    """A new cgroup under this process's own, in v1's hierarchy of `controller`."""
+    folder = _v1_own(controller) / f"crew-{name}"
     folder.mkdir()
     return folder
 

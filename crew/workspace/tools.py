@@ -296,7 +296,7 @@ async def run_in_workspace(workspace: Workspace, command: str, timeout: float,
     env = scrubbed_env(workspace.root)
     # Both read the filesystem (the view's paths, git, the cgroup tree): off the event loop.
     argv = await asyncio.to_thread(_argv, sandbox, command, workspace, env)
-    group = await asyncio.to_thread(command_cgroup, sandbox)
+    group = command_cgroup(sandbox)  # kernel bookkeeping, no disk: made here, so no cancel loses it
     try:
         return await _run(loop, command, group.wrap(argv) if group else argv, workspace.root, env, timeout)
     finally:
