@@ -225,14 +225,14 @@ def test_chat_turns_diff_and_undo_run_nothing_planted(clean_env: Path) -> None:
     workspace = Workspace.create(clean_env / "workspaces")
     root = workspace.root
     (root / "app.py").write_text("x = 1\n")
-    assert turns.commit_turn(workspace, "Coder")
+    assert turns.commit_turn(workspace, "Coder").changed
     plant = " && ".join(p.format(m=marker) for p in _PLANTS.values())
     subprocess.run(["sh", "-c", plant], cwd=root, check=True, env={"PATH": os.environ["PATH"]})
     (root / "app.py").write_text("x = 2\n")
     (root / "new.py").write_text("n = 1\n")
     assert "+x = 2" in turns.diff(workspace)
-    assert turns.commit_turn(workspace, "Reviewer")
-    assert not turns.commit_turn(workspace, "Reviewer")  # nothing changed since
+    assert turns.commit_turn(workspace, "Reviewer").changed
+    assert not turns.commit_turn(workspace, "Reviewer").changed  # nothing changed since
     assert turns.undo_turn(workspace) == "crew turn: Reviewer"
     assert (root / "app.py").read_text() == "x = 1\n" and not (root / "new.py").exists()
     assert not (root / ".gitattributes").exists()  # planted in the undone turn

@@ -185,12 +185,18 @@ class ChatSession:
 
     # -- the agents' turns ------------------------------------------------------------------
 
-    def commit_turn(self, source: str) -> None:
-        if source in NAMES.values():
-            try:
-                turns.commit_turn(self.workspace, source)
-            except (WorkspaceError, OSError) as exc:
-                self.say(f"  (could not record {source}'s edits for /undo: {exc})")
+    def commit_turn(self, source: str) -> str | None:
+        """Record an agent's edits for /undo (off the event loop); what to tell the person, if
+        anything (said by the caller, on the loop)."""
+        if source not in NAMES.values():
+            return None
+        try:
+            turn = turns.commit_turn(self.workspace, source)
+        except (WorkspaceError, OSError) as exc:
+            return f"  (could not record {source}'s edits for /undo: {exc})"
+        if turn.changed and turn.left_out:
+            return f"  (not recorded for /undo: {'; '.join(turn.left_out)})"
+        return None
 
     def on_sigint(self) -> None:
         if self.at_prompt or self.token is None:
@@ -240,7 +246,9 @@ class ChatSession:
                 continue
             record(self.records, item)
             if isinstance(item, BaseChatMessage):
-                await asyncio.to_thread(self.commit_turn, item.source)
+                note = await asyncio.to_thread(self.commit_turn, item.source)
+                if note:
+                    self.say(note)
                 self.mark_shown(item.id)
         return False
 

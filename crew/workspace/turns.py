@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 
 from crew.errors import WorkspaceError
 from crew.workspace import beneath
@@ -30,17 +31,25 @@ def diff(workspace: Workspace) -> str:
     return text + "".join(f"(left out: {why})\n" for why in left_out)
 
 
-def commit_turn(workspace: Workspace, source: str) -> bool:
-    """Record the work tree as a commit `crew turn: <source>`; False if nothing changed."""
+@dataclass(frozen=True)
+class Turn:
+    changed: bool
+    """A commit was made (the work tree differed from the last one)."""
+    left_out: list[str] = field(default_factory=list)
+    """Files not recorded (`name: why`: binaries, large files), which /undo cannot bring back."""
+
+
+def commit_turn(workspace: Workspace, source: str) -> Turn:
+    """Record the work tree as a commit `crew turn: <source>`."""
     head = git(workspace.root, "rev-parse", "HEAD").strip()
-    with workspace.files_index(head) as (env, _left_out):
+    with workspace.files_index(head) as (env, left_out):
         tree = git(workspace.root, "write-tree", env=env).strip()
     if tree == git(workspace.root, "rev-parse", "HEAD^{tree}").strip():
-        return False
+        return Turn(False, left_out)
     commit = git(workspace.root, "commit-tree", tree, "-p", head, "-m", TURN_PREFIX + source).strip()
     git(workspace.root, "update-ref", "HEAD", commit, head)
     git(workspace.root, "read-tree", "HEAD")  # the index follows; no work-tree file is touched
-    return True
+    return Turn(True, left_out)
 
 
 def undo_turn(workspace: Workspace) -> str | None:
@@ -52,11 +61,14 @@ def undo_turn(workspace: Workspace) -> str | None:
     parent = git(workspace.root, "rev-parse", f"{head}~1").strip()
     changed = git_bytes(workspace.root, "diff-tree", "-r", "-z", "--no-renames", parent, head)
     fields = os.fsdecode(changed).split("\0")
-    for meta, name in zip(fields[0::2], fields[1::2], strict=False):
-        if not meta:
-            continue
-        old_mode, _new_mode, old_oid, _new_oid, _status = meta.lstrip(":").split()
-        _restore(workspace, name, old_mode, old_oid)
+    entries = [(name, *meta.lstrip(":").split()[0:3:2]) for meta, name in zip(fields[0::2], fields[1::2],
+                                                                              strict=False) if meta]
+    for name, mode, _oid in entries:  # all checked before any file is touched: no half undo
+        if int(mode, 8) != 0 and not stat.S_ISREG(int(mode, 8)):
+            raise WorkspaceError(f"cannot undo {name}: a {mode} entry (link or submodule) changed in "
+                                 "that turn; restore it with git yourself")
+    for name, mode, oid in entries:
+        _restore(workspace, name, mode, oid)
     git(workspace.root, "update-ref", "HEAD", parent, head)
     git(workspace.root, "read-tree", "HEAD")
     return subject
@@ -69,8 +81,5 @@ def _restore(workspace: Workspace, name: str, mode: str, oid: str) -> None:
         if beneath.lstat(workspace.fd, name) is not None:
             beneath.unlink(workspace.fd, name)
         return
-    if not stat.S_ISREG(int(mode, 8)):
-        raise WorkspaceError(f"cannot undo {name}: a {mode} entry (link or submodule) changed in "
-                             "that turn; restore it with git yourself")
     data = git_bytes(workspace.root, "cat-file", "blob", oid)
     beneath.replace(workspace.fd, name, data, mode=0o755 if mode == "100755" else 0o644, make_parents=True)
