@@ -16,7 +16,7 @@ _GIT_IDENTITY = ["-c", "user.name=crew", "-c", "user.email=crew@localhost", "-c"
 # must not run what it planted there. `-c` outranks every config file: no hooks, no fsmonitor
 # command, no global attributes file; never a pager. Filters (clean/smudge/process) cannot be
 # turned off by name, so crew's own calls never convert a work-tree file: `write_patch` reads
-# the files itself and stores them with `hash-object --no-filters`; diffs add `--no-ext-diff
+# the files itself and stores the bytes it read with `fast-import`; diffs add `--no-ext-diff
 # --no-textconv`.
 _GIT_SAFETY = ["--no-pager", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
                "-c", "core.attributesFile=/dev/null"]

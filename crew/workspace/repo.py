@@ -13,7 +13,7 @@ are created when the workspace is made or opened (before any agent command runs,
 binds them read-only) and written the same way; a link found at one is an error.
 
 `write_patch` builds `crew.patch` without running anything a command may have planted: each
-file is read by crew (no link followed), hashed into git's object store with `--no-filters`,
+file is read by crew (no link followed), stored in git's object store as read (`fast-import`, no filter),
 staged in a temporary index, and diffed index-to-tree with no textconv, external diff, hook or
 fsmonitor. Files over `MAX_PATCH_FILE_BYTES`, binaries, and what would pass
 `MAX_PATCH_TOTAL_BYTES` are left out and named.
@@ -29,6 +29,7 @@ import re
 import stat
 import tempfile
 import time
+import unicodedata
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ CHAT_HISTORY = "chat_history"
 # Every file crew keeps at the workspace root: out of git, out of the tools' reach, read-only
 # in the sandbox.
 CREW_FILES = (*RECORDS, "workspace.json", LOCK_FILE, CHAT_HISTORY)
-_PROTECTED = frozenset(name.casefold() for name in CREW_FILES)
+_PROTECTED = frozenset(name.casefold() for name in CREW_FILES)  # as _as_stored sees them
 MAX_PATCH_FILE_BYTES = 1 << 20
 """A file larger than this is left out of crew.patch (and named). 1 MiB: four times what
 read_file shows an agent (256 kB), far above any source file a model writes, and small enough
@@ -143,10 +144,7 @@ class Workspace:
         if not root.is_dir():
             raise WorkspaceError(f"{root} is not a crew workspace (no such folder): name a workspaces/<id>")
         workspace = cls(root.resolve(), "")
-        try:
-            data = workspace.read_record("workspace.json", 64_000)
-        except WorkspaceError:
-            raise
+        data = workspace.read_record("workspace.json", 64_000)
         if data is None:
             raise WorkspaceError(
                 f"{root} is not a crew workspace (no workspace.json): name a workspaces/<id>"
@@ -178,7 +176,8 @@ class Workspace:
         """`path` as a clean relative path inside the workspace (components joined by `/`);
         WorkspaceEscape if it may not be used: empty, absolute, `..`, a name the system would
         refuse (NUL, not encodable), the `.git` folder or one of crew's records. Names are
-        compared casefolded: on a case-insensitive filesystem `.GIT` is `.git`. Links are not
+        compared as a case-insensitive filesystem compares them (casefolded, normalized, with the
+        characters HFS+ ignores taken out): there `.GIT` is `.git`. Links are not
         resolved here: the opens refuse them (see `crew.workspace.beneath`)."""
         if not isinstance(path, str) or not path.strip():
             raise WorkspaceEscape("a path is needed, relative to the workspace (e.g. src/app.py)")
@@ -197,9 +196,9 @@ class Workspace:
             raise WorkspaceEscape(f"{shown}: '..' is not allowed; stay inside the workspace")
         if not parts:
             raise WorkspaceEscape(f"{shown}: that is the workspace itself; name a file in it")
-        if any(p.casefold() == ".git" for p in parts):
+        if any(_as_stored(p) == ".git" for p in parts):
             raise WorkspaceEscape(f"{shown}: the .git folder is off limits")
-        if len(parts) == 1 and parts[0].casefold() in _PROTECTED:
+        if len(parts) == 1 and _as_stored(parts[0]) in _PROTECTED:
             raise WorkspaceEscape(f"{shown}: that name is reserved for crew's records")
         return "/".join(parts)
 
@@ -416,3 +415,14 @@ class Workspace:
         # git lists a link as an entry and never enters it.
         listed = git(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
         return sorted(name for name in listed.split("\0") if name)
+
+
+# What a case-insensitive filesystem ignores when it compares names (HFS+ skips these, as git's
+# own check of `.git` does since CVE-2014-9390): joiners, direction marks, BOM, and the like.
+_IGNORED_BY_FILESYSTEMS = dict.fromkeys(map(ord, "\u200c\u200d\u200e\u200f\u202a\u202b\u202c"
+                                        "\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"))
+
+
+def _as_stored(name: str) -> str:
+    """A name as a case-insensitive, normalizing filesystem compares it: `.G\u200cIT` is `.git`."""
+    return unicodedata.normalize("NFC", name.translate(_IGNORED_BY_FILESYSTEMS)).casefold()
