@@ -101,8 +101,7 @@ def test_a_command_s_memory_is_bounded_as_a_whole(site: Site, kind: str, user: s
     assert shm <= 64, result  # /dev/shm is bounded too
     if user == "nobody" or os.geteuid() != 0:
         # crew as a user makes no cgroup here (nothing delegated): each process is bounded on
-        # its own, and `crew doctor` says so.
-        assert held <= 4
+        # its own (another test shows that bound), and `crew doctor` says so.
         return
     assert held * 100 + shm <= 128 + 64, result
 

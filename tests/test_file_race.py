@@ -145,6 +145,11 @@ def test_a_link_planted_at_a_record_is_refused_not_followed(clean_env: Path) -> 
     history = ChatHistory(root / "chat_history", clean_env / "state" / "chat_history")
     with pytest.raises(WorkspaceError, match="symbolic link"):
         history.store_string("the person's next line")
+    assert list(history.load_history_strings()) == []  # not read through it either, and no traceback
+    fifo = clean_env / "fifo-history"
+    os.mkfifo(fifo)  # planted where the history goes: opening it must not wait for a writer
+    with pytest.raises(WorkspaceError, match="not a regular file"):
+        ChatHistory(fifo, clean_env / "state" / "chat_history").store_string("a line")
     with pytest.raises(WorkspaceError, match="symbolic link"):
         Records(workspace, lambda event: None, {})
     with pytest.raises(WorkspaceError, match="symbolic link"):

@@ -346,6 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one boundary: a bug is a line and exit 2 too
         if os.environ.get("CREW_RAISE_ERRORS"):
             raise
-        print(f"crew: unexpected error ({type(exc).__name__}: {exc}); this is a bug in crew: "
-              "CREW_RAISE_ERRORS=1 shows where", file=sys.stderr)
+        print(safe_text(f"crew: unexpected error ({type(exc).__name__}: {exc}); this is a bug in crew: "
+                        "CREW_RAISE_ERRORS=1 shows where"), file=sys.stderr)
         return EXIT_ERROR

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import errno
+import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +37,9 @@ from crew.workspace.repo import CREW_FILES
 
 Pause = Callable[[], AbstractContextManager[None]]
 """Held while the person types: the renderer's live area must not redraw over the prompt."""
+
+
+log = logging.getLogger("crew.chat")
 
 
 class LineReader:
@@ -62,19 +67,32 @@ class _NoFollowHistory(FileHistory):
     """prompt_toolkit's FileHistory, never opening its file through a link."""
 
     def _open(self, flags: int) -> int:
+        # O_NONBLOCK: a FIFO planted there opens without waiting for a writer, and is refused.
+        flags |= os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            return os.open(self.filename, flags | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fd = os.open(self.filename, flags, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise WorkspaceError(f"{os.fsdecode(self.filename)} is a symbolic link, which crew never "
                                      "follows: "
                                      "remove it to keep the chat's history there") from None
+            if exc.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing
+                raise WorkspaceError(f"{os.fsdecode(self.filename)} is not a regular file: remove it "
+                                     "to keep the chat's history there") from None
             raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise WorkspaceError(f"{os.fsdecode(self.filename)} is not a regular file: remove it to keep "
+                                 "the chat's history there")
+        return fd
 
     def load_history_strings(self) -> Iterable[str]:
+        # Runs in prompt_toolkit's own thread: an error here would be a traceback, not a line.
         try:
-            fd = self._open(os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
+            fd = self._open(os.O_RDONLY)
+        except (FileNotFoundError, WorkspaceError) as exc:
+            if isinstance(exc, WorkspaceError):
+                log.warning("chat history not read: %s", exc)
             return []
         with os.fdopen(fd, "rb") as handle:
             # FileHistory's own parser reads self.filename; hand it the bytes read here instead.

@@ -295,17 +295,6 @@ def unlink(root: int, path: str) -> None:
         os.close(parent)
 
 
-def listdir(root: int, path: str = "") -> list[tuple[str, bool]]:
-    """(name, is a folder) of each entry of the folder `path`; a link is listed as a file, never
-    entered."""
-    fd = open_at(root, path, os.O_RDONLY | _DIRECTORY)
-    try:
-        with os.scandir(fd) as entries:
-            return sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
-    finally:
-        os.close(fd)
-
-
 def _file_mode() -> int:
     # What open() would give a new file: 0o666 less the umask.
     umask = os.umask(0)

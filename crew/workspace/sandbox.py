@@ -232,7 +232,7 @@ def _unshare(sandbox: Sandbox, command: str, workspace: Path, mounts: Sequence[M
             "--kill-child", "--propagation", "private", *net, "sh", "-c", _UNSHARE_PROLOGUE,
             "crew-sandbox", command, str(resolved([workspace])[0]),
             str(sandbox.limits.pid_max()) if pid_max_per_namespace() else "",
-            str(sandbox.limits.tmp_bytes), *steps]
+            str(sandbox.limits.tmp_bytes), str(sandbox.limits.shm_bytes()), *steps]
 
 
 # Run as the mapped root of new user, mount and PID namespaces: what bubblewrap does, by hand.
@@ -242,7 +242,7 @@ def _unshare(sandbox: Sandbox, command: str, workspace: Path, mounts: Sequence[M
 # user namespaces are forbidden, and the command runs with every capability dropped. Any failed
 # step stops it (set -e).
 _UNSHARE_PROLOGUE = r"""set -e
-cmd=$1; ws=$2; pidmax=$3; tmpsize=$4; shift 4
+cmd=$1; ws=$2; pidmax=$3; tmpsize=$4; shmsize=$5; shift 5
 userpath=$PATH; PATH=/usr/sbin:/usr/bin:/sbin:/bin
 exec 4</tmp
 N=/tmp
@@ -269,7 +269,7 @@ for d in null zero full random urandom tty; do
 done
 ln -s /proc/self/fd $N/dev/fd; ln -s /proc/self/fd/0 $N/dev/stdin
 ln -s /proc/self/fd/1 $N/dev/stdout; ln -s /proc/self/fd/2 $N/dev/stderr
-mkdir $N/dev/shm; mount -t tmpfs -o size=64m,mode=1777 crew-shm $N/dev/shm
+mkdir $N/dev/shm; mount -t tmpfs -o size=$shmsize,mode=1777 crew-shm $N/dev/shm
 while [ $# -gt 0 ]; do
   op=$1; p=$2; t=$3; shift 3
   case $op in

@@ -41,7 +41,8 @@ def _toolchain(env: Mapping[str, str]) -> list[Path]:
     """What `python -m pytest` in the workspace needs: the Python crew runs on and its venv."""
     paths: list[str] = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     paths += [env[key] for key in ("VIRTUAL_ENV",) if env.get(key)]
-    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # Only absolute entries: a relative one (`.`) would show whatever folder crew runs in.
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
     # Package folders a `.pth` file adds (a venv layered over another's site-packages): only
     # site-packages, never the current folder or a project that happens to be on the path.
     paths += [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
