@@ -170,7 +170,7 @@ async def open_session(
     choice = await choose_backend(settings)
     try:
         workspace = (
-            Workspace.open(resume) if resume is not None
+            await asyncio.to_thread(Workspace.open, resume) if resume is not None
             else await asyncio.to_thread(
                 Workspace.create, settings.workspaces_dir, path=workspace_path, repo=repo, mode=mode
             )
