@@ -47,6 +47,7 @@ from crew.residency.measurements import Measurements
 from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
+from crew.residency.transitions import Outlook
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
@@ -101,7 +102,7 @@ class ResidencyManager(Loading):
         self._models = ModelKnowledge(backend, measurements)
         self._held_elsewhere = held_elsewhere
         self._eviction: EvictionPolicy = eviction or WorkflowAware()
-        self._forecasts: dict[Hashable, tuple[str, ...]] = {}
+        self._forecasts: dict[Hashable, dict[str, Outlook]] = {}
         self._slots: dict[str, Slot] = {}
         self._queue = WaitQueue(self._needs_load, fairness)
         self._lock = asyncio.Lock()
@@ -127,19 +128,30 @@ class ResidencyManager(Loading):
     def options(self, model: str) -> dict[str, Any]:
         return dict(self._models.profile(model))
 
-    def forecast(self, models: Sequence[str] | None, source: Hashable = None) -> None:
-        """What `source` (a team) expects to ask for next, soonest first (its current request's
-        model first); None withdraws it. Eviction spares what a forecast needs soonest."""
+    def forecast(self, models: Sequence[str] | Mapping[str, Outlook] | None, source: Hashable = None) -> None:
+        """What `source` (a team) expects to ask for: a list, soonest first (its current
+        request's model first), each surely needed; or each model's `Outlook` (the chance it is
+        needed within the horizon and how soon), as a learned forecast gives it. None withdraws
+        it. Eviction spares what the forecasts would cost most to reload."""
         if models is None:
             self._forecasts.pop(source, None)
+        elif isinstance(models, Mapping):
+            self._forecasts[source] = dict(models)
         else:
-            self._forecasts[source] = tuple(models)
+            outlook: dict[str, Outlook] = {}
+            for i, model in enumerate(models):
+                outlook.setdefault(model, Outlook(1.0, float(i)))
+            self._forecasts[source] = outlook
 
-    def _next_use(self, model: str) -> float | None:
+    def _outlook(self, model: str) -> Outlook | None:
+        """All sources together: needed if any needs it (independently), as soon as the soonest."""
         if not self._forecasts:
             return None
-        return min((float(f.index(model)) for f in self._forecasts.values() if model in f),
-                   default=float("inf"))
+        seen = [f[model] for f in self._forecasts.values() if model in f]
+        unused = 1.0
+        for outlook in seen:
+            unused *= 1.0 - outlook.p_use
+        return Outlook(1.0 - unused, min((o.next_use for o in seen), default=float("inf")))
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call `callback` with every residency event; returns a function that unsubscribes."""
@@ -381,14 +393,15 @@ class ResidencyManager(Loading):
                 "crews cannot see each other's loads in flight and evict what the others use: run "
                 "`crew serve` and point every crew at it (CREW_OLLAMA_HOST=http://127.0.0.1:8000)")))
         now = self._clock()
+        outlooks = {s.name: self._outlook(s.name) for s in candidates}
         offered = {
             Candidate(
                 name=s.name, bytes=s.size,
                 reload_seconds=self._models.reload_seconds(s.name, s.size),
                 idle_seconds=now - s.last_used, kept_elsewhere=not s.ours and s.name in elsewhere,
-                next_use=self._next_use(s.name),
+                next_use=outlook.next_use if outlook else None, p_use=outlook.p_use if outlook else None,
             ): s
-            for s in candidates
+            for s in candidates for outlook in [outlooks[s.name]]
         }
         chosen = self._eviction.choose(list(offered), shortfall)
         return None if chosen is None else [offered[c] for c in chosen]
