@@ -94,7 +94,7 @@ def test_what_a_workspace_showed_carries_over_to_its_next_chat(ollama: FakeOllam
     first = LearnedForecast(MODELS, store.load(key, RULE), lambda t: store.save(key, t))  # type: ignore[arg-type]
     drive(ollama, first, human=False, turns=6, review=REPLAN)
     saved = json.loads((tmp_path / "state" / "transitions.json").read_text())
-    assert saved[key]["reviewer"] == {"architect": 1.0} and saved[key]["task"] == {"architect": 1.0}
+    assert saved[key]["reviewer 1"] == {"architect": 1.0} and saved[key]["task"] == {"architect": 1.0}
 
     ollama.reset(capacity=80 * GB)
     second = LearnedForecast(MODELS, store.load(key, RULE), lambda t: store.save(key, t))  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def test_a_broken_transitions_file_starts_over(tmp_path: Path) -> None:
     assert learned.next_states("reviewer") == {"coder": 1.0}
     (tmp_path / "transitions.json").write_text('{"run x": {"reviewer": {"coder": "many", "human": 3}}}')
     learned = TransitionStore(tmp_path).load("run x", RULE)
-    assert learned.next_states("reviewer") == {"human": 0.75, "coder": 0.25}
+    assert learned.next_states("reviewer") == {"human": 3 / 3.5, "coder": 0.5 / 3.5}  # the rule: half a count
 
 
 def test_the_fake_serves_a_loaded_model_at_once_while_another_loads(ollama: FakeOllama) -> None:
@@ -153,14 +153,14 @@ def test_crew_plan_shows_what_each_workspace_has_shown(
     store = TransitionStore(clean_env / "state")
     learned = Transitions(RULE)
     for _ in range(3):
-        learned.observe("reviewer", "architect")
-    learned.observe("reviewer", "coder")
+        learned.observe("reviewer 2", "architect")
+    learned.observe("reviewer 2", "coder 2")
     store.save(store_key("/work/site", "run"), learned)
     assert main(["plan"]) == 0
     out = capsys.readouterr().out
     assert ("learned transitions, run /work/site:\n"
-            "  after reviewer (4 seen): architect 60%, coder 40%\n") in out
+            "  after reviewer 2 (4 seen): architect 67%, coder 2 33%\n") in out
     assert main(["plan", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["learned"]["run /work/site"]["reviewer"] == {
-        "seen": 4.0, "following": {"architect": 0.6, "coder": 0.4}}
+    assert plan["learned"]["run /work/site"]["reviewer 2"] == {
+        "seen": 4.0, "following": {"architect": 0.667, "coder 2": 0.333}}

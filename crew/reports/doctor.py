@@ -19,7 +19,7 @@ from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreacha
 from crew.residency import OffloadRule, ResidencyManager, advice
 from crew.residency.budget import MemoryBudget
 from crew.residency.measurements import Measurements
-from crew.residency.transitions import LearnedForecast, Transitions, TransitionStore
+from crew.residency.transitions import LearnedForecast, Transitions, TransitionStore, rounds_prior
 from crew.routing import CHAT_RULE, RULE
 from crew.settings import ROLES, Role, Settings
 from crew.workspace.sandbox import for_settings
@@ -238,7 +238,7 @@ def learned_transitions(settings: Settings) -> dict[str, dict[str, Transition]]:
     found: dict[str, dict[str, Transition]] = {}
     for key, learned in store.all(RULE).items():
         rule = CHAT_RULE if key.startswith("chat ") else RULE
-        blended = Transitions(rule, learned.counts)
+        blended = Transitions(rounds_prior(rule), learned.counts)
         found[key] = {state: Transition(sum(row.values()), blended.as_rows()[state])
                       for state, row in sorted(learned.counts.items()) if row}
     return found

@@ -47,7 +47,7 @@ from crew.residency.measurements import Measurements
 from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
-from crew.residency.transitions import Outlook
+from crew.residency.transitions import Lookahead, Outlook, Room
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
@@ -135,6 +135,8 @@ class ResidencyManager(Loading):
         it. Eviction spares what the forecasts would cost most to reload."""
         if models is None:
             self._forecasts.pop(source, None)
+        elif isinstance(models, Lookahead):
+            self._forecasts[source] = models
         elif isinstance(models, Mapping):
             self._forecasts[source] = dict(models)
         else:
@@ -403,8 +405,33 @@ class ResidencyManager(Loading):
             ): s
             for s in candidates for outlook in [outlooks[s.name]]
         }
-        chosen = self._eviction.choose(list(offered), shortfall)
+        future = self._future(model, offered)
+        chosen = (self._eviction.choose(list(offered), shortfall) if future is None
+                  else self._eviction.choose(list(offered), shortfall, future=future))
         return None if chosen is None else [offered[c] for c in chosen]
+
+    def _future(self, model: str, offered: Mapping[Candidate, Slot]
+                ) -> Callable[[Sequence[Candidate]], float] | None:
+        """The expected reload seconds over the learned forecasts' horizon if a set is evicted
+        (None without such a forecast, or while a forecast model's size is unknown)."""
+        ahead = [f for f in self._forecasts.values() if isinstance(f, Lookahead)]
+        if not ahead:
+            return None
+        sizes = {s.name: s.size for s in self._slots.values()}
+        for name in {m for f in ahead for m in f}:
+            if name not in sizes:
+                try:
+                    sizes[name] = self._models.expected_size_now(name)
+                except KeyError:
+                    return None
+        room = Room(sizes, {m: self._models.reload_seconds(m, size) for m, size in sizes.items()},
+                    self._budget.bytes)
+        present = frozenset(s.name for s in self._slots.values()) | {model}
+
+        def future(combo: Sequence[Candidate]) -> float:
+            after = present - {offered[c].name for c in combo}
+            return sum(f.future_cost(after, room) for f in ahead)
+        return future
 
     def _needs_load(self, model: str) -> bool:
         slot = self._slots.get(model)

@@ -17,10 +17,12 @@ makes up. A failure to write never stops a run; a broken file starts the counts 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from crew.settings import Role
 log = logging.getLogger("crew.residency.transitions")
 
 # The rule counts as this many observations of its own transition.
-PRIOR_WEIGHT = 1.0
+PRIOR_WEIGHT = 0.5
 FILE_NAME = "transitions.json"
 # Counts are capped so a long history still yields to a changed habit (older counts are halved).
 MAX_COUNT = 64
@@ -51,12 +53,61 @@ Prior = Mapping[str, Mapping[str, float]]
 """The rule: for each state, its next states and their shares (summing to 1)."""
 
 
+@dataclass(frozen=True)
+class Room:
+    """What the lookahead needs of the machine: each model's resident bytes and reload seconds,
+    and the budget."""
+
+    sizes: Mapping[str, int]
+    reload_s: Mapping[str, float]
+    budget: int
+
+    def fits(self, models: frozenset[str]) -> bool:
+        return len(models) <= 1 or sum(self.sizes.get(m, 0) for m in models) <= self.budget
+
+
+class Lookahead(dict[str, Outlook]):
+    """A learned forecast: each model's `Outlook`, and the expected reload seconds of the
+    horizon from any resident set (`future_cost`), evictions chosen at best along the way."""
+
+    def __init__(self, outlook: Mapping[str, Outlook], learned: Transitions, current: str,
+                 models: Mapping[str, str], horizon: int) -> None:
+        super().__init__(outlook)
+        self._learned = learned
+        self._current = current
+        self._models = dict(models)
+        self._horizon = horizon
+
+    def future_cost(self, resident: frozenset[str], room: Room) -> float:
+        """Expected seconds of reloads over the horizon, starting with `resident` after the
+        current speaker's model is in: the chain's expectation of the best evictions."""
+        chain, models = self._learned, self._models
+
+        @cache
+        def value(steps: int, state: str, held: frozenset[str]) -> float:
+            if steps == 0:
+                return 0.0
+            total = 0.0
+            for nxt, p in chain.next_states(state).items():
+                model = models.get(nxt)
+                if model is None or model in held or model not in room.sizes:
+                    total += p * value(steps - 1, nxt, held)
+                    continue
+                options = [frozenset(k) | {model} for n in range(len(held) + 1)
+                           for k in itertools.combinations(sorted(held), n)]
+                total += p * (room.reload_s.get(model, 0.0) + min(
+                    (value(steps - 1, nxt, o) for o in options if room.fits(o)), default=0.0))
+            return total
+
+        return value(self._horizon, self._current, resident)
+
+
 class Transitions:
     """Counts of state -> next state, blended with the rule (`prior`)."""
 
     def __init__(self, prior: Prior, counts: Mapping[str, Mapping[str, float]] | None = None,
                  *, prior_weight: float = PRIOR_WEIGHT) -> None:
-        self._prior = {state: dict(nexts) for state, nexts in prior.items()}
+        self.prior: Prior = {state: dict(nexts) for state, nexts in prior.items()}
         self._weight = prior_weight
         self.counts: dict[str, dict[str, float]] = {
             state: {n: float(c) for n, c in nexts.items() if _count(c)}
@@ -72,7 +123,7 @@ class Transitions:
     def next_states(self, state: str) -> dict[str, float]:
         """P(next | state): the counts seen plus the rule's pseudo-counts, normalised."""
         blend = dict(self.counts.get(state, {}))
-        for rule, share in self._prior.get(state, {}).items():
+        for rule, share in self.prior.get(state, {}).items():
             blend[rule] = blend.get(rule, 0.0) + self._weight * share
         total = sum(blend.values())
         return {n: c / total for n, c in blend.items()} if total > 0 else {}
@@ -110,29 +161,80 @@ class Transitions:
 
     def as_rows(self) -> dict[str, dict[str, float]]:
         """Every state's blended next states (the rule's included), for `crew plan`."""
-        states = sorted(set(self.counts) | set(self._prior))
+        states = sorted(set(self.counts) | set(self.prior))
         return {s: {n: round(p, 3) for n, p in sorted(self.next_states(s).items(), key=lambda i: -i[1])}
                 for s in states}
 
 
+# How far the lookahead prices evictions: four rounds of plan, code and review. A short horizon
+# undercounts what keeping a large model saves (its reload falls beyond the end) and flips
+# decisions from one round to the next.
+LOOKAHEAD_TURNS = 12
+# Review rounds are told apart since the last plan or request, up to this many: what follows a
+# second review (a re-plan, say) may differ from what follows the first (more changes).
+ROUNDS = 3
+
+
+def _reviews(state: str) -> int:
+    name, _, rounds = state.partition(" ")
+    return int(rounds) if name in ("coder", "reviewer") and rounds.isdigit() else 0
+
+
+def advance(previous: str, speaker: str) -> str:
+    """The forecast's state for `speaker` after `previous`: the Coder and the Reviewer carry the
+    reviews done since the last plan or request ("coder 1": coding after the first review)."""
+    done = _reviews(previous)
+    if speaker == "coder":
+        return f"coder {min(done, ROUNDS - 1)}"
+    if speaker == "reviewer":
+        return f"reviewer {min(done + 1, ROUNDS)}"
+    return speaker
+
+
+def rounds_prior(rule: Prior) -> Prior:
+    """The rule over roles (`crew.routing.RULE`) spread over the review rounds."""
+    if any(" " in state for state in rule):
+        return rule  # spread already
+    states = ["task", "architect", "human", *(f"coder {k}" for k in range(ROUNDS)),
+              *(f"reviewer {k}" for k in range(1, ROUNDS + 1))]
+    spread: dict[str, dict[str, float]] = {}
+    for state in states:
+        nexts = rule.get(state.partition(" ")[0], {})
+        row = spread.setdefault(state, {})
+        for role, share in nexts.items():
+            target = advance(state, role)
+            row[target] = row.get(target, 0.0) + share
+    return spread
+
+
 class LearnedForecast:
-    """Who speaks when, as this team has shown it: each turn is counted, and the forecast for
-    the speaker's turn is every model's chance of being asked for within FORECAST_TURNS."""
+    """Who speaks when, as this team has shown it: each turn is counted (review rounds told
+    apart, `advance`), and the forecast for the speaker's turn is every model's chance of being
+    asked for within FORECAST_TURNS, with the lookahead that prices evictions."""
 
     def __init__(self, models: Mapping[Role, str], learned: Transitions,
                  save: Callable[[Transitions], None] | None = None) -> None:
-        self._models: dict[str, str] = {str(role): model for role, model in models.items()}
-        self.learned = learned
+        self.learned = Transitions(rounds_prior(learned.prior), learned.counts)
+        self._models: dict[str, str] = {state: models[state.partition(" ")[0]]  # type: ignore[index]
+                                        for state in self.learned.prior if state.partition(" ")[0] in models}
         self._save = save
+        self._last: str | None = None
 
-    def turn(self, previous: str, speaker: Speaker) -> dict[str, Outlook] | None:
-        """Count `previous` -> `speaker`; the forecast from `speaker` on (None for the person)."""
-        self.learned.observe(previous, speaker)
+    def turn(self, previous: str, speaker: Speaker) -> Lookahead | None:
+        """Count the last state -> `speaker` (`previous`, a role, "human" or "task", names the
+        last speaker at the first turn); the forecast from `speaker` on (None for the person)."""
+        before = self._last if self._last is not None else advance("task", previous)
+        state = advance(before, speaker)
+        self._last = state
+        self.learned.observe(before, state)
         if self._save is not None:
             self._save(self.learned)
         if speaker == "human":
             return None
-        return self.learned.outlook(speaker, self._models, FORECAST_TURNS)
+        # A copy of the counts: the forecast stays the one made at this turn.
+        frozen = Transitions(self.learned.prior, self.learned.counts)
+        return Lookahead(frozen.outlook(state, self._models, FORECAST_TURNS), frozen, state,
+                         self._models, LOOKAHEAD_TURNS)
 
 
 class TransitionStore:
