@@ -7,11 +7,11 @@ evicts the set whose expected reload seconds over the horizon are least. With a 
 forecast (`crew.residency.transitions.Lookahead`) the manager prices each set by the whole
 horizon, the evictions it will force later included (`future`); with a plain list it is the
 chance each is needed times the seconds it takes to load again. Either way a model the
-forecast does not foresee costs nothing, and the farthest next use decides between equal costs. Without a forecast (clients of `crew serve`, other tools)
-it falls back to `CheapestReload`: the least reload time, discounted by how long each model has
-been idle. Both spare a model another live crew keeps unless nothing else frees the room. A
-policy is a plain object: it can be swapped (`ResidencyManager(eviction=...)`) and tested
-without a manager.
+forecast does not foresee costs nothing, and the farthest next use decides between equal
+costs. Without a forecast (clients of `crew serve`, other tools) it falls back to
+`CheapestReload`: the least reload time, discounted by how long each model has been idle.
+Both spare a model another live crew keeps unless nothing else frees the room. A policy is a
+plain object: it can be swapped (`ResidencyManager(eviction=...)`) and tested without a manager.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class WorkflowAware:
             return self._fallback.choose(candidates, shortfall)
         if future is not None:
             priced = future
-            return least_costly_set(candidates, shortfall, lambda combo: self._ahead(combo, priced), self._rank)
+            return least_costly_set(candidates, shortfall, lambda combo: self._ahead(combo, priced),
+                                    self._rank)
         return least_costly_set(candidates, shortfall, self._cost, self._rank)
 
     def _cost(self, combo: Sequence[Candidate]) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,18 +36,19 @@ from crew.events import (
     Event,
     ModelReleased,
     ResidencyWaiting,
-    ResidencyWarning,
 )
 from crew.residency import advice
 from crew.residency.budget import MemoryBudget
-from crew.residency.eviction import Candidate, EvictionPolicy, WorkflowAware
+from crew.residency.eviction import EvictionPolicy, WorkflowAware
+from crew.residency.forecasting import Forecasting
+from crew.residency.host_lock import HostLock, Ticket
 from crew.residency.knowledge import ModelKnowledge
 from crew.residency.loading import Loading, log
 from crew.residency.measurements import Measurements
 from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
-from crew.residency.transitions import Lookahead, Outlook, Room
+from crew.residency.transitions import Outlook
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
@@ -62,9 +63,13 @@ class Hold:
     owner: Hashable
     slot: Slot
     released: bool = False
+    ticket: Ticket | None = None
+    """The host lock, when this request loaded the model for itself: other crew processes
+    change nothing on the host until it is released with the hold (so none evicts the model
+    between its load and its use)."""
 
 
-class ResidencyManager(Loading):
+class ResidencyManager(Loading, Forecasting):
     """Keeps the right models resident in a backend, within a memory budget."""
 
     def __init__(
@@ -83,8 +88,11 @@ class ResidencyManager(Loading):
         machine_memory: int | None = None,
         busy_notice_s: float = BUSY_NOTICE_S,
         lease_s: float | None = None,
+        host_lock: HostLock | None = None,
     ) -> None:
         self._backend = backend
+        # Crew processes apart on one Ollama take turns to change its memory (crew.residency.host_lock).
+        self._host_lock = host_lock
         # Models we keep between requests have a finite lease in the backend; it is renewed a
         # third of the way through, so one missed renewal never lets a model expire.
         self._lease_s = lease_s
@@ -128,33 +136,6 @@ class ResidencyManager(Loading):
     def options(self, model: str) -> dict[str, Any]:
         return dict(self._models.profile(model))
 
-    def forecast(self, models: Sequence[str] | Mapping[str, Outlook] | None, source: Hashable = None) -> None:
-        """What `source` (a team) expects to ask for: a list, soonest first (its current
-        request's model first), each surely needed; or each model's `Outlook` (the chance it is
-        needed within the horizon and how soon), as a learned forecast gives it. None withdraws
-        it. Eviction spares what the forecasts would cost most to reload."""
-        if models is None:
-            self._forecasts.pop(source, None)
-        elif isinstance(models, Lookahead):
-            self._forecasts[source] = models
-        elif isinstance(models, Mapping):
-            self._forecasts[source] = dict(models)
-        else:
-            outlook: dict[str, Outlook] = {}
-            for i, model in enumerate(models):
-                outlook.setdefault(model, Outlook(1.0, float(i)))
-            self._forecasts[source] = outlook
-
-    def _outlook(self, model: str) -> Outlook | None:
-        """All sources together: needed if any needs it (independently), as soon as the soonest."""
-        if not self._forecasts:
-            return None
-        seen = [f[model] for f in self._forecasts.values() if model in f]
-        unused = 1.0
-        for outlook in seen:
-            unused *= 1.0 - outlook.p_use
-        return Outlook(1.0 - unused, min((o.next_use for o in seen), default=float("inf")))
-
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call `callback` with every residency event; returns a function that unsubscribes."""
         self._subscribers.append(callback)
@@ -195,13 +176,17 @@ class ResidencyManager(Loading):
         A higher `priority` starts its load ahead of queued lower ones (within the fairness bound).
         """
         who: Hashable = owner if owner is not None else asyncio.current_task()
-        return Hold(model, who, await self._acquire(model, who, priority))
+        granted: list[Ticket] = []
+        slot = await self._acquire(model, who, priority, granted)
+        return Hold(model, who, slot, ticket=granted[0] if granted else None)
 
     def release(self, held: Hold) -> None:
         """Unpin a model acquired with `acquire`. Synchronous: safe in `finally` while cancelled."""
         if held.released:
             return  # a second release (a retried cleanup) must not unpin someone else's hold
         held.released = True
+        if held.ticket is not None:
+            held.ticket.release()
         slot = held.slot
         slot.pins -= 1
         slot.holders[held.owner] -= 1
@@ -211,23 +196,35 @@ class ResidencyManager(Loading):
         self._notify()
 
     async def prefetch(self, model: str) -> bool:
-        """Start loading `model` if it fits in the free budget now; never evicts.
+        """Start loading `model` if it fits in the free budget now; never evicts, and never
+        waits for another crew process's turn (with a host lock, it is skipped instead).
 
         Returns True when the model is resident or loading afterwards.
         """
         self._require_open()
-        async with self._lock:
-            await self._reconcile(force=True)
-            slot = self._slots.get(model)
-            if slot is not None and slot.state in ("loading", "resident") and not slot.mismatched:
+        ticket = self._host_lock.try_acquire() if self._host_lock is not None else None
+        if self._host_lock is not None and ticket is None:
+            return False
+        try:
+            async with self._lock:
+                await self._reconcile(force=True)
+                slot = self._slots.get(model)
+                if slot is not None and slot.state in ("loading", "resident") and not slot.mismatched:
+                    return True
+                if slot is not None or self._queue.any_load_waiting():
+                    return False
+                need = await self.expected_size(model)
+                if self._used() + need > self._budget.bytes:
+                    return False
+                slot = self._start_load(model, need, [], reason="prefetch", partial=False, ticket=ticket)
+                if ticket is not None:
+                    assert slot.task is not None
+                    slot.task.add_done_callback(ticket.release_when_done)
+                    ticket = None
                 return True
-            if slot is not None or self._queue.any_load_waiting():
-                return False
-            need = await self.expected_size(model)
-            if self._used() + need > self._budget.bytes:
-                return False
-            self._start_load(model, need, [], reason="prefetch", partial=False)
-            return True
+        finally:
+            if ticket is not None:
+                ticket.release()
 
     def registered(self, model: str) -> bool:
         return self._models.registered(model)
@@ -270,7 +267,12 @@ class ResidencyManager(Loading):
         for slot in list(self._slots.values()):
             if slot.task is not None and not slot.task.done():
                 slot.task.cancel()
+        ticket: Ticket | None = None
         try:
+            if self._host_lock is not None:
+                # Handing back is a request per model: sent for one another crew is unloading,
+                # it would load it again. So it waits for this host's turn (bounded).
+                ticket = await asyncio.wait_for(self._host_lock.acquire(), self._load_timeout)
             running = {r.name for r in await self._backend.running()}
             for slot in list(self._slots.values()):
                 if slot.ours and slot.state == "resident" and slot.name in running:
@@ -278,7 +280,11 @@ class ResidencyManager(Loading):
                     self._emit(ModelReleased(model=slot.name, bytes=slot.size))
         except CrewError as exc:
             log.debug("could not hand models back on close: %s", exc)
+        except TimeoutError:
+            log.debug("no turn on the host to hand models back: their leases will end them")
         finally:
+            if ticket is not None:
+                ticket.release()
             await self._backend.aclose()
 
     async def __aenter__(self) -> ResidencyManager:
@@ -289,26 +295,40 @@ class ResidencyManager(Loading):
 
     # -- acquiring and releasing --------------------------------------------------------
 
-    async def _acquire(self, model: str, owner: Hashable, priority: int) -> Slot:
+    async def _acquire(self, model: str, owner: Hashable, priority: int,
+                       granted: list[Ticket] | None = None) -> Slot:
         self._require_open()
         self._models.profile(model)
         waiter = self._queue.join(model, owner, priority)
+        ticket: Ticket | None = None
+        wants_host = loaded = False
         try:
             while True:
+                if wants_host and ticket is None and self._host_lock is not None:
+                    ticket = await self._host_lock.acquire()
                 async with self._lock:
                     await self._check_fits_at_all(model)
-                    read = await self._reconcile(force=False)
+                    # Under the host lock, what other crews changed must be read afresh.
+                    read = await self._reconcile(force=ticket is not None)
                     plan = self._plan(waiter)
                     if isinstance(plan, Load | Wait) and not read:
                         # Only a grant may rest on a recent read; loads and evictions never do.
                         await self._reconcile(force=True)
                         plan = self._plan(waiter)
+                    if ticket is None and self._needs_host(plan, model):
+                        wants_host = True
+                        continue
                     if isinstance(plan, Grant):
-                        return self._grant(waiter, plan.slot)
+                        slot = self._grant(waiter, plan.slot)
+                        if ticket is not None and loaded and granted is not None:
+                            granted.append(ticket)  # kept until the hold ends
+                            ticket = None
+                        return slot
                     if isinstance(plan, Load):
                         need = await self.expected_size(model)
                         reason = "partial offload" if plan.partial else "requested"
-                        slot = self._start_load(model, need, plan.victims, reason, plan.partial)
+                        slot = self._start_load(model, need, plan.victims, reason, plan.partial, ticket)
+                        loaded = ticket is not None
                         assert slot.task is not None
                         plan = Join(slot.task)
                     if isinstance(plan, Join):
@@ -316,16 +336,27 @@ class ResidencyManager(Loading):
                     elif isinstance(plan, Wait):
                         changed = self._changed
                         self._note_blocked(waiter, plan)
+                    if ticket is not None and not loaded:  # nothing of ours to change: others may
+                        ticket.release()
+                        ticket = None
                 if isinstance(plan, Join):
                     await asyncio.shield(plan.task)
                 else:
                     await changed.wait()
         finally:
+            if ticket is not None:
+                ticket.release()
             if waiter.reservation is not None:
                 waiter.reservation.reserved -= 1
                 waiter.reservation = None
             if self._queue.leave(waiter):
                 self._notify()
+
+    def _needs_host(self, plan: Plan, model: str) -> bool:
+        """A load must hold the host lock; so must a grant of a model another crew is changing."""
+        if self._host_lock is None or not isinstance(plan, Load | Grant):
+            return False
+        return isinstance(plan, Load) or self._host_lock.blocks_grant(model)
 
     def _reserve(self, waiter: Waiter) -> None:
         # Whoever waited for a load is served before anyone may evict what it loaded.
@@ -382,56 +413,6 @@ class ResidencyManager(Loading):
         return Situation(slots=self._slots, budget=self._budget.bytes, need=need,
                          starving=self._queue.starving(), load_head=self._queue.load_head(),
                          wanted=frozenset(self._queue.wanted(waiter)))
-
-    def _choose_victims(self, candidates: list[Slot], shortfall: int, model: str) -> list[Slot] | None:
-        """The idle set to evict that frees `shortfall` bytes, as the eviction policy picks it (the plan
-        asks only when the candidates together free enough)."""
-        # Read only here, when something must go: other crews' notes are files (crew.residency.holders).
-        elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
-        if elsewhere and not self._shared_noted:
-            self._shared_noted = True  # once: the person has been told, and how to fix it
-            self._emit(ResidencyWarning(model=model, message=(
-                f"other crews keep models on this Ollama too ({', '.join(sorted(elsewhere))}); apart, "
-                "crews cannot see each other's loads in flight and evict what the others use: run "
-                "`crew serve` and point every crew at it (CREW_OLLAMA_HOST=http://127.0.0.1:8000)")))
-        now = self._clock()
-        outlooks = {s.name: self._outlook(s.name) for s in candidates}
-        offered = {
-            Candidate(
-                name=s.name, bytes=s.size,
-                reload_seconds=self._models.reload_seconds(s.name, s.size),
-                idle_seconds=now - s.last_used, kept_elsewhere=not s.ours and s.name in elsewhere,
-                next_use=outlook.next_use if outlook else None, p_use=outlook.p_use if outlook else None,
-            ): s
-            for s in candidates for outlook in [outlooks[s.name]]
-        }
-        future = self._future(model, offered)
-        chosen = (self._eviction.choose(list(offered), shortfall) if future is None
-                  else self._eviction.choose(list(offered), shortfall, future=future))
-        return None if chosen is None else [offered[c] for c in chosen]
-
-    def _future(self, model: str, offered: Mapping[Candidate, Slot]
-                ) -> Callable[[Sequence[Candidate]], float] | None:
-        """The expected reload seconds over the learned forecasts' horizon if a set is evicted
-        (None without such a forecast, or while a forecast model's size is unknown)."""
-        ahead = [f for f in self._forecasts.values() if isinstance(f, Lookahead)]
-        if not ahead:
-            return None
-        sizes = {s.name: s.size for s in self._slots.values()}
-        for name in {m for f in ahead for m in f}:
-            if name not in sizes:
-                try:
-                    sizes[name] = self._models.expected_size_now(name)
-                except KeyError:
-                    return None
-        room = Room(sizes, {m: self._models.reload_seconds(m, size) for m, size in sizes.items()},
-                    self._budget.bytes)
-        present = frozenset(s.name for s in self._slots.values()) | {model}
-
-        def future(combo: Sequence[Candidate]) -> float:
-            after = present - {offered[c].name for c in combo}
-            return sum(f.future_cost(after, room) for f in ahead)
-        return future
 
     def _needs_load(self, model: str) -> bool:
         slot = self._slots.get(model)
