@@ -653,7 +653,8 @@ def print_summary(table: dict[int, dict[str, Row]]) -> None:
             ollama = [r.gb_loaded for r in row.results["ollama"]]
             own = floor(crew.order(), b * GB, gb_of)
             mark = "**" if crew.gb_loaded <= min(ollama) + 0.05 else ""
-            cells.append(f"{mark}{crew.gb_loaded:.0f}{mark} / {rule.gb_loaded:.0f} / {spread(ollama)} / {own:.0f}")
+            cells.append(f"{mark}{crew.gb_loaded:.0f}{mark} / {rule.gb_loaded:.0f} / {spread(ollama)} "
+                         f"/ {own:.0f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -666,30 +667,36 @@ def quantiles(values: Sequence[float]) -> str:
 def random_study(count: int, seed: int, budgets: Sequence[int], parallel: bool) -> None:
     rng = random.Random(seed)
     generated = [random_trace(rng) for _ in range(count)]
-    kinds = defaultdict(int)
+    kinds: dict[str, int] = defaultdict(int)
     for kind, _ in generated:
         kinds[kind] += 1
-    print(f"\n### {count} random traces (seed {seed}: {', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})\n")
+    mix = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"\n### {count} random traces (seed {seed}: {mix})\n")
     print("Each cell: median / p90 / worst over the traces; a ratio under 1 favours crew.\n")
-    print("| budget | crew GB / ollama's best order | crew GB / GB floor (crew's order) | crew GB / GB floor "
-          "(any order) | rule-forecast crew GB / ollama's best | crew makespan / ollama's best "
-          "| traces where crew loads more GB than ollama's best order |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| budget | crew GB / ollama's best order | crew GB / ollama's median order | crew GB / GB floor "
+          "(crew's order) | crew GB / GB floor (any order) | rule-forecast crew GB / ollama's best "
+          "| crew makespan / ollama's best | traces where crew loads more GB than ollama's best order "
+          "(chat / ci / crews) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for budget_gb in budgets:
-        vs_ollama, vs_floor, vs_any, rule_vs, span, worse = [], [], [], [], [], 0
-        for _, trace in generated:
+        vs_ollama, vs_median, vs_floor, vs_any, rule_vs, span = [], [], [], [], [], []
+        worse: dict[str, int] = defaultdict(int)
+        for kind, trace in generated:
             row = run_trace(trace, budget_gb, parallel, ["crew", "crew, rule forecast", "ollama"])
             crew = row.results["crew"][0]
             best = row.best("ollama", lambda r: r.gb_loaded)
             vs_ollama.append(crew.gb_loaded / best)
+            vs_median.append(crew.gb_loaded / statistics.median(r.gb_loaded for r in row.results["ollama"]))
             rule_vs.append(row.results["crew, rule forecast"][0].gb_loaded / best)
             own = floor(crew.order(), budget_gb * GB, gb_of)
             vs_floor.append(crew.gb_loaded / own)
             vs_any.append(crew.gb_loaded / (row.any_order[1] if row.any_order else own))
             span.append(crew.makespan / row.best("ollama", lambda r: r.makespan))
-            worse += crew.gb_loaded > best + 0.05
-        print(f"| {budget_gb} GB | {quantiles(vs_ollama)} | {quantiles(vs_floor)} | {quantiles(vs_any)} "
-              f"| {quantiles(rule_vs)} | {quantiles(span)} | {worse} of {count} |")
+            worse[kind] += crew.gb_loaded > best + 0.05
+        split = " / ".join(str(worse[k]) for k in ("chat", "ci", "crews"))
+        print(f"| {budget_gb} GB | {quantiles(vs_ollama)} | {quantiles(vs_median)} | {quantiles(vs_floor)} "
+              f"| {quantiles(vs_any)} | {quantiles(rule_vs)} | {quantiles(span)} "
+              f"| {sum(worse.values())} of {count} ({split}) |")
 
 
 def main() -> None:
@@ -701,7 +708,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=29)
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    table = {b: {name: run_trace(trace, b, args.parallel) for name, trace in traces().items()} for b in budgets}
+    named = traces()
+    table = {b: {name: run_trace(trace, b, args.parallel) for name, trace in named.items()} for b in budgets}
     print_summary(table)
     for budget_gb in budgets:
         print_budget(table[budget_gb], budget_gb)
