@@ -1,44 +1,57 @@
-"""Residency policies side by side on one timing model: loads, GB loaded, makespan, waits, overruns.
+"""Residency policies side by side on one timing model: GB loaded, load seconds, makespan, waits.
 
-    python bench/residency.py [--parallel] [--budgets 24,48,72,80,96] [--chart bench/loads.png]
+    python bench/residency.py [--budgets 24,48,56,72,80,96] [--random 200] [--seed 29] [--parallel]
 
-The timing model, the same for every policy: loads happen one at a time and take size / 0.7 GB/s
-(a Mac's cold mmap load); a model serves one request at a time (OLLAMA_NUM_PARALLEL=1;
---parallel lifts that); a call generates for 60/40/30 s on the Architect/Coder/Reviewer; unloads
-are instant. Everything runs on a virtual clock (an asyncio loop whose time moves only when every
-task waits), so crew's real ResidencyManager, given that clock, sees modelled seconds: its idle
-discount and reload costs are in the same units as in real use.
+The timing model, the same for every policy and trace: loads happen one at a time and take
+size / 0.7 GB/s (a Mac's cold mmap load); a model serves one request at a time
+(OLLAMA_NUM_PARALLEL=1; --parallel lifts that); a call generates for 60/40/30 s on the
+Architect/Coder/Reviewer; unloads are instant. Everything runs on a virtual clock (an asyncio
+loop whose time moves only when every task waits), so crew's real ResidencyManager, given that
+clock, sees modelled seconds. The clock is deterministic: a run repeated gives the same figures,
+so the spread reported is over Ollama's possible victim orders and over random traces.
 
 Policies:
-- floor: the fewest loads any policy could make for the order crew served (dynamic programming
-  over resident sets; a model over the budget must be alone);
-- crew: the real ResidencyManager with the team's workflow forecast (`crew.routing.forecast`,
-  as the Selector sends it; `crew review` jobs send their own short one);
+- crew: the real ResidencyManager with the forecast the team's Selector sends now: the learned
+  transitions (`crew.residency.transitions.LearnedForecast`), starting from the rule with no
+  history (a new workspace), learning as the trace goes; `crew review` jobs send their own list;
+- crew, rule forecast: the same manager with the forecast the Selector sent before (the rule's
+  fixed list: after the Architect, Coder and Reviewer in turn; the Architect never comes back);
 - crew, no forecast: the same manager without hints, as a client of `crew serve` would get it;
-- ollama: its scheduler as `server/sched.go` behaves (v0.11.5+): a request for a loaded runner is
-  served at once, requests that need a load wait in one FIFO queue, the victim is the first idle
-  runner by keep_alive then by model path (a blob digest: a fixed but arbitrary order), idle
-  runners expire after 5 minutes;
-- lru: the same scheduler, evicting the least recently used idle runner, no expiry;
-- seed: the seed router as written (../shared/seed/router.md): it never unloads (its unload
-  endpoint does not exist and its list of loaded models is never filled), so Ollama's scheduler
-  decides; it answers 507 when the machine's available memory is under the model's size + 2 GB
-  (the machine: budget / 0.75 of RAM, 8 GB of it used by macOS and apps).
-An overrun is a load that leaves more than one model resident over the budget.
+- ollama: its scheduler as `server/sched.go` behaves: a request for a loaded runner is served at
+  once, requests that need a load wait in one FIFO queue, the victim is the first idle runner by
+  keep_alive then by model path (`blobs/sha256-<digest>`), idle runners expire after 5 minutes.
+  The digests fix an order that is arbitrary for a given machine's pulls, so it is run under
+  all six orders of the three models and reported as min / median / max of each figure;
+- lru: the same scheduler evicting the least recently used idle runner, no expiry;
+- seed: the seed router as written (it never unloads: Ollama's scheduler decides, under all six
+  orders; it answers 507 when available memory, budget / 0.75 less 8 GB, is under size + 2 GB).
+
+Floors, exact by dynamic programming over resident sets (a model over the budget must be
+alone): the fewest loads and the fewest GB loaded (sizes differ, so they are different floors)
+for the order a policy served (each policy its own), and for multi-crew traces the bound over
+every interleaving of the crews (each crew's order kept): reachable only by holding crews back.
+
+Primary figures are GB loaded, load seconds, makespan, total wait and the worst crew's wait;
+loads come second. An overrun is a load that leaves more than one model resident over budget.
+Random traces (`--random`, seeded): chats with random re-plans and change requests, CI queues
+of runs and reviews, and two or three crews with random arrivals, reported per budget as the
+distribution (median, p90, worst) of crew's GB loaded relative to Ollama's best order and to
+the floors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
+import heapq
 import itertools
 import json
+import random
 import selectors
 import statistics
 import sys
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,7 +65,8 @@ from crew.backends.base import ESTIMATE_MARGIN, ModelFacts  # noqa: E402
 from crew.backends.simulated import SimulatedBackend  # noqa: E402
 from crew.residency import ResidencyManager  # noqa: E402
 from crew.residency.budget import GB, MemoryBudget  # noqa: E402
-from crew.routing import forecast  # noqa: E402
+from crew.residency.transitions import LearnedForecast, Transitions  # noqa: E402
+from crew.routing import CHAT_RULE, RULE, forecast  # noqa: E402
 from crew.settings import Role  # noqa: E402
 
 A, C, R = "qwen3-coder-next:q4_K_M", "qwen3-coder:30b", "qwen3:14b"
@@ -64,15 +78,24 @@ GEN_S = {A: 60.0, C: 40.0, R: 30.0}
 OLLAMA_KEEP_ALIVE_S = 300.0
 SEED_OS_USE = 8 * GB
 SEED_MARGIN = 2 * GB
-POLICIES = ["floor", "crew", "crew, no forecast", "ollama", "lru", "seed"]
+# Every order Ollama's digest tie-break could put the three models in (first: evicted first).
+ORDERS: list[tuple[str, ...]] = list(itertools.permutations([A, C, R]))
+CREW_POLICIES = {"crew": "learned", "crew, rule forecast": "rule", "crew, no forecast": "none"}
+ORDERED = ("ollama", "seed")  # policies that depend on the digest order
+POLICIES = [*CREW_POLICIES, "ollama", "lru", "seed"]
+SHORT = {A: "A", C: "C", R: "R"}
 
 
 @dataclass(frozen=True)
 class Request:
     crew: int
     model: str
-    forecast: tuple[str, ...]
-    """What this request's team expects to ask for, from this request on."""
+    path: tuple[str, ...]
+    """The states the Selector saw from the crew's previous model turn (or the task) to this one."""
+    rule: tuple[str, ...]
+    """The fixed forecast: the rule's list (what the Selector sent before), or a review job's own."""
+    mode: str
+    """"run", "chat" (a person takes turns) or "review" (a `crew review` job: its own list)."""
     pause_s: float = 0.0
     """Idle time of this crew before the request (a person typing, the gap between CI jobs)."""
 
@@ -84,10 +107,10 @@ class Request:
 @dataclass
 class Result:
     loads: list[str] = field(default_factory=list)
-    served: list[str] = field(default_factory=list)
+    served: list[tuple[int, str]] = field(default_factory=list)
     overruns: int = 0
     failed: int = 0
-    waits: list[float] = field(default_factory=list)
+    waits: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     finished: dict[int, float] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)
 
@@ -96,54 +119,126 @@ class Result:
         return sum(SIZES[m] for m in self.loads) / GB
 
     @property
+    def load_s(self) -> float:
+        return sum(SIZES[m] for m in self.loads) / BANDWIDTH
+
+    @property
     def makespan(self) -> float:
         return max(self.finished.values(), default=0.0)
 
     @property
-    def mean_run_s(self) -> float:
-        return statistics.fmean(self.finished[c] - self.started[c] for c in self.finished)
+    def total_wait(self) -> float:
+        return sum(self.waits.values())
+
+    @property
+    def worst_wait(self) -> float:
+        return max(self.waits.values(), default=0.0)
+
+    def order(self) -> list[str]:
+        return [m for _, m in self.served]
 
 
 # -- traces -----------------------------------------------------------------------------------
 
 
-def calls(crew: int, roles: list[Role], pause_s: float = 0.0) -> list[Request]:
-    """A team's calls: each with the workflow forecast the Selector sends for its speaker."""
-    return [Request(crew, ROLE_MODEL[role], tuple(ROLE_MODEL[r] for r in forecast(role)),
-                    pause_s if i == 0 else 0.0) for i, role in enumerate(roles)]
+def script(crew: int, states: Sequence[str], mode: str, pauses: Sequence[float] = (),
+           first_pause: float = 0.0) -> list[Request]:
+    """A team's calls from the states its Selector goes through ("task", roles, "human"); each
+    human turn takes the next of `pauses` (the person reading and typing)."""
+    requests: list[Request] = []
+    path: list[str] = []
+    pause, humans = first_pause, iter(pauses)
+    for state in states:
+        path.append(state)
+        if state == "human":
+            pause += next(humans, 0.0)
+        elif state != "task":
+            role: Role = state  # type: ignore[assignment]
+            rule = tuple(ROLE_MODEL[r] for r in forecast(role))
+            requests.append(Request(crew, ROLE_MODEL[role], tuple(path), rule, mode, pause))
+            path, pause = [state], 0.0
+    return requests
 
 
 def review_job(crew: int, large: bool, pause_s: float) -> list[Request]:
     """`crew review`: the Reviewer, then the Architect for a large diff (its own forecast)."""
     order = [R, A] if large else [R]
-    return [Request(crew, model, tuple(order[i:]), pause_s if i == 0 else 0.0)
+    return [Request(crew, model, (), tuple(order[i:]), "review", pause_s if i == 0 else 0.0)
             for i, model in enumerate(order)]
 
 
-def one_run_roles() -> list[Role]:
+def run_states(rounds: int = 2) -> list[str]:
+    return ["task", "architect"] + ["coder", "reviewer"] * rounds
+
+
+def one_run_roles() -> list[str]:
     events = (ROOT / "bench" / "traces" / "one_run.events.jsonl").read_text().splitlines()
     return [e["role"] for e in map(json.loads, events) if e["type"] == "model_call"]
 
 
 def traces() -> dict[str, list[Request]]:
-    run: list[Role] = ["architect", "coder", "reviewer", "coder", "reviewer"]
     ci: list[Request] = []
     for i, job in enumerate(["run", "small", "large", "small", "run", "large", "small", "run", "small",
                              "large"]):
         gap = 20.0 if i else 0.0  # the runner picks up the next job
-        ci += calls(0, run, gap) if job == "run" else review_job(0, job == "large", gap)
-    chat: list[Request] = calls(0, ["architect", "coder", "reviewer"])
-    for pause, roles in ((180.0, ["coder", "reviewer"]), (420.0, ["architect", "coder", "reviewer"]),
-                         (300.0, ["coder", "reviewer"]), (240.0, ["coder", "reviewer"])):
-        chat += calls(0, roles, pause)  # the person types; once they ask for a new plan
+        ci += (script(0, run_states(), "run", first_pause=gap) if job == "run"
+               else review_job(0, job == "large", gap))
+    chat = ["task", "architect", "coder", "reviewer"]
+    for roles in (["coder", "reviewer"], ["architect", "coder", "reviewer"], ["coder", "reviewer"],
+                  ["coder", "reviewer"]):
+        chat += ["human", *roles]  # the person types; once they ask for a new plan
     jobs = [req for i in range(5) for req in review_job(1, False, 100.0 if i == 0 else 150.0)]
+    replans = ["task"] + ["architect", "coder", "reviewer", "coder", "reviewer"] * 4
+    every = ["task"] + ["architect", "coder", "reviewer", "human"] * 6
     return {
-        "one run": calls(0, one_run_roles()),
-        "re-plans (A C R C R)x4": calls(0, run * 4),
+        "one run": script(0, ["task", *one_run_roles()], "run"),
+        "re-plans (A C R C R)x4": script(0, replans, "run"),
         "CI queue, 10 jobs": ci,
-        "chat + 5 review jobs": chat + jobs,
-        "four crews": [req for crew in range(4) for req in calls(crew, one_run_roles(), crew * 150.0)],
+        "chat + 5 review jobs": script(0, chat, "chat", [180.0, 420.0, 300.0, 240.0]) + jobs,
+        "four crews": [req for crew in range(4)
+                       for req in script(crew, ["task", *one_run_roles()], "run", first_pause=crew * 150.0)],
+        "chat, re-plan after every approval (A C R)x6": script(0, every[:-1], "chat", [120.0] * 5),
+        "chat, random re-plans (seed 1)": random_chat(random.Random(1), 0, rounds=6),
     }
+
+
+def random_chat(rng: random.Random, crew: int, rounds: int, first_pause: float = 0.0) -> list[Request]:
+    """A person's chat: each request is planned, coded and reviewed (the Reviewer asks for
+    changes now and then); after an approval the person asks for a new plan (with a chance
+    drawn per chat) or a small change straight to the Coder."""
+    replan = rng.random()
+    states = ["task", "architect"]
+    for i in range(rounds):
+        states += ["coder", "reviewer"]
+        while rng.random() < 0.3:
+            states += ["coder", "reviewer"]
+        if i < rounds - 1:  # the next request: a new plan, or straight to the Coder
+            states += ["human", "architect"] if rng.random() < replan else ["human"]
+    pauses = [rng.uniform(30.0, 420.0) for _ in range(rounds)]
+    return script(crew, states, "chat", pauses, first_pause)
+
+
+def random_run(rng: random.Random, crew: int, first_pause: float) -> list[Request]:
+    states = ["task", "architect"] + ["coder", "reviewer"] * rng.randint(1, 3)
+    return script(crew, states, "run", first_pause=first_pause)
+
+
+def random_trace(rng: random.Random) -> tuple[str, list[Request]]:
+    kind = rng.choice(["chat", "ci", "crews"])
+    if kind == "chat":
+        return kind, random_chat(rng, 0, rounds=rng.randint(3, 5))
+    if kind == "ci":
+        ci: list[Request] = []
+        for i in range(rng.randint(4, 7)):
+            gap = rng.uniform(5.0, 60.0) if i else 0.0
+            job = rng.choice(["run", "small", "large"])
+            ci += random_run(rng, 0, gap) if job == "run" else review_job(0, job == "large", gap)
+        return kind, ci
+    crews: list[Request] = []
+    for crew in range(rng.randint(2, 3)):
+        arrival = rng.uniform(0.0, 300.0)
+        crews += random_run(rng, crew, arrival) if rng.random() < 0.6 else random_chat(rng, crew, 2, arrival)
+    return kind, crews
 
 
 # -- the virtual clock ----------------------------------------------------------------------------
@@ -220,8 +315,8 @@ class Server:
             await lock.acquire()
         try:
             loop = asyncio.get_running_loop()
-            self.result.waits.append(loop.time() - asked)
-            self.result.served.append(req.model)
+            self.result.waits[req.crew] += loop.time() - asked
+            self.result.served.append((req.crew, req.model))
             await asyncio.sleep(req.gen_s)
         finally:
             if not self.parallel:
@@ -264,7 +359,7 @@ class TimedBackend(SimulatedBackend):
         await super().unload(model)
 
 
-async def run_crew(trace: list[Request], budget: int, parallel: bool, hints: bool) -> Result:
+async def run_crew(trace: list[Request], budget: int, parallel: bool, hints: str) -> Result:
     result = Result()
     server = Server(budget, parallel, result)
     loop = asyncio.get_running_loop()
@@ -272,11 +367,27 @@ async def run_crew(trace: list[Request], budget: int, parallel: bool, hints: boo
                                allow_partial_offload=True, clock=loop.time)
     for model in SIZES:
         manager.register(model, {"num_ctx": 32768})
+    learned: dict[tuple[int, str], LearnedForecast] = {}
+
+    def send_forecast(req: Request) -> None:
+        if hints == "none":
+            return
+        if hints == "rule" or req.mode == "review":
+            manager.forecast(req.rule, source=req.crew)
+            return
+        # What the Selector sends: each transition it saw counted, then the outlook.
+        team = learned.get((req.crew, req.mode))
+        if team is None:
+            rule = CHAT_RULE if req.mode == "chat" else RULE
+            team = learned[(req.crew, req.mode)] = LearnedForecast(ROLE_MODEL, Transitions(rule))
+        outlook = None
+        for previous, speaker in itertools.pairwise(req.path):
+            outlook = team.turn(previous, speaker)  # type: ignore[arg-type]
+        manager.forecast(outlook, source=req.crew)
 
     async def serve(req: Request) -> None:
         asked = loop.time()
-        if hints:
-            manager.forecast(req.forecast, source=req.crew)
+        send_forecast(req)
         async with manager.hold(req.model):
             await server.generate(req, asked)
 
@@ -364,18 +475,15 @@ class Scheduler:
                 await self.changed.wait()
 
 
-def _digest(model: str) -> str:
-    return hashlib.sha256(model.encode()).hexdigest()
-
-
-async def run_scheduler(trace: list[Request], budget: int, parallel: bool, policy: str) -> Result:
+async def run_scheduler(trace: list[Request], budget: int, parallel: bool, policy: str,
+                        order: tuple[str, ...] = ORDERS[0]) -> Result:
     result = Result()
     server = Server(budget, parallel, result)
     loop = asyncio.get_running_loop()
     if policy == "lru":
         scheduler = Scheduler(server, lambda r: r.last_used, expire=False)
     else:  # ollama, and the seed on top of it; every runner has the default keep_alive
-        scheduler = Scheduler(server, lambda r: (OLLAMA_KEEP_ALIVE_S, _digest(r.model)), expire=True)
+        scheduler = Scheduler(server, lambda r: (OLLAMA_KEEP_ALIVE_S, order.index(r.model)), expire=True)
     machine = budget / 0.75
 
     async def serve(req: Request) -> None:
@@ -393,158 +501,220 @@ async def run_scheduler(trace: list[Request], budget: int, parallel: bool, polic
     return result
 
 
-# -- the floor ----------------------------------------------------------------------------------
+# -- the floors ---------------------------------------------------------------------------------
 
 
-def floor(order: list[str], budget: int) -> int:
-    """The fewest loads that serve `order` (exact: every resident set is a state)."""
-    def fits(models: frozenset[str]) -> bool:
-        return len(models) <= 1 or sum(SIZES[m] for m in models) <= budget
+def _fits(models: frozenset[str], budget: int) -> bool:
+    return len(models) <= 1 or sum(SIZES[m] for m in models) <= budget
 
-    best: dict[frozenset[str], int] = {frozenset(): 0}
+
+def _kept(resident: frozenset[str]) -> list[frozenset[str]]:
+    return [frozenset(s) for n in range(len(resident) + 1) for s in itertools.combinations(resident, n)]
+
+
+def floor(order: Sequence[str], budget: int, cost: Callable[[str], float]) -> float:
+    """The least total `cost` of the loads that serve `order` (exact: every resident set is a
+    state): cost 1 per load gives the fewest loads, the size the fewest bytes."""
+    best: dict[frozenset[str], float] = {frozenset(): 0.0}
     for model in order:
-        after: dict[frozenset[str], int] = {}
-        for resident, loads in best.items():
+        after: dict[frozenset[str], float] = {}
+        for resident, spent in best.items():
             if model in resident:
-                options, cost = [resident], loads
+                steps = [(resident, spent)]
             else:
-                kept = [frozenset(s) for n in range(len(resident) + 1)
-                        for s in itertools.combinations(resident, n)]
-                options, cost = [k | {model} for k in kept if fits(k | {model})], loads + 1
-            for state in options:
-                if cost < after.get(state, 1 << 30):
-                    after[state] = cost
+                steps = [(k | {model}, spent + cost(model))
+                         for k in _kept(resident) if _fits(k | {model}, budget)]
+            for state, total in steps:
+                if total < after.get(state, float("inf")):
+                    after[state] = total
         best = after
     return min(best.values())
 
 
-def floor_any_order(trace: list[Request], budget: int) -> int:
-    """The fewest loads over every interleaving of the crews (each crew's own order kept): the
-    foresight bound, reachable only by holding crews back until others catch up."""
+def floor_any_order(trace: list[Request], budget: int, cost: Callable[[str], float]) -> float:
+    """The least `cost` over every interleaving of the crews (each crew's own order kept): the
+    foresight bound, reachable only by holding crews back until others catch up (Dijkstra)."""
     crews: dict[int, list[str]] = defaultdict(list)
     for req in trace:
         crews[req.crew].append(req.model)
     orders = list(crews.values())
-
-    def fits(models: frozenset[str]) -> bool:
-        return len(models) <= 1 or sum(SIZES[m] for m in models) <= budget
-
     start: tuple[tuple[int, ...], frozenset[str]] = (tuple(0 for _ in orders), frozenset())
-    best = {start: 0}
-    queue = deque([start])
-    while queue:  # 0-1 breadth-first search: a step costs a load or nothing
-        state = queue.popleft()
+    best = {start: 0.0}
+    heap: list[tuple[float, int, tuple[tuple[int, ...], frozenset[str]]]] = [(0.0, 0, start)]
+    tie = itertools.count(1)
+    while heap:
+        spent, _, state = heapq.heappop(heap)
+        if spent > best[state]:
+            continue
         positions, resident = state
-        cost = best[state]
         if all(p == len(o) for p, o in zip(positions, orders, strict=True)):
-            return cost
+            return spent
         for i, order in enumerate(orders):
             if positions[i] == len(order):
                 continue
             model = order[positions[i]]
             moved = positions[:i] + (positions[i] + 1,) + positions[i + 1:]
             if model in resident:
-                steps = [((moved, resident), 0)]
+                steps = [((moved, resident), 0.0)]
             else:
-                kept = [frozenset(s) for n in range(len(resident) + 1)
-                        for s in itertools.combinations(resident, n)]
-                steps = [((moved, k | {model}), 1) for k in kept if fits(k | {model})]
+                steps = [((moved, k | {model}), cost(model))
+                         for k in _kept(resident) if _fits(k | {model}, budget)]
             for after, extra in steps:
-                if cost + extra < best.get(after, 1 << 30):
-                    best[after] = cost + extra
-                    (queue.appendleft if extra == 0 else queue.append)(after)
+                if spent + extra < best.get(after, float("inf")):
+                    best[after] = spent + extra
+                    heapq.heappush(heap, (spent + extra, next(tie), after))
     raise AssertionError("unreachable")
 
 
-# -- the table ----------------------------------------------------------------------------------
+def one_load(model: str) -> float:
+    return 1.0
 
 
-def run_all(budgets: list[int], parallel: bool) -> dict[tuple[str, int], dict[str, Result | int]]:
-    table: dict[tuple[str, int], dict[str, Result | int]] = {}
+def gb_of(model: str) -> float:
+    return SIZES[model] / GB
+
+
+# -- running and reporting ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One trace at one budget: every policy's results (six for those the digest order
+    decides), and the floors."""
+
+    results: dict[str, list[Result]]
+    any_order: tuple[float, float] | None = None
+    """(loads, GB) over every interleaving, for traces of several crews."""
+
+    def best(self, policy: str, key: Callable[[Result], float]) -> float:
+        return min(key(r) for r in self.results[policy])
+
+
+def run_trace(trace: list[Request], budget_gb: int, parallel: bool, policies: Sequence[str] = POLICIES,
+              any_order: bool = True) -> Row:
+    budget = budget_gb * GB
+    results: dict[str, list[Result]] = {}
+    for policy in policies:
+        if policy in CREW_POLICIES:
+            results[policy] = [simulate(partial(run_crew, trace, budget, parallel, CREW_POLICIES[policy]))]
+        elif policy in ORDERED:
+            results[policy] = [simulate(partial(run_scheduler, trace, budget, parallel, policy, order))
+                               for order in ORDERS]
+        else:
+            results[policy] = [simulate(partial(run_scheduler, trace, budget, parallel, policy))]
+    row = Row(results)
+    if any_order and len({req.crew for req in trace}) > 1:
+        row.any_order = (floor_any_order(trace, budget, one_load), floor_any_order(trace, budget, gb_of))
+    return row
+
+
+def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
+    """One value, or min–median–max when the victim order changes it."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    if low == high:
+        return fmt.format(low)
+    return f"{fmt.format(low)}–{fmt.format(mid)}–{fmt.format(high)}"
+
+
+def print_budget(rows: dict[str, Row], budget_gb: int) -> None:
+    print(f"\n### {budget_gb} GB budget\n")
+    print("| trace | policy | GB loaded | load s | makespan s | total wait s | worst crew wait s | loads "
+          "| GB floor, own order | loads floor, own order | overruns | refused |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    budget = budget_gb * GB
+    for name, row in rows.items():
+        for policy, results in row.results.items():
+            gb_floor = [floor(r.order(), budget, gb_of) for r in results]
+            load_floor = [floor(r.order(), budget, one_load) for r in results]
+            print(f"| {name} | {policy} | {spread([r.gb_loaded for r in results], '{:.1f}')} "
+                  f"| {spread([r.load_s for r in results])} | {spread([r.makespan for r in results])} "
+                  f"| {spread([r.total_wait for r in results])} | {spread([r.worst_wait for r in results])} "
+                  f"| {spread([len(r.loads) for r in results])} | {spread(gb_floor, '{:.1f}')} "
+                  f"| {spread(load_floor)} | {spread([r.overruns for r in results])} "
+                  f"| {spread([r.failed for r in results])} |")
+        if row.any_order is not None:
+            loads, gb = row.any_order
+            print(f"| {name} | floor, any order | {gb:.1f} | {gb * GB / BANDWIDTH:.0f} | | | | {loads:.0f} "
+                  "| | | | |")
+
+
+def print_summary(table: dict[int, dict[str, Row]]) -> None:
+    """GB loaded: crew (learned) / crew (rule forecast) / Ollama over its six orders / GB floor."""
+    budgets = sorted(table)
+    print("\n### GB loaded: crew / crew with the rule's forecast / ollama (min–median–max over the six "
+          "victim orders) / floor for crew's order\n")
+    print("| trace | " + " | ".join(f"{b} GB" for b in budgets) + " |")
+    print("| --- |" + " --- |" * len(budgets))
+    for name in table[budgets[0]]:
+        cells = []
+        for b in budgets:
+            row = table[b][name]
+            crew, rule = row.results["crew"][0], row.results["crew, rule forecast"][0]
+            ollama = [r.gb_loaded for r in row.results["ollama"]]
+            own = floor(crew.order(), b * GB, gb_of)
+            mark = "**" if crew.gb_loaded <= min(ollama) + 0.05 else ""
+            cells.append(f"{mark}{crew.gb_loaded:.0f}{mark} / {rule.gb_loaded:.0f} / {spread(ollama)} "
+                         f"/ {own:.0f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def quantiles(values: Sequence[float]) -> str:
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return f"{statistics.median(ordered):.3f} / {p90:.3f} / {ordered[-1]:.3f}"
+
+
+def random_study(count: int, seed: int, budgets: Sequence[int], parallel: bool) -> None:
+    rng = random.Random(seed)
+    generated = [random_trace(rng) for _ in range(count)]
+    kinds: dict[str, int] = defaultdict(int)
+    for kind, _ in generated:
+        kinds[kind] += 1
+    mix = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"\n### {count} random traces (seed {seed}: {mix})\n")
+    print("Each cell: median / p90 / worst over the traces; a ratio under 1 favours crew.\n")
+    print("| budget | crew GB / ollama's best order | crew GB / ollama's median order | crew GB / GB floor "
+          "(crew's order) | crew GB / GB floor (any order) | rule-forecast crew GB / ollama's best "
+          "| crew makespan / ollama's best | traces where crew loads more GB than ollama's best order "
+          "(chat / ci / crews) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for budget_gb in budgets:
-        budget = budget_gb * GB
-        for name, trace in traces().items():
-            row: dict[str, Result | int] = {
-                "crew": simulate(partial(run_crew, trace, budget, parallel, hints=True)),
-                "crew, no forecast": simulate(partial(run_crew, trace, budget, parallel, hints=False)),
-            }
-            for policy in ("ollama", "lru", "seed"):
-                row[policy] = simulate(partial(run_scheduler, trace, budget, parallel, policy))
-            crew = row["crew"]
-            assert isinstance(crew, Result)
-            row["floor"] = floor(crew.served, budget)
-            if len({req.crew for req in trace}) > 1:
-                row["floor, any order"] = floor_any_order(trace, budget)
-            table[(name, budget_gb)] = row
-    return table
-
-
-def print_table(table: dict[tuple[str, int], dict[str, Result | int]], budgets: list[int]) -> None:
-    for budget_gb in budgets:
-        print(f"\n### {budget_gb} GB budget\n")
-        print("| trace | policy | loads | GB loaded | load s @0.7 GB/s | makespan s | mean run s "
-              "| longest wait s | overruns | failed (507) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for (name, b), row in table.items():
-            if b != budget_gb:
-                continue
-            for policy in POLICIES + ["floor, any order"]:
-                res = row.get(policy)
-                if res is None:
-                    continue
-                if isinstance(res, int):
-                    print(f"| {name} | {policy} | {res} | | | | | | | |")
-                    continue
-                print(f"| {name} | {policy} | {len(res.loads)} | {res.gb_loaded:.1f} | "
-                      f"{res.gb_loaded * GB / BANDWIDTH:.0f} | {res.makespan:.0f} | {res.mean_run_s:.0f} | "
-                      f"{max(res.waits, default=0):.0f} | {res.overruns} | {res.failed} |")
-
-
-def chart(table: dict[tuple[str, int], dict[str, Result | int]], budgets: list[int], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("\n(matplotlib is not installed: `pip install matplotlib` for the chart)")
-        return
-    names = list(traces())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 4.8), sharey=True)
-    width = 0.8 / len(POLICIES)
-    for ax, budget in zip(axes, budgets, strict=True):
-        for i, policy in enumerate(POLICIES):
-            xs = [x + i * width for x in range(len(names))]
-            cells = [table[(n, budget)][policy] for n in names]
-            loads = [c if isinstance(c, int) else len(c.loads) for c in cells]
-            bars = ax.bar(xs, loads, width, label=policy)
-            for bar, cell in zip(bars, cells, strict=True):
-                if isinstance(cell, Result) and cell.overruns:  # over the budget: not a fair win
-                    bar.set_hatch("xx")
-                    bar.set_edgecolor("red")
-                elif isinstance(cell, Result) and cell.failed:  # fewer loads by refusing calls
-                    bar.set_hatch("//")
-                    bar.set_edgecolor("black")
-        ax.set_title(f"{budget} GB budget")
-        ax.set_xticks([x + 0.4 for x in range(len(names))], names, rotation=30, ha="right", fontsize=7)
-    axes[0].set_ylabel("model loads (xx red: overran the budget; //: refused calls)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"\nchart: {path}")
+        vs_ollama, vs_median, vs_floor, vs_any, rule_vs, span = [], [], [], [], [], []
+        worse: dict[str, int] = defaultdict(int)
+        for kind, trace in generated:
+            row = run_trace(trace, budget_gb, parallel, ["crew", "crew, rule forecast", "ollama"])
+            crew = row.results["crew"][0]
+            best = row.best("ollama", lambda r: r.gb_loaded)
+            vs_ollama.append(crew.gb_loaded / best)
+            vs_median.append(crew.gb_loaded / statistics.median(r.gb_loaded for r in row.results["ollama"]))
+            rule_vs.append(row.results["crew, rule forecast"][0].gb_loaded / best)
+            own = floor(crew.order(), budget_gb * GB, gb_of)
+            vs_floor.append(crew.gb_loaded / own)
+            vs_any.append(crew.gb_loaded / (row.any_order[1] if row.any_order else own))
+            span.append(crew.makespan / row.best("ollama", lambda r: r.makespan))
+            worse[kind] += crew.gb_loaded > best + 0.05
+        split = " / ".join(str(worse[k]) for k in ("chat", "ci", "crews"))
+        print(f"| {budget_gb} GB | {quantiles(vs_ollama)} | {quantiles(vs_median)} | {quantiles(vs_floor)} "
+              f"| {quantiles(vs_any)} | {quantiles(rule_vs)} | {quantiles(span)} "
+              f"| {sum(worse.values())} of {count} ({split}) |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--parallel", action="store_true", help="a model serves requests in parallel")
-    parser.add_argument("--budgets", default="24,48,72,80,96", help="GB, comma-separated")
-    parser.add_argument("--chart", type=Path, help="write a PNG chart of loads per policy")
+    parser.add_argument("--budgets", default="24,48,56,72,80,96", help="GB, comma-separated")
+    parser.add_argument("--random", type=int, default=200, help="random traces (0: none)")
+    parser.add_argument("--random-budgets", default="56,72,80,96", help="GB, comma-separated")
+    parser.add_argument("--seed", type=int, default=29)
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    table = run_all(budgets, args.parallel)
-    print_table(table, budgets)
-    if args.chart:
-        chart(table, budgets, args.chart)
+    named = traces()
+    table = {b: {name: run_trace(trace, b, args.parallel) for name, trace in named.items()} for b in budgets}
+    print_summary(table)
+    for budget_gb in budgets:
+        print_budget(table[budget_gb], budget_gb)
+    if args.random:
+        random_study(args.random, args.seed, [int(b) for b in args.random_budgets.split(",")], args.parallel)
 
 
 if __name__ == "__main__":

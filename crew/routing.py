@@ -6,6 +6,9 @@ the workflow leaves open prefers the agent whose model is already resident. In a
 person ("You") gets the floor when the Reviewer approves, when asked for, or after a streak
 of agent turns, and `@coder` addresses one agent. The Reviewer ends a run with a line
 `APPROVED`. The team's selector and the CLI both read these rules from here.
+
+`RULE` and `CHAT_RULE` are the same rules as transitions: the prior of the forecast the Selector
+sends the residency manager (`crew.residency.transitions.LearnedForecast`).
 """
 
 from __future__ import annotations
@@ -86,6 +89,22 @@ def forecast(role: Role, turns: int = FORECAST_TURNS) -> list[Role]:
     while len(order) < turns:
         order.append(NEXT[order[-1]])
     return order
+
+
+# The rule as transitions between states (the roles, "human", "task": the request that opens a
+# run), the prior of the learned forecast: in a run the Reviewer sends the work back to the Coder
+# (an approval ends the run); in a chat an approval gives the person the floor, and a person's
+# new request is planned first. Whether the Reviewer approves is not known ahead: even odds.
+RULE: dict[str, dict[str, float]] = {
+    "task": {"architect": 1.0}, **{s: {n: 1.0} for s, n in NEXT.items()}, "human": {"architect": 1.0},
+}
+CHAT_RULE: dict[str, dict[str, float]] = {**RULE, "reviewer": {"coder": 0.5, "human": 0.5}}
+
+
+def state_of(source: str) -> str:
+    """The forecast's state for a message's source: a role, "human", or "task" (anything else)."""
+    role = ROLE_OF.get(source)
+    return role if role is not None else "human" if source == HUMAN else "task"
 
 
 def speaker_name(speaker: Speaker) -> str:

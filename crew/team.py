@@ -41,7 +41,19 @@ from crew.events import AgentMessage, Event, RoutingDecision, StreamChunk, ToolC
 from crew.prompt_files import load_prompt
 from crew.records import Records
 from crew.residency import ResidencyManager
-from crew.routing import HUMAN, NAMES, NEXT, Speaker, approved, choose_next, forecast, speaker_name
+from crew.residency.transitions import LearnedForecast, TransitionStore, store_key
+from crew.routing import (
+    CHAT_RULE,
+    HUMAN,
+    NAMES,
+    NEXT,
+    RULE,
+    Speaker,
+    approved,
+    choose_next,
+    speaker_name,
+    state_of,
+)
 from crew.settings import ROLES, Role, Settings
 from crew.workspace.repo import Workspace
 from crew.workspace.sandbox import Sandbox
@@ -54,19 +66,22 @@ class Selector:
     """The selector_func: `crew.routing.choose_next` on AutoGen's thread, recorded as an event."""
 
     def __init__(self, manager: ResidencyManager, models: dict[Role, str], emit: Callable[[Event], None],
-                 *, human: bool = False):
+                 *, human: bool = False, learned: LearnedForecast | None = None):
         self._manager = manager
         self._models = models
         self._emit = emit
         self._human = human
+        rule = CHAT_RULE if human else RULE
+        self._learned = learned or LearnedForecast(models, TransitionStore.rule_only(rule))
 
     def __call__(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
         role, reason = self.choose(thread)
-        if role != "human":
-            # Eviction spares what the team will ask for soonest (a value, read by the manager).
-            self._manager.forecast([self._models[r] for r in forecast(role)], source=self)
-        name = speaker_name(role)
         last = next((m for m in reversed(thread) if isinstance(m, BaseChatMessage)), None)
+        outlook = self._learned.turn(state_of(last.source) if last else "task", role)
+        if outlook is not None:
+            # Eviction spares what the team is likely to ask for again (a value, read by the manager).
+            self._manager.forecast(outlook, source=self)
+        name = speaker_name(role)
         self._emit(RoutingDecision(speaker=name, reason=reason, after=last.id if last else None))
         model = self._models.get(role, "-") if role != "human" else "-"
         log.info("[ROUTING] next=%s model=%s | %s", name, model, reason)
@@ -166,7 +181,9 @@ async def build_team(
     chat = SelectorGroupChat(
         agents,
         model_client=clients["reviewer"],  # never called: the selector function always answers
-        selector_func=Selector(manager, models, emit, human=human is not None),
+        selector_func=Selector(
+            manager, models, emit, human=human is not None,
+            learned=_learned_forecast(settings, workspace, models, chat=human is not None)),
         termination_condition=termination,
         max_turns=turns,
         allow_repeated_speaker=True,
@@ -252,6 +269,15 @@ def _reviewer_approved(messages: Sequence[Any]) -> bool:
         isinstance(m, BaseChatMessage) and m.source == NAMES["reviewer"] and approved(m.to_text())
         for m in messages
     )
+
+
+def _learned_forecast(settings: Settings, workspace: Workspace, models: dict[Role, str], *, chat: bool
+                      ) -> LearnedForecast:
+    """The transitions this workspace showed before (in chats, or in runs), kept as they grow."""
+    store = TransitionStore(settings.state_dir)
+    key = store_key(workspace.root.resolve(), "chat" if chat else "run")
+    learned = store.load(key, CHAT_RULE if chat else RULE)
+    return LearnedForecast(models, learned, lambda counts: store.save(key, counts))
 
 
 async def _quiet_prefetch(manager: ResidencyManager, model: str) -> bool:

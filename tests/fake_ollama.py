@@ -1,10 +1,12 @@
 """A fake Ollama: a real HTTP server on loopback that speaks Ollama's JSON and schedules like it.
 
 It keeps its own memory capacity and its own scheduler, faithful to ../shared/notes/ollama-facts.md:
-loads take time proportional to size (scaled down), an unload returns at once and frees memory
-only once running requests end, a runner-option change (num_ctx, ...) reloads, a load that does
-not fit evicts an idle runner by shortest keep_alive then name (not LRU), and a request without
-num_ctx gets the VRAM-dependent default. It records what happened so tests can assert on the
+loads take time proportional to size (scaled down), one at a time, while a request for a model
+already loaded is served at once (sched.go's fast path); an unload returns at once and frees
+memory only once running requests end, a runner-option change (num_ctx, ...) reloads, a load
+that does not fit evicts an idle runner by shortest keep_alive then model path (the blob's
+digest: `FakeModel.digest`, sha256 of the name unless a test sets it; not LRU), and a request
+without num_ctx gets the VRAM-dependent default. It records what happened so tests can assert on the
 server's view, not on what crew says about itself.
 
 Replies are scripted per model with `FakeReply`; an unscripted chat answers "OK".
@@ -12,6 +14,7 @@ Replies are scripted per model with `FakeReply`; an unscripted chat answers "OK"
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -51,6 +54,9 @@ class FakeModel:
     capabilities: list[str] = field(default_factory=lambda: ["completion", "tools", "thinking"])
     overhead: float = 0.03
     """Compute buffers on top of weights + KV cache, as a share of them."""
+    blob: str | None = None
+    """The blob digest (64 hex digits); Ollama's victim order between equal keep_alives follows
+    it. By default sha256 of the name: fixed, but arbitrary, as a real digest is."""
 
     def kv_per_token(self) -> int:
         layers = self.block_count // (self.full_attention_interval or 1)
@@ -70,7 +76,7 @@ class FakeModel:
         }
 
     def digest(self) -> str:
-        return f"{abs(hash(self.name)):064x}"[:64]
+        return self.blob or hashlib.sha256(self.name.encode()).hexdigest()
 
 
 def default_catalog() -> list[FakeModel]:
@@ -216,6 +222,10 @@ class FakeOllama:
             self.unloads: list[dict[str, Any]] = []
             self.peak_used = 0
             self.waited_for_unload = 0
+            self.fast_path = 0
+            self.load_started = threading.Event()
+            """Set when a load begins (after its room is made)."""
+            """Requests served by a loaded runner without waiting for the scheduler."""
             self.load_gate: threading.Event | None = None
             self.generate_seconds: dict[str, float] = {}
             """Benchmarks: how long an answer of each model takes (holding its runner, as real
@@ -328,6 +338,14 @@ class FakeOllama:
         ctx = self._resolve_ctx(fake, options.get("num_ctx"))
         runner_options = {k: options[k] for k in RUNNER_OPTIONS if k in options}
         runner_options["num_ctx"] = ctx
+        with self._cond:  # the fast path: a loaded runner serves at once, even while another loads
+            runner = self.runners.get(fake.name)
+            if runner is not None and not runner.expiring and runner.options == runner_options:
+                runner.refs += 1
+                if keep_alive is not None:
+                    runner.keep_alive = keep_alive
+                self.fast_path += 1
+                return runner
         with self._load_lock:  # Ollama's scheduler loads one model at a time
             with self._cond:
                 waited = False
@@ -355,6 +373,7 @@ class FakeOllama:
                 size_vram = min(size, self.capacity)
                 self.loading += size
                 self._track_peak()
+                self.load_started.set()
             time.sleep(size / GB * self.load_seconds_per_gb)
             if self.load_gate is not None:
                 self.load_gate.wait()
@@ -381,8 +400,9 @@ class FakeOllama:
                 continue
             idle = [(name, r) for name, r in self.runners.items() if r.refs == 0]
             if idle:
+                # sched.go: by sessionDuration (keep_alive), then by model path (the blob digest).
                 idle.sort(key=lambda item: (item[1].keep_alive if item[1].keep_alive >= 0
-                                            else float("inf"), item[0]))
+                                            else float("inf"), item[1].model.digest()))
                 self._remove(idle[0][0], "evicted")
                 continue
             if not self.runners and not self.loading:

@@ -77,14 +77,29 @@ def test_with_a_forecast_the_model_needed_farthest_ahead_goes_whatever_its_cost(
     assert names(CheapestReload().choose(blind, int(15 * GB))) == ["coder"]
 
 
-def test_with_a_forecast_cost_decides_only_between_models_needed_equally_soon() -> None:
+def test_with_a_forecast_expected_reload_seconds_decide_and_next_use_breaks_ties() -> None:
     rule = WorkflowAware()
+    # All three will be needed within the horizon: the quickest to reload goes, however soon.
     soon = candidate("soon", 10, 1.0, next_use=1)
     later_dear, later_cheap = candidate("dear", 10, 50.0, next_use=3), candidate("cheap", 10, 5.0, next_use=3)
-    assert names(rule.choose([soon, later_dear, later_cheap], int(10 * GB))) == ["cheap"]
-    assert names(rule.choose([soon, later_dear, later_cheap], int(20 * GB))) == ["cheap", "dear"]
-    assert names(rule.choose([soon, later_dear, later_cheap], int(25 * GB))) == ["cheap", "dear", "soon"]
+    assert names(rule.choose([soon, later_dear, later_cheap], int(10 * GB))) == ["soon"]
+    assert sorted(names(rule.choose([soon, later_dear, later_cheap], int(20 * GB)))) == ["cheap", "soon"]
     assert rule.choose([soon], int(25 * GB)) is None
+    # Equal expected costs: the model needed farthest ahead goes.
+    near, far = candidate("near", 10, 5.0, next_use=1), candidate("far", 10, 5.0, next_use=4)
+    assert names(rule.choose([near, far], int(10 * GB))) == ["far"]
+
+
+def test_a_large_model_likely_back_stays_while_a_small_one_swaps() -> None:
+    rule = WorkflowAware()
+    # The chat where the person re-plans after most approvals: the Architect (78 s to reload)
+    # is back within the horizon with p = 0.6, the Coder (32 s) surely.
+    architect = Candidate("architect", int(54 * GB), 78.0, 0.0, next_use=3.0, p_use=0.6)
+    coder = Candidate("coder", int(22 * GB), 32.0, 0.0, next_use=1.0, p_use=1.0)
+    assert names(rule.choose([architect, coder], int(15 * GB))) == ["coder"]
+    # Rarely back (p = 0.2: 16 s expected): the Architect goes.
+    rare = Candidate("architect", int(54 * GB), 78.0, 0.0, next_use=5.0, p_use=0.2)
+    assert names(rule.choose([rare, coder], int(15 * GB))) == ["architect"]
 
 
 def test_with_a_forecast_what_another_crew_keeps_still_goes_last() -> None:

@@ -19,7 +19,8 @@ from crew.errors import CrewError, ModelNotPulled, ModelTooLarge, OllamaUnreacha
 from crew.residency import OffloadRule, ResidencyManager, advice
 from crew.residency.budget import MemoryBudget
 from crew.residency.measurements import Measurements
-from crew.routing import forecast
+from crew.residency.transitions import LearnedForecast, Transitions, TransitionStore, rounds_prior
+from crew.routing import CHAT_RULE, RULE
 from crew.settings import ROLES, Role, Settings
 from crew.workspace import cgroup
 from crew.workspace.sandbox import for_settings
@@ -183,6 +184,15 @@ class Plan:
     """Largest num_ctx per role that keeps Coder and Reviewer resident together (others as set)."""
     alone: list[str] = field(default_factory=list)
     """Roles whose model is over the budget and runs alone, partly on the CPU."""
+    learned: dict[str, dict[str, Transition]] = field(default_factory=dict)
+    """By workspace and mode: each state seen, how often, and who followed (shares, the rule's
+    prior included): what the forecast a team sends is made of."""
+
+
+@dataclass
+class Transition:
+    seen: float
+    following: dict[str, float]
 
 
 async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
@@ -208,17 +218,33 @@ async def make_plan(settings: Settings, budget: MemoryBudget) -> Plan:
                       else None)
     for rs in settings.roles().values():
         manager.register(rs.model, rs.options())
+    # The forecast the team's Selector would send in a new workspace, so the plan evicts as a run does.
+    models = {role: rs.model for role, rs in settings.roles().items()}
+    team = LearnedForecast(models, Transitions(RULE))
     try:
+        previous = "task"
         for role in TYPICAL_RUN:
-            # The forecast the team's Selector would send, so the plan evicts as a run does.
-            manager.forecast([settings.role(r).model for r in forecast(role)], source="plan")
+            manager.forecast(team.turn(previous, role), source="plan")
+            previous = role
             async with manager.hold(settings.role(role).model):
                 pass
     finally:
         await manager.aclose()
     alone: list[str] = [role for role, rs in settings.roles().items() if rs.model in offloaded]
     return Plan(budget, co_resident_sets(checks, budget), list(TYPICAL_RUN), simulated.loads,
-                _max_ctx_together(settings, facts, budget), alone)
+                _max_ctx_together(settings, facts, budget), alone, learned_transitions(settings))
+
+
+def learned_transitions(settings: Settings) -> dict[str, dict[str, Transition]]:
+    """What every workspace has shown so far, the states seen at least once."""
+    store = TransitionStore(settings.state_dir, writable=False)
+    found: dict[str, dict[str, Transition]] = {}
+    for key, learned in store.all(RULE).items():
+        rule = CHAT_RULE if key.startswith("chat ") else RULE
+        blended = Transitions(rounds_prior(rule), learned.counts)
+        found[key] = {state: Transition(sum(row.values()), blended.as_rows()[state])
+                      for state, row in sorted(learned.counts.items()) if row}
+    return found
 
 
 def _max_ctx_together(settings: Settings, facts: Mapping[str, ModelFacts], budget: MemoryBudget

@@ -13,6 +13,7 @@ from crew.backends.base import Backend, Resident
 from crew.errors import CrewError
 from crew.events import Event, ModelAppeared, ModelLoaded, ModelUnloaded, ModelVanished
 from crew.residency.budget import GB
+from crew.residency.host_lock import HostLock
 from crew.residency.knowledge import ModelKnowledge
 from crew.residency.slots import Slot
 
@@ -34,6 +35,7 @@ class BackendSync:
     _lease_s: float | None
     _renewer: asyncio.Task[None] | None
     _closed: bool
+    _host_lock: HostLock | None
 
     async def _find(self, model: str) -> Resident | None:
         running = await self._backend.running()
@@ -50,6 +52,11 @@ class BackendSync:
         period = self._lease_s / 3
         while not self._closed:
             await asyncio.sleep(period)
+            # A renewal is a request: sent for a model another crew is unloading, it would load
+            # it again behind every crew's back. Skipped while another crew changes memory.
+            ticket = self._host_lock.try_acquire() if self._host_lock is not None else None
+            if self._host_lock is not None and ticket is None:
+                continue
             try:
                 async with self._lock:
                     await self._reconcile(force=True)  # never renew (reload) what has gone
@@ -63,6 +70,9 @@ class BackendSync:
             except CrewError as exc:
                 self._reconciled_at = None
                 log.debug("could not renew leases: %s", exc)
+            finally:
+                if ticket is not None:
+                    ticket.release()
 
     async def _reconcile(self, *, force: bool) -> bool:
         """Read what the backend has resident and correct our counts; False if skipped."""

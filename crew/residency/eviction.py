@@ -1,13 +1,17 @@
 """Which idle models to evict when a load needs room: the rule, on its own.
 
 The manager offers the idle models it may evict, each with what it would cost to get back and,
-when the team has said who speaks next, how soon it will be needed; an `EvictionPolicy` picks
-the set to evict. crew's rule, `WorkflowAware`, evicts the models needed farthest ahead (never
-again first) and weighs reload cost only between models needed equally soon; without a
-forecast (clients of `crew serve`, other tools) it falls back to `CheapestReload`: the least
-reload time, discounted by how long each model has been idle. Both spare a model another live
-crew keeps unless nothing else frees the room. A policy is a plain object: it can be swapped
-(`ResidencyManager(eviction=...)`) and tested without a manager.
+when the team has said what it expects, how likely it is to be needed within the forecast's
+horizon and how soon; an `EvictionPolicy` picks the set to evict. crew's rule, `WorkflowAware`,
+evicts the set whose expected reload seconds over the horizon are least. With a learned
+forecast (`crew.residency.transitions.Lookahead`) the manager prices each set by the whole
+horizon, the evictions it will force later included (`future`); with a plain list it is the
+chance each is needed times the seconds it takes to load again. Either way a model the
+forecast does not foresee costs nothing, and the farthest next use decides between equal
+costs. Without a forecast (clients of `crew serve`, other tools) it falls back to
+`CheapestReload`: the least reload time, discounted by how long each model has been idle.
+Both spare a model another live crew keeps unless nothing else frees the room. A policy is a
+plain object: it can be swapped (`ResidencyManager(eviction=...)`) and tested without a manager.
 """
 
 from __future__ import annotations
@@ -37,11 +41,19 @@ class Candidate:
     next_use: float | None = None
     """Turns until the forecast needs it (0: the current speaker; inf: not foreseen); None when
     there is no forecast."""
+    p_use: float | None = None
+    """The chance the forecast needs it within its horizon; None: 1 if `next_use` is finite."""
+
+
+Future = Callable[[Sequence[Candidate]], float]
+"""The expected reload seconds over a learned forecast's horizon if this set is evicted."""
 
 
 class EvictionPolicy(Protocol):
-    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
-        """The candidates to evict to free `shortfall` bytes; None if they cannot."""
+    def choose(self, candidates: Sequence[Candidate], shortfall: int, future: Future | None = None
+               ) -> list[Candidate] | None:
+        """The candidates to evict to free `shortfall` bytes; None if they cannot. `future` is
+        passed (by keyword) only when a learned forecast prices whole sets over its horizon."""
         ...
 
 
@@ -79,7 +91,8 @@ def least_costly_set(
 class CheapestReload:
     """Evict the set that frees enough room at the least idle-discounted reload cost."""
 
-    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
+    def choose(self, candidates: Sequence[Candidate], shortfall: int, future: Future | None = None
+               ) -> list[Candidate] | None:
         return least_costly_set(candidates, shortfall,
                                 lambda combo: (sum(self.keep_value(c) for c in combo),), self.keep_value)
 
@@ -95,31 +108,59 @@ class CheapestReload:
 
 
 class WorkflowAware:
-    """Evict what the forecast needs farthest ahead; cost decides only between equals.
+    """Evict what costs least to do without over the forecast's horizon.
 
-    Belady's rule on the team's own forecast: a model the workflow will not call again goes
-    before one it calls in two turns, whatever their reload costs; among sets whose soonest next
-    use is the same, the cheaper to reload wins. Without a forecast, `fallback` decides.
+    The cost of evicting a set is the seconds of reload it is expected to cause: given
+    `future`, the expectation over the learned chain of the least reloads of the horizon from
+    the resident set that remains; else each model's reload seconds times the chance the
+    forecast needs it. A model the forecast does not foresee goes first whatever its size; a
+    large model the team keeps coming back to stays while two small ones swap, unless it comes
+    back too seldom to pay for their swaps. Equal costs go to the model needed farthest ahead.
+    Without a forecast, `fallback` decides.
     """
 
     def __init__(self, fallback: EvictionPolicy | None = None) -> None:
         self._fallback = fallback or CheapestReload()
 
-    def choose(self, candidates: Sequence[Candidate], shortfall: int) -> list[Candidate] | None:
+    def choose(self, candidates: Sequence[Candidate], shortfall: int, future: Future | None = None
+               ) -> list[Candidate] | None:
         if all(c.next_use is None for c in candidates):
             return self._fallback.choose(candidates, shortfall)
+        if future is not None:
+            priced = future
+            return least_costly_set(candidates, shortfall, lambda combo: self._ahead(combo, priced),
+                                    self._rank)
         return least_costly_set(candidates, shortfall, self._cost, self._rank)
 
     def _cost(self, combo: Sequence[Candidate]) -> tuple[float, float]:
-        soonest = min(self.next_use(c) for c in combo)
-        return -soonest, sum(CheapestReload.keep_value(c) for c in combo)
+        expected = round(sum(self.expected_reload(c) for c in combo), 6)
+        return expected, -min(self.next_use(c) for c in combo)
+
+    def _ahead(self, combo: Sequence[Candidate], future: Future) -> tuple[float, float]:
+        # The whole horizon, evictions to come included: keeping a large model that is seldom
+        # back can cost more small reloads than reloading it once.
+        courtesy = sum(ELSEWHERE_PENALTY_S for c in combo if c.kept_elsewhere)
+        return round(future(combo) + courtesy, 6), -min(self.next_use(c) for c in combo)
 
     def _rank(self, candidate: Candidate) -> tuple[float, float]:
-        return -self.next_use(candidate), CheapestReload.keep_value(candidate)
+        return self.expected_reload(candidate) / max(candidate.bytes, 1), -self.next_use(candidate)
+
+    @staticmethod
+    def p_use(candidate: Candidate) -> float:
+        if candidate.p_use is not None:
+            return candidate.p_use
+        return 1.0 if WorkflowAware.next_use(candidate) != float("inf") else 0.0
+
+    @staticmethod
+    def expected_reload(candidate: Candidate) -> float:
+        """Reload seconds this eviction is expected to cost within the horizon."""
+        if candidate.kept_elsewhere:
+            # What another live crew keeps: its forecast is not ours to read; it goes last.
+            return candidate.reload_seconds + ELSEWHERE_PENALTY_S
+        return candidate.reload_seconds * WorkflowAware.p_use(candidate)
 
     @staticmethod
     def next_use(candidate: Candidate) -> float:
-        # What another live crew keeps counts as needed now: its forecast is not ours to read.
         if candidate.kept_elsewhere:
             return 0.0
         return candidate.next_use if candidate.next_use is not None else float("inf")

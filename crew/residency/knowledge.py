@@ -1,5 +1,10 @@
 """What the manager knows of each model: the runner options it registered, the backend's facts,
-and what loads measured (resident size and load seconds), carried over between runs."""
+and what loads measured (resident size and load seconds), carried over between runs.
+
+A reload is expected to take the model's bytes over the load speed measured on this backend
+(all its loads' bytes over all their seconds): one load's own time is noisy (the page cache, a
+busy disk), and a shared speed keeps the ratio between two models' reload costs that of their
+sizes, which is what eviction compares."""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ class ModelKnowledge:
         self._profiles: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, ModelFacts] = {}
         self._size: dict[str, int] = {}
-        self._load_s: dict[str, float] = {}
+        self._loaded_bytes = 0
+        self._loaded_s = 0.0
 
     def register(self, model: str, options: Mapping[str, Any]) -> None:
         """Declare the runner options every request for `model` will use."""
@@ -69,13 +75,20 @@ class ModelKnowledge:
         return self._size.get(model)
 
     def reload_seconds(self, model: str, size: int) -> float:
-        """What loading the model again would cost: as measured, else assumed from its size."""
-        return self._load_s.get(model, size / ASSUMED_LOAD_BANDWIDTH)
+        """What loading the model again would cost: its size over the measured load speed
+        (assumed until a load has been measured)."""
+        return size / self.load_bandwidth()
+
+    def load_bandwidth(self) -> float:
+        """Bytes per second loads have taken here (ASSUMED_LOAD_BANDWIDTH before any)."""
+        if self._loaded_bytes <= 0 or self._loaded_s <= 0:
+            return ASSUMED_LOAD_BANDWIDTH
+        return self._loaded_bytes / self._loaded_s
 
     def learn(self, model: str, size: int, seconds: float, *, measured: bool) -> None:
         """A load finished: its size (`measured` when the backend reported it) and seconds."""
         self._size[model] = size
-        self._load_s[model] = seconds
+        self._count_load(size, seconds)
         if self._measurements is not None and measured:
             num_ctx = int(self._profiles[model].get("num_ctx") or 0)
             self._measurements.remember(model, num_ctx, self._facts[model].file_size,
@@ -100,4 +113,9 @@ class ModelKnowledge:
         known = self._measurements.recall(model, int(profile.get("num_ctx") or 0), facts.file_size)
         if known is not None:
             self._size[model] = known.bytes
-            self._load_s[model] = known.load_seconds
+            self._count_load(known.bytes, known.load_seconds)
+
+    def _count_load(self, size: int, seconds: float) -> None:
+        if size > 0 and seconds > 0:
+            self._loaded_bytes += size
+            self._loaded_s += seconds

@@ -11,9 +11,13 @@ from crew.events import ModelLoaded, ModelLoadStarted, ModelUnloaded, ResidencyW
 from crew.residency import advice
 from crew.residency.backend_sync import BackendSync, log, retrieve
 from crew.residency.budget import MemoryBudget
+from crew.residency.host_lock import Ticket
 from crew.residency.slots import Slot
 
 __all__ = ["Loading", "log", "retrieve"]
+
+# How many times a victim another crew brought back is unloaded again before loading anyway.
+RESEND_ROUNDS = 3
 
 
 class Loading(BackendSync):
@@ -28,8 +32,11 @@ class Loading(BackendSync):
         raise NotImplementedError
 
     def _start_load(
-        self, model: str, need: int, victims: list[Slot], reason: str, partial: bool
+        self, model: str, need: int, victims: list[Slot], reason: str, partial: bool,
+        ticket: Ticket | None = None,
     ) -> Slot:
+        """Start the load as a task; `ticket`, the host lock, is only noted on (its holder
+        gives it back)."""
         old = self._slots.get(model)
         for victim in victims:
             victim.state = "unloading"
@@ -38,7 +45,11 @@ class Loading(BackendSync):
         slot = Slot(model, reserve, "loading", ours=True, last_used=self._clock(), partial=partial)
         self._slots[model] = slot
         others = [v for v in victims if v is not old]
+        if ticket is not None:
+            ticket.note([v.name for v in victims], model)
         slot.task = asyncio.create_task(self._load(slot, need, others, old, reason))
+        if ticket is not None:
+            slot.task.add_done_callback(lambda _: ticket.settled())
         slot.task.add_done_callback(retrieve)
         self._notify()
         return slot
@@ -53,6 +64,7 @@ class Loading(BackendSync):
                 slot.size = need
             for victim in victims:
                 await self._unload(victim, f"evicted to make room for {model}", evicted_for=model)
+            await self._unload_again([v.name for v in victims])
             self._emit(ModelLoadStarted(model=model, bytes=need, reason=reason))
             if slot.partial and model not in self._offload_noted:
                 self._offload_noted.add(model)  # once: the person has been told, and how to fix it
@@ -88,6 +100,20 @@ class Loading(BackendSync):
             self._emit(ResidencyWarning(model=model, message=advice.split_notice(
                 model, resident.size, resident.size_vram, facts, self._budget)))
         self._notify()
+
+    async def _unload_again(self, victims: list[str]) -> None:
+        """Send the unload again for a victim another crew's request brought back (it was
+        granted from a read made just before our unload): else this load would overfill Ollama,
+        which then evicts on its own. Only on a host other crew processes share."""
+        if self._host_lock is None or not victims:
+            return
+        for _ in range(RESEND_ROUNDS):
+            back = [r.name for r in await self._backend.running() if r.name in victims]
+            if not back:
+                return
+            for name in back:
+                log.debug("%s is back (another crew's request): unloading it again", name)
+                await self._backend.unload(name)
 
     async def _unload(self, slot: Slot, reason: str, evicted_for: str | None) -> None:
         started = self._clock()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,17 +36,19 @@ from crew.events import (
     Event,
     ModelReleased,
     ResidencyWaiting,
-    ResidencyWarning,
 )
 from crew.residency import advice
 from crew.residency.budget import MemoryBudget
-from crew.residency.eviction import Candidate, EvictionPolicy, WorkflowAware
+from crew.residency.eviction import EvictionPolicy, WorkflowAware
+from crew.residency.forecasting import Forecasting
+from crew.residency.host_lock import HostLock, Ticket
 from crew.residency.knowledge import ModelKnowledge
 from crew.residency.loading import Loading, log
 from crew.residency.measurements import Measurements
 from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
 from crew.residency.slots import Slot, SlotView, Snapshot
+from crew.residency.transitions import Outlook
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
@@ -61,9 +63,13 @@ class Hold:
     owner: Hashable
     slot: Slot
     released: bool = False
+    ticket: Ticket | None = None
+    """The host lock, when this request loaded the model for itself: other crew processes
+    change nothing on the host until it is released with the hold (so none evicts the model
+    between its load and its use)."""
 
 
-class ResidencyManager(Loading):
+class ResidencyManager(Loading, Forecasting):
     """Keeps the right models resident in a backend, within a memory budget."""
 
     def __init__(
@@ -82,8 +88,11 @@ class ResidencyManager(Loading):
         machine_memory: int | None = None,
         busy_notice_s: float = BUSY_NOTICE_S,
         lease_s: float | None = None,
+        host_lock: HostLock | None = None,
     ) -> None:
         self._backend = backend
+        # Crew processes apart on one Ollama take turns to change its memory (crew.residency.host_lock).
+        self._host_lock = host_lock
         # Models we keep between requests have a finite lease in the backend; it is renewed a
         # third of the way through, so one missed renewal never lets a model expire.
         self._lease_s = lease_s
@@ -101,7 +110,7 @@ class ResidencyManager(Loading):
         self._models = ModelKnowledge(backend, measurements)
         self._held_elsewhere = held_elsewhere
         self._eviction: EvictionPolicy = eviction or WorkflowAware()
-        self._forecasts: dict[Hashable, tuple[str, ...]] = {}
+        self._forecasts: dict[Hashable, dict[str, Outlook]] = {}
         self._slots: dict[str, Slot] = {}
         self._queue = WaitQueue(self._needs_load, fairness)
         self._lock = asyncio.Lock()
@@ -126,20 +135,6 @@ class ResidencyManager(Loading):
 
     def options(self, model: str) -> dict[str, Any]:
         return dict(self._models.profile(model))
-
-    def forecast(self, models: Sequence[str] | None, source: Hashable = None) -> None:
-        """What `source` (a team) expects to ask for next, soonest first (its current request's
-        model first); None withdraws it. Eviction spares what a forecast needs soonest."""
-        if models is None:
-            self._forecasts.pop(source, None)
-        else:
-            self._forecasts[source] = tuple(models)
-
-    def _next_use(self, model: str) -> float | None:
-        if not self._forecasts:
-            return None
-        return min((float(f.index(model)) for f in self._forecasts.values() if model in f),
-                   default=float("inf"))
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call `callback` with every residency event; returns a function that unsubscribes."""
@@ -181,13 +176,17 @@ class ResidencyManager(Loading):
         A higher `priority` starts its load ahead of queued lower ones (within the fairness bound).
         """
         who: Hashable = owner if owner is not None else asyncio.current_task()
-        return Hold(model, who, await self._acquire(model, who, priority))
+        granted: list[Ticket] = []
+        slot = await self._acquire(model, who, priority, granted)
+        return Hold(model, who, slot, ticket=granted[0] if granted else None)
 
     def release(self, held: Hold) -> None:
         """Unpin a model acquired with `acquire`. Synchronous: safe in `finally` while cancelled."""
         if held.released:
             return  # a second release (a retried cleanup) must not unpin someone else's hold
         held.released = True
+        if held.ticket is not None:
+            held.ticket.release()
         slot = held.slot
         slot.pins -= 1
         slot.holders[held.owner] -= 1
@@ -197,23 +196,35 @@ class ResidencyManager(Loading):
         self._notify()
 
     async def prefetch(self, model: str) -> bool:
-        """Start loading `model` if it fits in the free budget now; never evicts.
+        """Start loading `model` if it fits in the free budget now; never evicts, and never
+        waits for another crew process's turn (with a host lock, it is skipped instead).
 
         Returns True when the model is resident or loading afterwards.
         """
         self._require_open()
-        async with self._lock:
-            await self._reconcile(force=True)
-            slot = self._slots.get(model)
-            if slot is not None and slot.state in ("loading", "resident") and not slot.mismatched:
+        ticket = self._host_lock.try_acquire() if self._host_lock is not None else None
+        if self._host_lock is not None and ticket is None:
+            return False
+        try:
+            async with self._lock:
+                await self._reconcile(force=True)
+                slot = self._slots.get(model)
+                if slot is not None and slot.state in ("loading", "resident") and not slot.mismatched:
+                    return True
+                if slot is not None or self._queue.any_load_waiting():
+                    return False
+                need = await self.expected_size(model)
+                if self._used() + need > self._budget.bytes:
+                    return False
+                slot = self._start_load(model, need, [], reason="prefetch", partial=False, ticket=ticket)
+                if ticket is not None:
+                    assert slot.task is not None
+                    slot.task.add_done_callback(ticket.release_when_done)
+                    ticket = None
                 return True
-            if slot is not None or self._queue.any_load_waiting():
-                return False
-            need = await self.expected_size(model)
-            if self._used() + need > self._budget.bytes:
-                return False
-            self._start_load(model, need, [], reason="prefetch", partial=False)
-            return True
+        finally:
+            if ticket is not None:
+                ticket.release()
 
     def registered(self, model: str) -> bool:
         return self._models.registered(model)
@@ -256,7 +267,12 @@ class ResidencyManager(Loading):
         for slot in list(self._slots.values()):
             if slot.task is not None and not slot.task.done():
                 slot.task.cancel()
+        ticket: Ticket | None = None
         try:
+            if self._host_lock is not None:
+                # Handing back is a request per model: sent for one another crew is unloading,
+                # it would load it again. So it waits for this host's turn (bounded).
+                ticket = await asyncio.wait_for(self._host_lock.acquire(), self._load_timeout)
             running = {r.name for r in await self._backend.running()}
             for slot in list(self._slots.values()):
                 if slot.ours and slot.state == "resident" and slot.name in running:
@@ -264,7 +280,11 @@ class ResidencyManager(Loading):
                     self._emit(ModelReleased(model=slot.name, bytes=slot.size))
         except CrewError as exc:
             log.debug("could not hand models back on close: %s", exc)
+        except TimeoutError:
+            log.debug("no turn on the host to hand models back: their leases will end them")
         finally:
+            if ticket is not None:
+                ticket.release()
             await self._backend.aclose()
 
     async def __aenter__(self) -> ResidencyManager:
@@ -275,26 +295,40 @@ class ResidencyManager(Loading):
 
     # -- acquiring and releasing --------------------------------------------------------
 
-    async def _acquire(self, model: str, owner: Hashable, priority: int) -> Slot:
+    async def _acquire(self, model: str, owner: Hashable, priority: int,
+                       granted: list[Ticket] | None = None) -> Slot:
         self._require_open()
         self._models.profile(model)
         waiter = self._queue.join(model, owner, priority)
+        ticket: Ticket | None = None
+        wants_host = loaded = False
         try:
             while True:
+                if wants_host and ticket is None and self._host_lock is not None:
+                    ticket = await self._host_lock.acquire()
                 async with self._lock:
                     await self._check_fits_at_all(model)
-                    read = await self._reconcile(force=False)
+                    # Under the host lock, what other crews changed must be read afresh.
+                    read = await self._reconcile(force=ticket is not None)
                     plan = self._plan(waiter)
                     if isinstance(plan, Load | Wait) and not read:
                         # Only a grant may rest on a recent read; loads and evictions never do.
                         await self._reconcile(force=True)
                         plan = self._plan(waiter)
+                    if ticket is None and self._needs_host(plan, model):
+                        wants_host = True
+                        continue
                     if isinstance(plan, Grant):
-                        return self._grant(waiter, plan.slot)
+                        slot = self._grant(waiter, plan.slot)
+                        if ticket is not None and loaded and granted is not None:
+                            granted.append(ticket)  # kept until the hold ends
+                            ticket = None
+                        return slot
                     if isinstance(plan, Load):
                         need = await self.expected_size(model)
                         reason = "partial offload" if plan.partial else "requested"
-                        slot = self._start_load(model, need, plan.victims, reason, plan.partial)
+                        slot = self._start_load(model, need, plan.victims, reason, plan.partial, ticket)
+                        loaded = ticket is not None
                         assert slot.task is not None
                         plan = Join(slot.task)
                     if isinstance(plan, Join):
@@ -302,16 +336,27 @@ class ResidencyManager(Loading):
                     elif isinstance(plan, Wait):
                         changed = self._changed
                         self._note_blocked(waiter, plan)
+                    if ticket is not None and not loaded:  # nothing of ours to change: others may
+                        ticket.release()
+                        ticket = None
                 if isinstance(plan, Join):
                     await asyncio.shield(plan.task)
                 else:
                     await changed.wait()
         finally:
+            if ticket is not None:
+                ticket.release()
             if waiter.reservation is not None:
                 waiter.reservation.reserved -= 1
                 waiter.reservation = None
             if self._queue.leave(waiter):
                 self._notify()
+
+    def _needs_host(self, plan: Plan, model: str) -> bool:
+        """A load must hold the host lock; so must a grant of a model another crew is changing."""
+        if self._host_lock is None or not isinstance(plan, Load | Grant):
+            return False
+        return isinstance(plan, Load) or self._host_lock.blocks_grant(model)
 
     def _reserve(self, waiter: Waiter) -> None:
         # Whoever waited for a load is served before anyone may evict what it loaded.
@@ -368,30 +413,6 @@ class ResidencyManager(Loading):
         return Situation(slots=self._slots, budget=self._budget.bytes, need=need,
                          starving=self._queue.starving(), load_head=self._queue.load_head(),
                          wanted=frozenset(self._queue.wanted(waiter)))
-
-    def _choose_victims(self, candidates: list[Slot], shortfall: int, model: str) -> list[Slot] | None:
-        """The idle set to evict that frees `shortfall` bytes, as the eviction policy picks it (the plan
-        asks only when the candidates together free enough)."""
-        # Read only here, when something must go: other crews' notes are files (crew.residency.holders).
-        elsewhere = self._held_elsewhere() if self._held_elsewhere is not None else frozenset()
-        if elsewhere and not self._shared_noted:
-            self._shared_noted = True  # once: the person has been told, and how to fix it
-            self._emit(ResidencyWarning(model=model, message=(
-                f"other crews keep models on this Ollama too ({', '.join(sorted(elsewhere))}); apart, "
-                "crews cannot see each other's loads in flight and evict what the others use: run "
-                "`crew serve` and point every crew at it (CREW_OLLAMA_HOST=http://127.0.0.1:8000)")))
-        now = self._clock()
-        offered = {
-            Candidate(
-                name=s.name, bytes=s.size,
-                reload_seconds=self._models.reload_seconds(s.name, s.size),
-                idle_seconds=now - s.last_used, kept_elsewhere=not s.ours and s.name in elsewhere,
-                next_use=self._next_use(s.name),
-            ): s
-            for s in candidates
-        }
-        chosen = self._eviction.choose(list(offered), shortfall)
-        return None if chosen is None else [offered[c] for c in chosen]
 
     def _needs_load(self, model: str) -> bool:
         slot = self._slots.get(model)

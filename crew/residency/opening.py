@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from crew.residency.budget import MemoryBudget, resolve_budget
 from crew.residency.holders import HolderRecord
+from crew.residency.host_lock import HostLock
 from crew.residency.manager import ResidencyManager
 from crew.residency.measurements import Measurements
 
@@ -65,6 +66,7 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
         measurements=Measurements(settings.state_dir, host) if record else None,
         held_elsewhere=record.held_elsewhere if record else None,
         lease_s=getattr(choice.backend, "lease_s", None),
+        host_lock=HostLock(settings.state_dir, host) if record else None,
     )
     if record is not None:
         manager.subscribe(record)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,11 +23,14 @@ from crew.events import ModelLoaded, ResidencyWaiting
 from crew.residency.budget import MemoryBudget
 from crew.residency.manager import Hold, ResidencyManager
 from crew.residency.slots import Slot
+from crew.residency.transitions import Outlook
 
 log = logging.getLogger("crew.residency")
 
 # A wait shorter than this is the server's bookkeeping, not a wait worth an event.
 NOTABLE_WAIT_S = 0.05
+# A learned forecast's models this likely to be needed are sent to the server as needed.
+LIKELY = 0.5
 
 
 class ServedResidency(ResidencyManager):
@@ -82,8 +85,14 @@ class ServedResidency(ResidencyManager):
             log.debug("prefetch through crew serve failed: %s", exc)
             return False
 
-    def forecast(self, models: Sequence[str] | None, source: Hashable = None) -> None:
-        wanted = list(models) if models is not None else None
+    def forecast(self, models: Sequence[str] | Mapping[str, Outlook] | None, source: Hashable = None) -> None:
+        # The server's route takes a list, soonest first: a learned outlook is sent as the
+        # models more likely needed than not (the chances themselves stay here).
+        if isinstance(models, Mapping):
+            likely = sorted((o.next_use, m) for m, o in models.items() if o.p_use >= LIKELY)
+            wanted: list[str] | None = [m for _, m in likely]
+        else:
+            wanted = list(models) if models is not None else None
         body = {"source": f"{CLIENT_NAME} {id(source):x}", "models": wanted}
         try:
             task = asyncio.get_running_loop().create_task(self._send_forecast(body))

@@ -183,6 +183,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"expected loads: {len(plan.loads)} ({', '.join(plan.loads)})")
     for role, ctx in plan.max_num_ctx_together.items():
         print(f"largest {role} num_ctx keeping coder+reviewer together: {ctx if ctx else 'none fits'}")
+    if not plan.learned:
+        print("learned transitions: none yet (the workflow's rule decides)")
+    for key, states in plan.learned.items():
+        print(f"learned transitions, {key}:")
+        for state, seen in states.items():
+            shares = ", ".join(f"{nxt} {share:.0%}" for nxt, share in seen.following.items())
+            print(f"  after {state} ({seen.seen:g} seen): {shares}")
     return EXIT_OK
 
 
