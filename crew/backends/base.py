@@ -105,3 +105,17 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def gguf_numbers(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """GGUF metadata as llama.cpp hands it over (every value a string), numbers made numbers."""
+    return {key: _number(value) for key, value in metadata.items()}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crew.backends.base import ModelFacts, Resident, kv_bytes_per_token
+from crew.backends.base import ModelFacts, Resident, gguf_numbers, kv_bytes_per_token
 from crew.backends.worker import ModelWorker
 from crew.errors import BackendError, ModelNotPulled
 
@@ -121,7 +121,7 @@ class EmbeddedBackend:
         return ModelFacts(
             name=model, file_size=path.stat().st_size, architecture=arch,
             context_length=int(context) if context else None,
-            kv_bytes_per_token=kv_bytes_per_token({k: _number(v) for k, v in metadata.items()}),
+            kv_bytes_per_token=kv_bytes_per_token(gguf_numbers(metadata)),
             capabilities=frozenset({"completion", "tools"}),
         )
 
@@ -194,11 +194,3 @@ def _metadata(path: Path) -> dict[str, Any]:
     finally:
         llm.close()
 
-
-def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    return value

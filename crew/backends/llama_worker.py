@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from crew.backends.base import kv_bytes_per_token
+from crew.backends.base import gguf_numbers, kv_bytes_per_token
 
 # A request that is not JSON, or a cancel for an answer already given: ignored, never fatal.
 _NOTHING = -1
@@ -135,17 +135,9 @@ def _held_bytes(llm: Any) -> int:
     import llama_cpp
 
     weights = int(llama_cpp.llama_model_size(llm.model))
-    metadata = {k: _number(v) for k, v in dict(llm.metadata).items()}
+    metadata = gguf_numbers(dict(llm.metadata))
     return weights + kv_bytes_per_token(metadata) * int(llm.n_ctx())
 
-
-def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _say(proto: IO[str], message: dict[str, Any]) -> None:
