@@ -40,13 +40,17 @@ class OffloadRule:
         return {"allow_partial_offload": self.allowed, "machine_memory": self.machine_memory}
 
 
-def open_manager(settings: Settings, choice: BackendChoice, run: str) -> ResidencyManager:
+def open_manager(settings: Settings, choice: BackendChoice, run: str, *,
+                 authority: bool = False) -> ResidencyManager:
     """The manager for a command on `choice`'s backend, with the roles' models registered.
 
     On a `crew serve`, the server decides what is resident (`ServedResidency`). On a server
     other processes share (Ollama), the models this one keeps are noted under
     `run` for `crew ps` and other crews (see `crew.residency.holders`), and load measurements carry over
-    from earlier runs.
+    from earlier runs. A crew process apart takes turns with the others through the host lock
+    (`crew.residency.host_lock`); the `authority` (crew serve itself, which serves many clients
+    at once and is the one every crew should go through) does not: its one lock per process
+    would make its own concurrent requests wait on each other.
     """
     host = choice.backend.label
     budget = resolve_budget(settings.memory_budget_gb)
@@ -66,7 +70,7 @@ def open_manager(settings: Settings, choice: BackendChoice, run: str) -> Residen
         measurements=Measurements(settings.state_dir, host) if record else None,
         held_elsewhere=record.held_elsewhere if record else None,
         lease_s=getattr(choice.backend, "lease_s", None),
-        host_lock=HostLock(settings.state_dir, host) if record else None,
+        host_lock=HostLock(settings.state_dir, host) if record and not authority else None,
     )
     if record is not None:
         manager.subscribe(record)

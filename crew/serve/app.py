@@ -159,7 +159,7 @@ async def open_default_authority(settings: Settings) -> Authority:
                             "crew serve at Ollama (e.g. http://127.0.0.1:11434)")
     ttl = max(settings.reconcile_ttl_s, SERVE_RECONCILE_TTL_S)
     derived = settings.model_copy(update={"reconcile_ttl_s": ttl})
-    manager = open_manager(derived, choice, f"serve-{os.getpid()}")
+    manager = open_manager(derived, choice, f"serve-{os.getpid()}", authority=True)
     upstream = httpx.AsyncClient(base_url=settings.ollama_host, timeout=UPSTREAM_TIMEOUT,
                                  verify=not settings.ollama_host.startswith("http://"))
     return Authority(settings, manager, upstream)
