@@ -16,7 +16,8 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-_MODE = _file_mode()
+NEW_FILE_MODE = _file_mode()
+"""What open() would give a new file here (0o666 less the umask)."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -31,7 +32,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             if hasattr(os, "fchmod"):  # not on Windows, where mkstemp's mode is no narrower
-                os.fchmod(out.fileno(), _MODE)
+                os.fchmod(out.fileno(), NEW_FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import sys
 from typing import IO
 
 from crew.errors import WorkspaceEscape
+from crew.files import NEW_FILE_MODE
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -262,7 +263,8 @@ def replace(root: int, path: str, data: bytes, *, mode: int | None = None,
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-                os.fchmod(out.fileno(), keep if keep is not None else (mode if mode is not None else _MODE))
+                new = mode if mode is not None else NEW_FILE_MODE
+                os.fchmod(out.fileno(), keep if keep is not None else new)
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
             try:
@@ -293,13 +295,3 @@ def unlink(root: int, path: str) -> None:
         os.unlink(name, dir_fd=parent)
     finally:
         os.close(parent)
-
-
-def _file_mode() -> int:
-    # What open() would give a new file: 0o666 less the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_MODE = _file_mode()
