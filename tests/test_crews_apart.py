@@ -3,6 +3,7 @@ started together; every one must finish, and Ollama must never have to evict on 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from crew.residency.host_lock import HostLock
 from tests.fake_ollama import GB, FakeOllama
-from tests.helpers import ARCHITECT, CODER, REVIEWER
+from tests.helpers import ARCHITECT, CODER, REVIEWER, Recorder, make_manager, run
+from tests.test_residency import chat
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_GB = 60  # the Architect alone, or the Coder with the Reviewer
@@ -46,3 +49,29 @@ def test_three_crews_started_together_all_finish_and_ollama_never_evicts(ollama:
         assert [code for code, _ in outcomes] == [0, 0, 0], (attempt, outcomes)
         assert ollama.self_evictions() == [], (attempt, ollama.self_evictions())
         assert ollama.peak_used <= BUDGET_GB * GB
+
+
+def test_a_model_granted_to_one_crew_is_not_unloaded_by_another_before_its_request_is_sent(
+        ollama: FakeOllama, tmp_path: Path) -> None:
+    """The race CI found: crew A is granted the resident Architect, and before its request
+    reaches Ollama crew B unloads it to load the Coder; A's request then loads it again and
+    Ollama evicts on its own. B must wait for A's hold to end (the model's claim)."""
+    async def scenario() -> None:
+        a = make_manager(ollama, host_lock=HostLock(tmp_path, ollama.url), busy_notice_s=0.0)
+        b = make_manager(ollama, host_lock=HostLock(tmp_path, ollama.url), busy_notice_s=0.0)
+        async with a.hold(ARCHITECT):  # loaded by A, and used
+            await chat(ollama, ARCHITECT)
+        held = await a.acquire(ARCHITECT)  # granted: resident, and A's request is not sent yet
+        seen = Recorder(b)
+        loading = asyncio.create_task(b.acquire(CODER))  # needs the Architect's room
+        await seen.wait_for("residency_waiting")
+        assert ollama.unloads == [] and not loading.done()
+        await chat(ollama, ARCHITECT)  # A's request, sent late: served by the same runner
+        a.release(held)
+        b.release(await asyncio.wait_for(loading, 30))
+        await a.aclose()
+        await b.aclose()
+
+    run(scenario())
+    assert ollama.self_evictions() == []
+    assert ollama.load_names() == [ARCHITECT, CODER]

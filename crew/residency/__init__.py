@@ -7,9 +7,9 @@ benchmarks all drive the same manager. `opening.open_manager` builds the one a c
 """
 
 from crew.residency.eviction import Candidate, CheapestReload, EvictionPolicy, WorkflowAware
-from crew.residency.manager import Hold, ResidencyManager
+from crew.residency.manager import ResidencyManager
 from crew.residency.opening import OffloadRule, open_manager
-from crew.residency.slots import SlotView, Snapshot
+from crew.residency.slots import Hold, SlotView, Snapshot
 
 __all__ = [
     "Candidate",

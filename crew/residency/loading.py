@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from crew.backends.base import ModelFacts
-from crew.errors import LoadTimeout
+from crew.errors import BackendError, LoadTimeout
 from crew.events import ModelLoaded, ModelLoadStarted, ModelUnloaded, ResidencyWaiting, ResidencyWarning
 from crew.residency import advice
 from crew.residency.backend_sync import BackendSync, log, retrieve
 from crew.residency.budget import MemoryBudget
-from crew.residency.host_lock import Ticket
+from crew.residency.host_lock import Claim
 from crew.residency.slots import Slot
 
 __all__ = ["Loading", "log", "retrieve"]
@@ -31,12 +31,8 @@ class Loading(BackendSync):
     async def facts(self, model: str) -> ModelFacts:
         raise NotImplementedError
 
-    def _start_load(
-        self, model: str, need: int, victims: list[Slot], reason: str, partial: bool,
-        ticket: Ticket | None = None,
-    ) -> Slot:
-        """Start the load as a task; `ticket`, the host lock, is only noted on (its holder
-        gives it back)."""
+    def _start_load(self, model: str, need: int, victims: list[Slot], reason: str, partial: bool) -> Slot:
+        """Start the load as a task (the host lock, if any, is held by whoever planned it)."""
         old = self._slots.get(model)
         for victim in victims:
             victim.state = "unloading"
@@ -45,11 +41,7 @@ class Loading(BackendSync):
         slot = Slot(model, reserve, "loading", ours=True, last_used=self._clock(), partial=partial)
         self._slots[model] = slot
         others = [v for v in victims if v is not old]
-        if ticket is not None:
-            ticket.note([v.name for v in victims], model)
         slot.task = asyncio.create_task(self._load(slot, need, others, old, reason))
-        if ticket is not None:
-            slot.task.add_done_callback(lambda _: ticket.settled())
         slot.task.add_done_callback(retrieve)
         self._notify()
         return slot
@@ -58,11 +50,14 @@ class Loading(BackendSync):
         self, slot: Slot, need: int, victims: list[Slot], old: Slot | None, reason: str
     ) -> None:
         model = slot.name
+        claims: list[Claim] = []  # no other crew process uses a victim until this load is done
         try:
             if old is not None:
+                claims.extend(await self._claim(old, model))
                 await self._unload(old, f"runner options differ from {model}'s", evicted_for=None)
                 slot.size = need
             for victim in victims:
+                claims.extend(await self._claim(victim, model))
                 await self._unload(victim, f"evicted to make room for {model}", evicted_for=model)
             await self._unload_again([v.name for v in victims])
             self._emit(ModelLoadStarted(model=model, bytes=need, reason=reason))
@@ -87,6 +82,9 @@ class Loading(BackendSync):
             self._reconciled_at = None
             self._notify()
             raise
+        finally:
+            for claim in claims:
+                claim.release()
         slot.size = resident.size if resident else need
         slot.state = "resident"
         slot.last_used = self._clock()
@@ -100,6 +98,25 @@ class Loading(BackendSync):
             self._emit(ResidencyWarning(model=model, message=advice.split_notice(
                 model, resident.size, resident.size_vram, facts, self._budget)))
         self._notify()
+
+    async def _claim(self, victim: Slot, loading: str) -> list[Claim]:
+        """The victim's exclusive claim, on a host other crew processes share: it waits for every
+        crew process using the victim to end its request (bounded by the load timeout)."""
+        if self._host_lock is None:
+            return []
+        claiming = asyncio.ensure_future(self._host_lock.claim(victim.name, exclusive=True))
+        done, _ = await asyncio.wait({claiming}, timeout=self._busy_notice_s)
+        if not done:
+            self._emit(ResidencyWaiting(model=loading, bytes=victim.size, blocked_by=[
+                f"{victim.name} (another crew process is using it; waiting up to CREW_LOAD_TIMEOUT_S)"]))
+        try:
+            return [await asyncio.wait_for(claiming, self._load_timeout)]
+        except TimeoutError:
+            raise BackendError(
+                f"{victim.name} was still in use by another crew process {self._load_timeout:g} s "
+                f"after crew chose to unload it for {loading}: raise CREW_LOAD_TIMEOUT_S, or run "
+                "`crew serve` and point every crew at it so that one process decides"
+            ) from None
 
     async def _unload_again(self, victims: list[str]) -> None:
         """Send the unload again for a victim another crew's request brought back (it was

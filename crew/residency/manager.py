@@ -27,7 +27,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from crew.backends.base import Backend, ModelFacts
@@ -41,32 +40,18 @@ from crew.residency import advice
 from crew.residency.budget import MemoryBudget
 from crew.residency.eviction import EvictionPolicy, WorkflowAware
 from crew.residency.forecasting import Forecasting
-from crew.residency.host_lock import HostLock, Ticket
+from crew.residency.host_lock import Claim, HostLock, Ticket
 from crew.residency.knowledge import ModelKnowledge
 from crew.residency.loading import Loading, log
 from crew.residency.measurements import Measurements
 from crew.residency.planning import Grant, Join, Load, Plan, Situation, Wait, plan
 from crew.residency.queue import DEFAULT_FAIRNESS, Waiter, WaitQueue
-from crew.residency.slots import Slot, SlotView, Snapshot
+from crew.residency.slots import Hold, Slot, SlotView, Snapshot
 from crew.residency.transitions import Outlook
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 # An unload that takes longer than this is waiting for another client's request to end.
 BUSY_NOTICE_S = 0.5
-
-
-@dataclass(eq=False)
-class Hold:
-    """A pin on a resident model, owned by whoever asked for it; give it back with `release`."""
-
-    model: str
-    owner: Hashable
-    slot: Slot
-    released: bool = False
-    ticket: Ticket | None = None
-    """The host lock, when this request loaded the model for itself: other crew processes
-    change nothing on the host until it is released with the hold (so none evicts the model
-    between its load and its use)."""
 
 
 class ResidencyManager(Loading, Forecasting):
@@ -176,17 +161,17 @@ class ResidencyManager(Loading, Forecasting):
         A higher `priority` starts its load ahead of queued lower ones (within the fairness bound).
         """
         who: Hashable = owner if owner is not None else asyncio.current_task()
-        granted: list[Ticket] = []
-        slot = await self._acquire(model, who, priority, granted)
-        return Hold(model, who, slot, ticket=granted[0] if granted else None)
+        locks: list[Ticket | Claim] = []
+        slot = await self._acquire(model, who, priority, locks)
+        return Hold(model, who, slot, locks=locks)
 
     def release(self, held: Hold) -> None:
         """Unpin a model acquired with `acquire`. Synchronous: safe in `finally` while cancelled."""
         if held.released:
             return  # a second release (a retried cleanup) must not unpin someone else's hold
         held.released = True
-        if held.ticket is not None:
-            held.ticket.release()
+        for lock in held.locks:
+            lock.release()
         slot = held.slot
         slot.pins -= 1
         slot.holders[held.owner] -= 1
@@ -216,7 +201,7 @@ class ResidencyManager(Loading, Forecasting):
                 need = await self.expected_size(model)
                 if self._used() + need > self._budget.bytes:
                     return False
-                slot = self._start_load(model, need, [], reason="prefetch", partial=False, ticket=ticket)
+                slot = self._start_load(model, need, [], reason="prefetch", partial=False)
                 if ticket is not None:
                     assert slot.task is not None
                     slot.task.add_done_callback(ticket.release_when_done)
@@ -296,38 +281,50 @@ class ResidencyManager(Loading, Forecasting):
     # -- acquiring and releasing --------------------------------------------------------
 
     async def _acquire(self, model: str, owner: Hashable, priority: int,
-                       granted: list[Ticket] | None = None) -> Slot:
+                       granted: list[Ticket | Claim] | None = None) -> Slot:
         self._require_open()
         self._models.profile(model)
         waiter = self._queue.join(model, owner, priority)
         ticket: Ticket | None = None
-        wants_host = loaded = False
+        claim: Claim | None = None
+        wants_host = wants_claim = loaded = False
         try:
             while True:
                 if wants_host and ticket is None and self._host_lock is not None:
                     ticket = await self._host_lock.acquire()
+                if wants_claim and claim is None and self._host_lock is not None:
+                    claim = await self._host_lock.claim(model, exclusive=False)
                 async with self._lock:
                     await self._check_fits_at_all(model)
-                    # Under the host lock, what other crews changed must be read afresh.
-                    read = await self._reconcile(force=ticket is not None)
+                    # Under the host lock or a claim, what other crews changed must be read afresh.
+                    read = await self._reconcile(force=ticket is not None or claim is not None)
                     plan = self._plan(waiter)
                     if isinstance(plan, Load | Wait) and not read:
                         # Only a grant may rest on a recent read; loads and evictions never do.
                         await self._reconcile(force=True)
                         plan = self._plan(waiter)
-                    if ticket is None and self._needs_host(plan, model):
-                        wants_host = True
+                    if ticket is None and self._host_lock is not None and isinstance(plan, Load):
+                        if claim is not None:  # never wait for the host lock holding a claim
+                            claim.release()
+                            claim, wants_claim = None, False
+                        wants_host = True  # a load is planned again under the host lock
+                        continue
+                    if isinstance(plan, Grant) and self._host_lock is not None and claim is None:
+                        wants_claim = True  # claimed first, then read again: see host_lock
                         continue
                     if isinstance(plan, Grant):
                         slot = self._grant(waiter, plan.slot)
-                        if ticket is not None and loaded and granted is not None:
+                        if granted is not None and claim is not None:
+                            granted.append(claim)  # kept until the hold ends
+                            claim = None
+                        if granted is not None and ticket is not None and loaded:
                             granted.append(ticket)  # kept until the hold ends
                             ticket = None
                         return slot
                     if isinstance(plan, Load):
                         need = await self.expected_size(model)
                         reason = "partial offload" if plan.partial else "requested"
-                        slot = self._start_load(model, need, plan.victims, reason, plan.partial, ticket)
+                        slot = self._start_load(model, need, plan.victims, reason, plan.partial)
                         loaded = ticket is not None
                         assert slot.task is not None
                         plan = Join(slot.task)
@@ -339,24 +336,22 @@ class ResidencyManager(Loading, Forecasting):
                     if ticket is not None and not loaded:  # nothing of ours to change: others may
                         ticket.release()
                         ticket = None
+                    if claim is not None:  # the model is not there to use: nothing to keep
+                        claim.release()
+                        claim, wants_claim = None, False
                 if isinstance(plan, Join):
                     await asyncio.shield(plan.task)
                 else:
                     await changed.wait()
         finally:
-            if ticket is not None:
-                ticket.release()
+            for lock in (ticket, claim):
+                if lock is not None:
+                    lock.release()
             if waiter.reservation is not None:
                 waiter.reservation.reserved -= 1
                 waiter.reservation = None
             if self._queue.leave(waiter):
                 self._notify()
-
-    def _needs_host(self, plan: Plan, model: str) -> bool:
-        """A load must hold the host lock; so must a grant of a model another crew is changing."""
-        if self._host_lock is None or not isinstance(plan, Load | Grant):
-            return False
-        return isinstance(plan, Load) or self._host_lock.blocks_grant(model)
 
     def _reserve(self, waiter: Waiter) -> None:
         # Whoever waited for a load is served before anyone may evict what it loaded.

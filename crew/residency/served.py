@@ -21,8 +21,8 @@ import httpx
 from crew.backends.ollama import CLIENT_NAME, SERVED_TICKET, OllamaBackend, tls_verify
 from crew.events import ModelLoaded, ResidencyWaiting
 from crew.residency.budget import MemoryBudget
-from crew.residency.manager import Hold, ResidencyManager
-from crew.residency.slots import Slot
+from crew.residency.manager import ResidencyManager
+from crew.residency.slots import Hold, Slot
 from crew.residency.transitions import Outlook
 
 log = logging.getLogger("crew.residency")

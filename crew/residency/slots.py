@@ -1,4 +1,4 @@
-"""What the manager counts per model: a slot while it loads, is resident, or unloads."""
+"""What the manager counts per model (a slot while it loads, is resident or unloads), and holds."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crew.residency.budget import MemoryBudget
+from crew.residency.host_lock import Claim, Ticket
 
 State = Literal["loading", "resident", "unloading"]
 
@@ -31,6 +32,20 @@ class Slot:
     partial: bool = False
     renewed_at: float = 0.0
     """When its lease was last renewed (crew.residency.manager)."""
+
+
+@dataclass(eq=False)
+class Hold:
+    """A pin on a resident model, owned by whoever asked for it; give it back with `release`."""
+
+    model: str
+    owner: Hashable
+    slot: Slot
+    released: bool = False
+    locks: list[Ticket | Claim] = field(default_factory=list)
+    """Given back with the hold, on a host other crew processes share: the model's shared claim
+    (none unloads it while it is used), and the host lock when this request loaded the model for
+    itself (other crews change nothing until it has been used)."""
 
 
 @dataclass(frozen=True)
