@@ -1,8 +1,8 @@
 """One replica per Ollama host: `crew serve`'s own app and Authority for that host, on Ray Serve.
 
 A replica takes the host of its rank (Ray gives a replacement the rank of the replica it
-replaces), opens the same Authority as `crew serve` (whose manager reconciles from the host's
-`/api/ps` first), answers requests with the same app, and reports its `HostState` to the
+replaces), opens the same Authority as `crew serve` and reads what the host holds (`/api/ps`)
+before its first report, answers requests with the same app, and reports its `HostState` to the
 router. It watches its host: one that stops answering is reported down (and leaves routing)
 until it answers again, then the manager re-reads what the host holds.
 """
@@ -45,7 +45,10 @@ class HostReplica:
         self._lifespan = self._app.router.lifespan_context(self._app)
         await self._lifespan.__aenter__()
         self._auth: Authority = self._app.state.authority
-        self._up = True
+        # The first report must say what the host holds (a replacement's host still has the
+        # models its predecessor loaded): else the router places requests by chance, and a
+        # model resident on one host is loaded again on another.
+        self._up = await self._read_host()
         self._busy: Counter[str] = Counter()
         self._received: Counter[str] = Counter()
         self._watching = asyncio.ensure_future(self._watch())
@@ -86,12 +89,18 @@ class HostReplica:
             if up != self._up:
                 log.info("host %s %s", self.label, "answers again" if up else "does not answer")
             if up and not self._up:
-                try:
-                    await self._auth.manager.refresh()  # a restarted Ollama holds nothing
-                except Exception as exc:  # noqa: BLE001 - the next request reconciles again
-                    log.warning("host %s: could not re-read what it holds: %s", self.label, exc)
+                up = await self._read_host()  # a restarted Ollama holds nothing
             self._up = up
             await asyncio.sleep(WATCH_S)
+
+    async def _read_host(self) -> bool:
+        """Re-read what the host holds; False when it cannot be read (reported down)."""
+        try:
+            await self._auth.manager.refresh()
+        except Exception as exc:  # noqa: BLE001 - the watch reads it again when it answers
+            log.warning("host %s: could not read what it holds: %s", self.label, exc)
+            return False
+        return True
 
     async def _answers(self) -> bool:
         try:
