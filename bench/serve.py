@@ -1,7 +1,7 @@
 """Four crews on one Ollama, as four processes: each with its own manager, all through one
 `crew serve`, and on Ollama's scheduler alone. Then the proxy's own cost per request.
 
-    python bench/serve.py [--crews 4] [--scale 50] [--repeat 5] [--calls 400]
+    python bench/serve.py [--crews 4] [--scale 50] [--repeat 5] [--calls 400] [--modes own,serve,ollama]
 
 Every crew is a process that runs the team's workflow (Architect, Coder, Reviewer, Coder,
 Reviewer: one plan and two review rounds) against the fake Ollama on loopback, whose scheduler
@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--gaps", default="0,30,75",
                         help="seconds (modelled) between crew starts, one table row set each")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each row (the spread is reported)")
+    parser.add_argument("--modes", default=",".join(MODES), help="which of own,serve,ollama to run")
     parser.add_argument("--overhead-only", action="store_true", help="only the proxy's cost per request")
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "URL", "DELAY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,7 +232,7 @@ def main() -> None:
     try:
         gaps = [] if args.overhead_only else [float(g) for g in args.gaps.split(",")]
         rows = [[run_mode(fake, mode, args.crews, args.scale, gap) for _ in range(args.repeat)]
-                for gap in gaps for mode in MODES]
+                for gap in gaps for mode in args.modes.split(",")]
         cost = overhead(fake, args.calls)
     finally:
         fake.stop()

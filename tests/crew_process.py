@@ -3,7 +3,10 @@ Reviewer, Coder, Reviewer) through the manager `crew run` opens (`open_manager`,
 CREW_* environment), each call a real chat to Ollama while the model is held. Exits 0 when every
 call was answered; else prints the error in one line and exits 2.
 
-    python -m tests.crew_process
+    python -m tests.crew_process [DELAY_S]
+
+With DELAY_S, the crew starts that long after the process (staggered starts: one crew plans
+while another codes or reviews).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ WORKFLOW = ["architect", "coder", "reviewer", "coder", "reviewer"]
 
 
 async def main() -> int:
+    if len(sys.argv) > 1:
+        await asyncio.sleep(float(sys.argv[1]))  # the scenario's stagger, not a synchronisation
     settings = load_settings()
     choice = await choose_backend(settings)
     manager = open_manager(settings, choice, "test crew")

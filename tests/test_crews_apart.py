@@ -23,21 +23,26 @@ LOAD_S_PER_GB = 1 / 0.7 / 1000
 ANSWER_S = {ARCHITECT: 0.06, CODER: 0.04, REVIEWER: 0.03}
 
 
-def start_crews(ollama: FakeOllama, state: Path, count: int) -> list[subprocess.Popen[str]]:
+def start_crews(ollama: FakeOllama, state: Path, count: int,
+                stagger_s: float = 0.0) -> list[subprocess.Popen[str]]:
     env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_STATE_DIR": str(state),
            "CREW_MEMORY_BUDGET_GB": str(BUDGET_GB), "CREW_BACKEND": "ollama", "CREW_LOAD_TIMEOUT_S": "20"}
-    return [subprocess.Popen([sys.executable, "-m", "tests.crew_process"], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(count)]
+    return [subprocess.Popen([sys.executable, "-m", "tests.crew_process", str(i * stagger_s)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
 
 
 @pytest.mark.slow
-def test_three_crews_started_together_all_finish_and_ollama_never_evicts(ollama: FakeOllama,
-                                                                        tmp_path: Path) -> None:
-    for attempt in range(5):
+@pytest.mark.parametrize(("count", "stagger_s", "attempts"), [(3, 0.0, 5), (6, 0.0, 2), (6, 0.07, 2)],
+                         ids=["3-together", "6-together", "6-staggered"])
+def test_crews_started_together_or_staggered_all_finish_and_ollama_never_evicts(
+        ollama: FakeOllama, tmp_path: Path, count: int, stagger_s: float, attempts: int) -> None:
+    """Staggered by about one Coder call (0.07 s here, 70 s modelled): one crew plans while
+    another codes or reviews, so the Architect and the pair keep trading places."""
+    for attempt in range(attempts):
         ollama.reset(capacity=BUDGET_GB * GB, load_seconds_per_gb=LOAD_S_PER_GB)
         ollama.generate_seconds = dict(ANSWER_S)
-        crews = start_crews(ollama, tmp_path / f"state{attempt}", 3)
+        crews = start_crews(ollama, tmp_path / f"state{attempt}", count, stagger_s)
         outcomes = []
         for crew in crews:
             try:
@@ -46,7 +51,7 @@ def test_three_crews_started_together_all_finish_and_ollama_never_evicts(ollama:
                 crew.kill()
                 _, err = crew.communicate()
             outcomes.append((crew.returncode, err.strip().splitlines()[-1:] if err else []))
-        assert [code for code, _ in outcomes] == [0, 0, 0], (attempt, outcomes)
+        assert [code for code, _ in outcomes] == [0] * count, (attempt, outcomes)
         assert ollama.self_evictions() == [], (attempt, ollama.self_evictions())
         assert ollama.peak_used <= BUDGET_GB * GB
 

@@ -6,9 +6,10 @@ and a read is stale as soon as it is made. Two locks, both `flock`s on files in
 never leaves one held):
 
 - **The host lock** (`<host id>.lock`, exclusive): held from the plan of a load (read `/api/ps`
-  again, choose victims) until that load is done, and, for the request that loaded the model,
-  until it has been used (no other crew evicts it in between). Lease renewals, prefetches and
-  the hand-back on close take it too: each is a request that could load a model again.
+  again, choose victims) until that load is done and the request it was for holds the model's
+  claim (so no other crew evicts it before its first use; other crews then plan their own loads
+  while it is used). Lease renewals, prefetches and the hand-back on close take it too: each is
+  a request that could load a model again.
 - **A model's claim** (`<host id>.<model id>.model`): shared while a crew process uses the model
   (taken before `/api/ps` is read for the grant, kept until the hold ends), exclusive while one
   unloads it (as a victim, or to reload it with other options) until its load is done. So a model

@@ -161,17 +161,17 @@ class ResidencyManager(Loading, Forecasting):
         A higher `priority` starts its load ahead of queued lower ones (within the fairness bound).
         """
         who: Hashable = owner if owner is not None else asyncio.current_task()
-        locks: list[Ticket | Claim] = []
-        slot = await self._acquire(model, who, priority, locks)
-        return Hold(model, who, slot, locks=locks)
+        claims: list[Claim] = []
+        slot = await self._acquire(model, who, priority, claims)
+        return Hold(model, who, slot, claim=claims[0] if claims else None)
 
     def release(self, held: Hold) -> None:
         """Unpin a model acquired with `acquire`. Synchronous: safe in `finally` while cancelled."""
         if held.released:
             return  # a second release (a retried cleanup) must not unpin someone else's hold
         held.released = True
-        for lock in held.locks:
-            lock.release()
+        if held.claim is not None:
+            held.claim.release()
         slot = held.slot
         slot.pins -= 1
         slot.holders[held.owner] -= 1
@@ -281,7 +281,7 @@ class ResidencyManager(Loading, Forecasting):
     # -- acquiring and releasing --------------------------------------------------------
 
     async def _acquire(self, model: str, owner: Hashable, priority: int,
-                       granted: list[Ticket | Claim] | None = None) -> Slot:
+                       granted: list[Claim] | None = None) -> Slot:
         self._require_open()
         self._models.profile(model)
         waiter = self._queue.join(model, owner, priority)
@@ -317,10 +317,7 @@ class ResidencyManager(Loading, Forecasting):
                         if granted is not None and claim is not None:
                             granted.append(claim)  # kept until the hold ends
                             claim = None
-                        if granted is not None and ticket is not None and loaded:
-                            granted.append(ticket)  # kept until the hold ends
-                            ticket = None
-                        return slot
+                        return slot  # the host lock goes back: the claim keeps the model
                     if isinstance(plan, Load):
                         need = await self.expected_size(model)
                         reason = "partial offload" if plan.partial else "requested"

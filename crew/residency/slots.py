@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crew.residency.budget import MemoryBudget
-from crew.residency.host_lock import Claim, Ticket
+from crew.residency.host_lock import Claim
 
 State = Literal["loading", "resident", "unloading"]
 
@@ -42,10 +42,9 @@ class Hold:
     owner: Hashable
     slot: Slot
     released: bool = False
-    locks: list[Ticket | Claim] = field(default_factory=list)
+    claim: Claim | None = None
     """Given back with the hold, on a host other crew processes share: the model's shared claim
-    (none unloads it while it is used), and the host lock when this request loaded the model for
-    itself (other crews change nothing until it has been used)."""
+    (no other crew unloads it while it is used)."""
 
 
 @dataclass(frozen=True)
