@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -88,11 +89,15 @@ def running(settings: Settings, app: Any = None) -> Iterator[Served]:
         assert not thread.is_alive(), "crew serve did not stop within 15 s"
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `check` until true; fail (never hang) after `timeout`."""
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `check` until true; fail (never hang) once `timeout` seconds have passed (by the
+    clock: a check that is slow on a busy machine does not stretch the bound)."""
     done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if check():
             return
         done.wait(0.01)
-    raise AssertionError("condition not met within the timeout")
+    if check():  # one last look: the deadline may have passed during a slow check
+        return
+    raise AssertionError(f"condition not met within {timeout:g} s")
