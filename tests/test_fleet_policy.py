@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crew.fleet.policy import HostState, Want, rank
+from crew.fleet.policy import HostState, Want, bound, rank
 
 GB = 1_000_000_000
 
@@ -101,3 +101,17 @@ def test_state_from_stats() -> None:
     assert HostState.of(h.model_dump()) == h
     assert HostState.of({}) is None
     assert HostState.of({"host": "h1"}) is None  # an older replica's report: no basis for a choice
+
+
+def test_while_a_host_has_not_reported_only_where_the_model_already_is() -> None:
+    """The router places only these while a replica has not reported (its host may already hold
+    the model: a replacement's host keeps its predecessor's models)."""
+    h1 = host("h1", budget=10, resident={"a": 7})
+    assert bound(want("a", 7), [h1]) == ["h1"]
+    # b fits nowhere known without evicting a: no load is decided on half the picture.
+    assert rank(want("b", 7), [h1]) == ["h1"] and bound(want("b", 7), [h1]) == []
+    # Not even a load into free room: the unreported host may hold the model.
+    assert bound(want("b", 2), [h1]) == [] and bound(want("b", 7), [host("h3", budget=10)]) == []
+    # Bound there already (queued, or sent and not yet reported): it stays with that host.
+    assert bound(want("b", 2), [h1], {"h1": {"b": 2 * GB}}) == ["h1"]
+    assert bound(want("a", 7), [h1.model_copy(update={"up": False})]) == []

@@ -80,10 +80,25 @@ def rank(want: Want, states: Sequence[HostState], incoming: Mapping[str, Mapping
         return [s.host for s in states if s.host == want.host]
     if want.model is None:
         return [s.host for s in sorted(live, key=lambda s: sum(s.busy.values()))]
-    size = want.size or 0
-    keys = {s.host: _key(want.model, size, s, (incoming or {}).get(s.host, {}))
-            for s in live if size <= s.budget}
+    keys = _keys(want.model, want.size or 0, live, incoming)
     return sorted(keys, key=lambda h: keys[h])  # stable: ties keep the hosts' order
+
+
+def bound(want: Want, states: Sequence[HostState], incoming: Mapping[str, Mapping[str, int]] | None = None
+          ) -> list[str]:
+    """The hosts of `rank`'s first tier for `want` (its model resident, loading or bound there
+    without overflow), best first. While another host has not reported yet, these are the only
+    places a request may go: a load anywhere could repeat one that host already holds."""
+    if want.model is None or want.host is not None:
+        return rank(want, states, incoming)
+    live = [s for s in states if s.up and s.host not in want.avoid]
+    keys = _keys(want.model, want.size or 0, live, incoming)
+    return sorted((h for h in keys if keys[h][0] == 0), key=lambda h: keys[h])
+
+
+def _keys(model: str, size: int, live: Sequence[HostState],
+          incoming: Mapping[str, Mapping[str, int]] | None) -> dict[str, tuple[int, float, int]]:
+    return {s.host: _key(model, size, s, (incoming or {}).get(s.host, {})) for s in live if size <= s.budget}
 
 
 def _key(model: str, size: int, state: HostState, incoming: Mapping[str, int]) -> tuple[int, float, int]:

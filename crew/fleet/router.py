@@ -13,10 +13,13 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from crew.fleet.policy import HostState, Want, rank
+from crew.fleet.policy import HostState, Want, bound, rank
 
-# A replica that has not reported this long after it appeared gets requests all the same.
-UNREPORTED_S = 5.0
+# A replica that has not reported this long after it appeared gets requests all the same. Until
+# then, only requests for a model resident (or bound) on a host that has reported are placed:
+# a load decided without that replica's report could repeat a load its host already holds (a
+# replacement replica's host keeps its models). Long enough for a first report on a busy machine.
+UNREPORTED_S = 30.0
 
 
 class ResidencyRouter(RequestRouter):
@@ -33,6 +36,7 @@ class ResidencyRouter(RequestRouter):
         states: list[HostState] = []
         incoming: dict[str, dict[str, int]] = {}
         unknown: list[RunningReplica] = []
+        awaited = False  # a replica that has not reported yet, within its grace
         by_host: dict[str, RunningReplica] = {}
         now = time.time()
         for replica in candidate_replicas:
@@ -43,6 +47,8 @@ class ResidencyRouter(RequestRouter):
                 # that the first ones are placed by the policy and not by chance.
                 if now - self._seen.setdefault(rid, now) > UNREPORTED_S:
                     unknown.append(replica)
+                else:
+                    awaited = True
                 continue
             states.append(state)
             by_host[state.host] = replica
@@ -54,7 +60,10 @@ class ResidencyRouter(RequestRouter):
             pending_request.routing_context.should_backoff = True
         if want is None:
             return [candidate_replicas]
-        ranked = [[by_host[h]] for h in rank(want, states, incoming)]
+        placed = bound(want, states, incoming) if awaited else rank(want, states, incoming)
+        ranked = [[by_host[h]] for h in placed]
+        if awaited and want.host is None:
+            return ranked  # empty: wait (Ray retries with backoff) for the full picture
         if not ranked and want.host is None:
             # No host can hold the model (or none is up): one that is not avoided answers why.
             ranked = [[r for h, r in by_host.items() if h not in want.avoid]]
