@@ -188,10 +188,6 @@ WRONG_BUT_PASSES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: the graded code runs in pytest's own process, so it can patch pytest's classes (class "
-    "attribute writes raise no audit event) or return a value equal to everything; closing it needs "
-    "the solution in a process of its own, reached from the tests through a proxy"))
 @pytest.mark.parametrize("name", sorted(WRONG_BUT_PASSES))
 def test_a_wrong_add_that_patches_pytest_from_inside_does_not_pass(tmp_path: Path, name: str) -> None:
     """`add.py` alone (no conftest, no planted file: it IS the solution file, so it is copied)
