@@ -246,7 +246,7 @@ def test_the_attacks_fail_as_an_unprivileged_user() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
-    assert "13 passed" in done.stdout, done.stdout
+    assert "26 passed" in done.stdout, done.stdout
 
 
 def test_graded_code_is_bounded_as_a_whole_and_many_files_are_not_read(work: Path, sandbox: Sandbox) -> None:
@@ -453,30 +453,35 @@ def test_a_forged_or_malformed_answer_on_the_wire_fails_the_test(
 REACH_THE_TESTS = """import glob, os, signal
 seen = []
 passing = "def test_ints():\\n    pass\\n\\n\\ndef test_negative():\\n    pass\\n"
+# Only what belongs to a grade (a pytest_runner process, a crew-grade folder) is touched: this
+# attack must never be run unconfined, but if it were, it would not clobber the machine's files.
 for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
     try:
-        seen.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()[:200])
+        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
     except OSError:
-        pass
-    for path, mode in ((f"/proc/{pid}/mem", "rb"), (f"/proc/{pid}/mem", "r+b")):
+        continue
+    seen.append(command[:200])
+    if "pytest_runner" not in command:
+        continue
+    for mode in ("rb", "r+b"):
         try:
-            open(path, mode).close()
-            seen.append("OPENED " + path + " " + mode)
+            open(f"/proc/{pid}/mem", mode).close()
+            seen.append(f"OPENED /proc/{pid}/mem {mode}")
         except OSError:
             pass
     for fd in glob.glob(f"/proc/{pid}/fd/*"):
         try:
-            with open(fd, "w") as out:
+            with open(fd, "a") as out:
                 out.write('{"kind": "finished", "status": 0}\\n')
             seen.append("WROTE " + fd)
         except OSError:
             pass
-    if seen and "pytest_runner" in seen[-1]:
-        os.kill(int(pid), signal.SIGSTOP)
-for pattern in ("/tmp/**/test_add.py", "/var/tmp/**/test_add.py", "/proc/*/root/tmp/**/test_add.py",
-                "/proc/*/cwd/**/test_add.py", "/*/hidden/tests/test_add.py", "/*/*/hidden/tests/test_add.py",
-                "/*/*/*/hidden/tests/test_add.py"):
-    for path in glob.glob(pattern, recursive=True):
+    os.kill(int(pid), signal.SIGSTOP)
+    seen.append("STOPPED " + pid)
+for pattern in ("/tmp/crew-grade-*/tests/hidden/tests/test_add.py",
+                "/proc/*/root/tmp/crew-grade-*/tests/hidden/tests/test_add.py",
+                "/proc/*/cwd/hidden/tests/test_add.py"):
+    for path in glob.glob(pattern):
         try:
             open(path, "w").write(passing)
             seen.append("REWROTE " + path)
@@ -508,5 +513,6 @@ def test_the_solution_s_process_cannot_reach_the_tests_process_nor_their_files(
     assert not verdict.passed, verdict.output
     assert "REACH-RAN" in verdict.output  # the attack ran, and said what it reached
     reached = verdict.output.split("REACH-RAN", 1)[1].split("\n", 1)[0]
-    assert "pytest_runner" not in reached and "REWROTE" not in reached and "PLANTED" not in reached
+    assert "REACH-RAN" in verdict.output and "crew_grading.solution_host" in reached  # it saw itself
+    assert "pytest_runner" not in reached and not {"REWROTE", "PLANTED", "STOPPED"} & set(reached.split())
     assert "2 of 2 hidden tests did not pass" in verdict.output, verdict.output
