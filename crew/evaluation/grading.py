@@ -8,20 +8,38 @@ trusts none of what it says:
   `tests/` folder, a test file, anything pytest or Python loads by its name (`conftest.py`,
   `pytest.py`, `sitecustomize.py`, `*.pth`, ini files, `pyproject.toml`), or a top-level module
   named like one of the standard library's or pytest's.
-- The grading folder holds `solution/` (writable), the hidden tests, an ini file and the runner
-  (`pytest_runner.py`), those three bound read-only. It runs in the sandbox `run_command` uses
-  (no network), or unconfined when there is none, which the grade says.
+- The solution and the hidden tests run in two processes, each in a sandbox of its own (the one
+  `run_command` uses: no network, own PID namespace, own cgroup), or both unconfined when there
+  is none, which the grade says (processes.py). The solution's box holds only `solution/`
+  (writable) and crew's host for it (solution_host.py); the tests' box holds the hidden tests,
+  an ini file, the runner (`pytest_runner.py`) and the proxy (remote.py), all read-only. Neither
+  box is in the other's sandbox; they share one socket pair and nothing else.
+- The tests import the solution's top-level modules through the proxy: what comes back is plain
+  data rebuilt as exact builtin types, a handle whose every use is a request to the solution's
+  process, a builtin `Exception` with its args, or a local class standing for an exception
+  class of the solution's (wire.py, remote.py). A handle is never equal to plain data. A late,
+  malformed or missing answer fails the test (and, but for a plain fault, every later one).
 - pytest runs isolated: `python -I -B`, `-c` crew's ini, the tests' folder as rootdir and
-  confcutdir, no cache, no plugin autoload, an environment without secrets.
-- A pass needs the runner's report, on a pipe, every line carrying a token given on stdin: the
-  collected ids must cover every test crew found in the hidden files itself (by AST, before any
-  solution code runs), and every collected test must have passed (skipped is not passed), the
-  session must finish with status 0 and the process exit 0. pytest's printed output decides
-  nothing: it is only the feedback the agents see.
+  confcutdir, no cache, no plugin autoload, an environment without secrets, its process not
+  dumpable.
+- A pass needs the runner's report, on a pipe only the tests' process has, every line carrying
+  a token given on its stdin: the collected ids must cover every test crew found in the hidden
+  files itself (by AST, before anything runs), and every collected test must have passed
+  (skipped is not passed), the session must finish with status 0 and the process exit 0.
+  pytest's printed output, and the solution's, decide nothing: they are only the feedback the
+  agents see.
 
-What this cannot stop: the graded code runs in pytest's process, so code written to patch pytest
-itself (its reports, its assertion) or to find the token in memory can still forge a pass. Only
-running the solution apart from the tests would stop that.
+What this cannot stop. In a sandbox, the solution's code cannot reach pytest, the report, the
+token or the hidden tests; it can only answer the calls the tests make. So it can still pass by
+answering them rightly for the inputs the tests use (hard-coded answers), and where the tests
+compare two of its own objects (`Rational(1, 2) == Rational(2, 4)`) the comparison is its own
+`__eq__`, as it is for any class under test. Unconfined (no sandbox), both processes run as the
+user: the solution's code can signal the tests' process, write to the tests' folder (a test file
+not yet collected, a conftest) and, as root, read its memory and write to its report pipe; only
+`PR_SET_DUMPABLE` stands in the way of an unprivileged one. A grade made unconfined says so.
+What the proxy does not carry: functions or objects of the tests' own passed to the solution
+(a callback), `isinstance` against the solution's classes (they are handles, not types), and the
+attributes of a plain-data subclass (a named tuple arrives as its tuple).
 """
 
 from __future__ import annotations
