@@ -210,7 +210,8 @@ def test_the_proxy_answers_with_exact_builtins_and_its_handles_equal_no_plain_va
     from crew.evaluation import remote, solution_host, wire
 
     (tmp_path / "crew_proxy_probe.py").write_text(
-        "class Yes(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n\n\n"
+        "class Yes(int):\n    def __eq__(self, other):\n        return True\n\n"
+        "    __hash__ = int.__hash__\n\n\n"
         "class Always:\n    def __eq__(self, other):\n        return True\n\n\n"
         "def yes():\n    return Yes(3)\n\n\ndef always():\n    return Always()\n")
     monkeypatch.syspath_prepend(str(tmp_path))

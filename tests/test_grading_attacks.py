@@ -68,6 +68,21 @@ os._exit(0)
 """
 
 
+# Answers that look like the wire's (length-prefixed JSON) and the report's, on stdout and stderr.
+PROTOCOL_ON_STDOUT = """import json, struct, sys
+for seq in range(1, 20):
+    frame = json.dumps({"seq": seq, "kind": "value", "v": 5}).encode()
+    for stream in (sys.stdout.buffer, sys.stderr.buffer):
+        stream.write(struct.pack(">I", len(frame)) + frame + b"\\n")
+        stream.write(b'{"kind": "finished", "status": 0}\\n2 passed in 0.01s\\n')
+        stream.flush()
+
+
+def add(a, b):
+    return a - b
+"""
+
+
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
     """The sandbox `crew eval` grades in on this machine (network off), as the runner finds it."""
@@ -124,7 +139,8 @@ def test_files_that_pytest_or_python_load_by_name_do_not_make_a_wrong_add_pass(
     FORGED_OUTPUT,
     FORGED_REPORT,
     "import pytest\n\n\ndef add(a, b):\n    pytest.skip('nothing to see')\n",
-], ids=["exit-at-import", "forged-output", "forged-report", "skip"])
+    PROTOCOL_ON_STDOUT,
+], ids=["exit-at-import", "forged-output", "forged-report", "skip", "protocol-on-stdout"])
 def test_a_solution_that_ends_early_or_forges_its_results_fails(
     work: Path, sandbox: Sandbox, solution: str
 ) -> None:
@@ -246,7 +262,7 @@ def test_the_attacks_fail_as_an_unprivileged_user() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
-    assert "26 passed" in done.stdout, done.stdout
+    assert "27 passed" in done.stdout, done.stdout
 
 
 def test_graded_code_is_bounded_as_a_whole_and_many_files_are_not_read(work: Path, sandbox: Sandbox) -> None:
@@ -296,6 +312,18 @@ def test_plain_results_are_builtin_types():
     counts = histogram("a b a")
     assert type(counts) is dict and counts == {"a": 2, "b": 1}
     assert type(ledger()) is tuple and ledger() == (1, 2)
+""", "tests/test_bank_unittest.py": """import unittest
+
+from bank_account import Account, InsufficientFunds
+
+
+class BankTest(unittest.TestCase):
+    def test_polyglot_style(self):
+        with self.assertRaises(InsufficientFunds) as err:
+            Account("x").withdraw(1)
+        self.assertEqual(err.exception.args[0], "only 0 on the account")
+        self.assertIsInstance(err.exception, ValueError)
+        self.assertEqual(Account("y"), Account("z"))
 """, "tests/test_humaneval.py": """from bank_account import *  # noqa
 
 
@@ -369,8 +397,9 @@ def test_classes_exceptions_and_humaneval_style_tests_work_through_the_proxy(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """A class, its instances, an exception class of the solution's caught by its name and by its
-    builtin base with its message, a Counter and a named tuple compared as plain data, and
-    HumanEval's `from module import *` with `check(candidate)`: all through the proxy."""
+    builtin base with its message (pytest and unittest style, as polyglot's tests are), a Counter
+    and a named tuple compared as plain data, and HumanEval's `from module import *` with
+    `check(candidate)`: all through the proxy."""
     work = tmp_path / "bank"
     work.mkdir()
     (work / "bank_account.py").write_text(BANK_RIGHT)
@@ -378,7 +407,7 @@ def test_classes_exceptions_and_humaneval_style_tests_work_through_the_proxy(
     assert right.passed, right.output
     (work / "bank_account.py").write_text(BANK_RIGHT.replace('"amount must be positive"', '"no"'))
     wrong = asyncio.run(grade(work, BANK, sandbox=sandbox))
-    assert not wrong.passed and "1 of 3 hidden tests did not pass" in wrong.output, wrong.output
+    assert not wrong.passed and "1 of 4 hidden tests did not pass" in wrong.output, wrong.output
 
 
 # What the solution's process sends for `add`'s answer, written straight to the wire (it runs the
