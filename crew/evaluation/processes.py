@@ -105,7 +105,8 @@ async def run_apart(boxes: Boxes, names: Sequence[str], pytest_args: Sequence[st
     tests_argv = sandbox.argv(tests_command, tests, tests_env, hidden=[solution],
                               read_only=[tests / "hidden", tests / "grade.ini", tests / "pytest_runner.py",
                                          tests / "lib"])
-    host_command = shlex.join([sys.executable, "-I", "-B", "-c", _HOST, str(solution / "lib"),
+    # -u: what the solution prints is in the pipe at once (its process is killed, never flushed).
+    host_command = shlex.join([sys.executable, "-I", "-B", "-u", "-c", _HOST, str(solution / "lib"),
                                str(solution_end), str(solution / "solution")])
     host_argv = sandbox.argv(host_command, solution, solution_env, hidden=[tests],
                              read_only=[solution / "lib"])
