@@ -262,7 +262,7 @@ def test_the_attacks_fail_as_an_unprivileged_user() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
-    assert "27 passed" in done.stdout, done.stdout
+    assert "29 passed" in done.stdout, done.stdout
 
 
 def test_graded_code_is_bounded_as_a_whole_and_many_files_are_not_read(work: Path, sandbox: Sandbox) -> None:
@@ -324,6 +324,21 @@ class BankTest(unittest.TestCase):
         self.assertEqual(err.exception.args[0], "only 0 on the account")
         self.assertIsInstance(err.exception, ValueError)
         self.assertEqual(Account("y"), Account("z"))
+""", "tests/test_callbacks.py": """import pytest
+
+from bank_account import Cell, foldl
+
+
+def test_functions_of_the_tests_are_called_back():
+    assert foldl(lambda acc, x: acc + x, [1, 2, 3], 0) == 6
+    seen = []
+    cell = Cell(1)
+    cell.add_callback(seen.append)
+    cell.set(2)
+    cell.set(3)
+    assert seen == [2, 3] and cell.value == 3
+    with pytest.raises(ZeroDivisionError):
+        foldl(lambda acc, x: acc / x, [0], 1)
 """, "tests/test_humaneval.py": """from bank_account import *  # noqa
 
 
@@ -390,6 +405,26 @@ class _Pair(namedtuple("_Pair", "a b")):
 
 def ledger():
     return _Pair(1, 2)
+
+
+def foldl(function, items, initial):
+    for item in items:
+        initial = function(initial, item)
+    return initial
+
+
+class Cell:
+    def __init__(self, value):
+        self.value = value
+        self._callbacks = []
+
+    def add_callback(self, callback):
+        self._callbacks.append(callback)
+
+    def set(self, value):
+        self.value = value
+        for callback in self._callbacks:
+            callback(value)
 """
 
 
@@ -399,7 +434,8 @@ def test_classes_exceptions_and_humaneval_style_tests_work_through_the_proxy(
     """A class, its instances, an exception class of the solution's caught by its name and by its
     builtin base with its message (pytest and unittest style, as polyglot's tests are), a Counter
     and a named tuple compared as plain data, and HumanEval's `from module import *` with
-    `check(candidate)`: all through the proxy."""
+    `check(candidate)`, functions of the tests called back (polyglot's list-ops and react): all
+    through the proxy."""
     work = tmp_path / "bank"
     work.mkdir()
     (work / "bank_account.py").write_text(BANK_RIGHT)
@@ -407,7 +443,7 @@ def test_classes_exceptions_and_humaneval_style_tests_work_through_the_proxy(
     assert right.passed, right.output
     (work / "bank_account.py").write_text(BANK_RIGHT.replace('"amount must be positive"', '"no"'))
     wrong = asyncio.run(grade(work, BANK, sandbox=sandbox))
-    assert not wrong.passed and "1 of 4 hidden tests did not pass" in wrong.output, wrong.output
+    assert not wrong.passed and "1 of 5 hidden tests did not pass" in wrong.output, wrong.output
 
 
 # What the solution's process sends for `add`'s answer, written straight to the wire (it runs the
@@ -461,6 +497,9 @@ FORGED_REPLIES = {
                                                 "bases": [{"t": "builtin", "name": "BaseException"}]},
                              args={"t": "list", "v": ["x"]}, str="x"),
     "dies": "    os._exit(0)",
+    # A call back into a function of the tests' that it never passed.
+    "unknown-callback": "    raw = json.dumps({'kind': 'callback', 'cb': 1, 'fn': 7, 'args': [],"
+                        " 'kwargs': {}}).encode()",
 }
 
 
@@ -545,3 +584,22 @@ def test_the_solution_s_process_cannot_reach_the_tests_process_nor_their_files(
     assert "REACH-RAN" in verdict.output and "crew_grading.solution_host" in reached  # it saw itself
     assert "pytest_runner" not in reached and not {"REWROTE", "PLANTED", "STOPPED"} & set(reached.split())
     assert "2 of 2 hidden tests did not pass" in verdict.output, verdict.output
+
+
+def test_a_callback_bounced_between_the_processes_without_end_fails_the_test(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """`foldl` hands the tests' own lambda an object whose `+` calls that lambda again: a callback
+    within a request within a callback, without end. It stops at a depth (the tests' stack is
+    not the solution's to spend) and the test fails."""
+    work = tmp_path / "bank"
+    work.mkdir()
+    (work / "bank_account.py").write_text(BANK_RIGHT.replace(
+        "def foldl(function, items, initial):\n    for item in items:\n"
+        "        initial = function(initial, item)\n    return initial",
+        "class _Bounce:\n    def __init__(self, f):\n        self.f = f\n\n"
+        "    def __add__(self, other):\n        return self.f(self, other)\n\n\n"
+        "def foldl(function, items, initial):\n    return function(_Bounce(function), 1)"))
+    verdict = asyncio.run(grade(work, BANK, sandbox=sandbox))
+    assert not verdict.passed and "too deep" in verdict.output, verdict.output
+    assert "test_functions_of_the_tests_are_called_back" in verdict.output.rsplit("crew: not passed", 1)[1]

@@ -17,8 +17,11 @@ What the solution's code cannot do from there:
 - answer late, malformed, or not at all: each is a `SolutionFault`, a `BaseException` (so no
   `pytest.raises(Exception)` catches it) that fails the test; after a timeout or a malformed
   message the connection is dropped and every later request fails the same way.
-Passing a function or an object of the tests' own to the solution is not supported (a
-`SolutionFault`): the solution's process can never call back into this one.
+A function the tests pass to the solution (a callback) stays here: the solution can only call
+it (a `callback` message while the tests wait on a request), with plain data and handles, and
+hears back plain data, a handle or the builtin exception it raised; it never gets at the
+function's attributes or the tests' objects. Any other object of the tests' own cannot be passed
+(a `SolutionFault`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import importlib.machinery
 import socket
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import wire
 
 MAX_NAME = 200
+# Callbacks within callbacks (each a request within a request): the stack of both processes.
+MAX_CALLBACK_DEPTH = 32
 
 
 class SolutionFault(BaseException):
@@ -48,24 +53,60 @@ class Connection:
         self.seq = 0
         self.dead: str | None = None
         self.classes: dict[int, type[BaseException]] = {}
+        self.callables: dict[Any, Callable[..., Any]] = {}
+        self.depth = 0
 
     def request(self, op: str, *args: Any, **kwargs: Any) -> Any:
         if self.dead is not None:
             raise SolutionFault(f"the solution's process is unusable: {self.dead}")
         self.seq += 1
+        mine = self.seq
         try:
-            wire.send(self.sock, {"seq": self.seq, "op": op, "args": [self.encode(a) for a in args],
+            wire.send(self.sock, {"seq": mine, "op": op, "args": [self.encode(a) for a in args],
                                   "kwargs": {k: self.encode(v) for k, v in kwargs.items()}})
-            reply = wire.receive(self.sock)
-            if reply.get("seq") != self.seq:
+            while True:
+                reply = wire.receive(self.sock)
+                if reply.get("kind") != "callback":
+                    break
+                self.callback(reply)
+            if reply.get("seq") != mine:
                 raise wire.WireError("an answer to another request")
+        except wire.WireError as exc:
+            raise self.drop(str(exc)) from None
+        try:
             return self.answer(reply)
         except wire.WireError as exc:
-            self.dead = str(exc)
-            try:
-                self.sock.close()
-            finally:
-                raise SolutionFault(f"the solution's process is unusable: {exc}") from None
+            raise self.drop(str(exc)) from None
+
+    def drop(self, why: str) -> SolutionFault:
+        """The connection is no longer usable (its state is unknown): every later request fails."""
+        if self.dead is None:
+            self.dead = why
+            self.sock.close()
+        return SolutionFault(f"the solution's process is unusable: {why}")
+
+    def callback(self, message: dict[str, Any]) -> None:
+        """The solution calls a function the tests gave it: run it here, send what it returned
+        (plain data or a handle only) or the builtin exception it raised."""
+        function, number = self.callables.get(message.get("fn")), message.get("cb")
+        args, kwargs = message.get("args"), message.get("kwargs")
+        if function is None or not _number(number) or type(args) is not list or type(kwargs) is not dict \
+                or self.depth >= MAX_CALLBACK_DEPTH:
+            raise wire.WireError("a callback of a function the tests never gave, or too deep")
+        self.depth += 1
+        try:
+            result = function(*[wire.decode(a, self.tagged) for a in args],
+                              **{str(k): wire.decode(v, self.tagged) for k, v in kwargs.items()})
+            answer = {"kind": "return", "v": self.encode(result)}
+        except Exception as exc:  # noqa: BLE001  (the solution called it: it hears what it raised)
+            name = type(exc).__name__ if type(exc).__module__ == "builtins" else "RuntimeError"
+            answer = {"kind": "raise", "name": name, "args": [str(a)[:1000] for a in exc.args]}
+        except BaseException:  # pytest.fail, a SolutionFault: the test ends here, the wire too
+            self.drop("a callback of the tests ended the test")
+            raise
+        finally:
+            self.depth -= 1
+        wire.send(self.sock, {"cb": number, **answer})
 
     def encode(self, value: Any) -> Any:
         def local(other: Any) -> dict[str, Any]:
@@ -74,8 +115,11 @@ class Connection:
             for number, cls in self.classes.items():
                 if other is cls:  # an exception class of the solution's, rebuilt here
                     return {"t": "ref", "id": number}
+            if callable(other):  # a callback: the solution may call it, nothing more
+                self.callables[len(self.callables) + 1] = other
+                return {"t": "fn", "id": len(self.callables)}
             raise SolutionFault(f"a {type(other).__name__} of the tests cannot be passed to the "
-                                "solution (only plain data and the solution's own objects)")
+                                "solution (only plain data, functions and the solution's own objects)")
         return wire.encode(value, local)
 
     def answer(self, reply: dict[str, Any]) -> Any:

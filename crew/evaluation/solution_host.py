@@ -1,9 +1,11 @@
 """The solution's process in grading: it imports the graded modules and answers the tests' calls.
 
-Run as `python -I -B -c ... FD SOLUTION_DIR` in a sandbox of its own (see grading.py), with one
-end of a socket pair on FD. Each request (see wire.py) names an operation on an object it handed
-out earlier by number (a handle): import a module, get, set or delete an attribute, call, or one
-of the operators in `_OPERATORS`. It answers with the result, or with the exception raised.
+Run as `python -I -B -u -c ... LIB FD SOLUTION_DIR` in a sandbox of its own (see grading.py),
+with one end of a socket pair on FD. Each request (see wire.py) names an operation on an object
+it handed out earlier by number (a handle): import a module, get, set or delete an attribute,
+call, or one of the operators in `_OPERATORS`. It answers with the result, or with the exception
+raised. A function the tests pass in (a callback) arrives as a `TestsFunction`: calling it sends
+a `callback` message and serves the tests' requests until its `return` (or `raise`) comes back.
 
 Results are sent as plain data where they are plain: a subclass of a plain type (an `IntEnum`, a
 `Counter`, a named tuple) is sent as its value by the base type's own methods, so what the tests
@@ -58,9 +60,11 @@ def _public_names(module: Any) -> list[str]:
 
 
 class Host:
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.objects: dict[int, Any] = {}
         self.numbers: dict[int, int] = {}  # id(object) -> its handle: one object, one handle
+        self.callbacks = 0
 
     def handle(self, value: Any) -> dict[str, Any]:
         for base, read in _PLAIN_BASES:
@@ -83,7 +87,19 @@ class Host:
     def resolve(self, data: dict[str, Any]) -> Any:
         if data.get("t") == "ref" and type(data.get("id")) is int and data["id"] in self.objects:
             return self.objects[data["id"]]
+        if data.get("t") == "fn" and type(data.get("id")) is int:
+            return TestsFunction(self, data["id"])
         raise wire.WireError("a value that is no plain data nor a handle this side gave")
+
+    def reply_to(self, request: dict[str, Any]) -> None:
+        try:
+            reply = self.answer(request)
+        except (KeyError, TypeError, AttributeError, wire.WireError) as exc:
+            reply = {"kind": "fault", "why": f"a request this side cannot read ({type(exc).__name__})"}
+        try:
+            wire.send(self.sock, {"seq": request.get("seq"), **reply})
+        except wire.WireError as exc:  # too large to send: say so, or the tests wait for nothing
+            wire.send(self.sock, {"seq": request.get("seq"), "kind": "fault", "why": str(exc)})
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         operation = _OPERATORS[request["op"]]
@@ -113,22 +129,53 @@ def _text(exc: BaseException) -> str:
         return type(exc).__name__
 
 
+class TestsFunction:
+    """A function the tests passed (a callback): calling it asks the tests' process to, and
+    answers the requests it makes meanwhile."""
+
+    def __init__(self, host: Host, number: int) -> None:
+        self.host = host
+        self.number = number
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        host = self.host
+        host.callbacks += 1
+        mine = host.callbacks
+        wire.send(host.sock, {"kind": "callback", "cb": mine, "fn": self.number,
+                              "args": [wire.encode(a, host.handle) for a in args],
+                              "kwargs": {k: wire.encode(v, host.handle) for k, v in kwargs.items()}})
+        while True:
+            message = wire.receive(host.sock)
+            if "op" in message:
+                host.reply_to(message)  # the callback's own calls into the solution
+            elif message.get("cb") == mine and message.get("kind") == "return":
+                return wire.decode(message.get("v"), host.resolve)
+            elif message.get("cb") == mine and message.get("kind") == "raise":
+                raise _rebuilt(str(message.get("name")), message.get("args"))
+            else:
+                raise wire.WireError("an answer to another callback")
+
+
+def _rebuilt(name: str, args: Any) -> BaseException:
+    found = getattr(builtins, name, None)
+    values = args if type(args) is list else []
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            return found(*values)
+        except Exception:  # noqa: BLE001  (a builtin that wants other arguments)
+            pass
+    return RuntimeError(f"the tests' callback raised {name}: {values!r}"[:2000])
+
+
 def serve(sock: socket.socket) -> None:
-    host = Host()
+    host = Host(sock)
     host.handle(builtins)  # handle 1: nothing asks for it; numbers start at 2 for the solution
     while True:
         try:
             request = wire.receive(sock)
         except wire.WireError:
             return  # the tests are done (or gone)
-        try:
-            reply = host.answer(request)
-        except (KeyError, TypeError, AttributeError, wire.WireError) as exc:
-            reply = {"kind": "fault", "why": f"a request this side cannot read ({type(exc).__name__})"}
-        try:
-            wire.send(sock, {"seq": request.get("seq"), **reply})
-        except wire.WireError as exc:  # too large to send: say so, or the tests wait for nothing
-            wire.send(sock, {"seq": request.get("seq"), "kind": "fault", "why": str(exc)})
+        host.reply_to(request)
 
 
 def main(argv: list[str]) -> int:
