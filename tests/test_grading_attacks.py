@@ -306,6 +306,7 @@ def test_an_account_is_a_handle_and_its_errors_are_caught_by_name_and_base():
     b = Account("bo")
     b.deposit(50)
     assert a == b and not (a != b) and str(a) == "ana: 50" and isinstance(hash(a), int)
+    assert isinstance(a, Account) and not isinstance(5, Account) and not isinstance(a, int)
 
 
 def test_plain_results_are_builtin_types():

@@ -17,7 +17,8 @@ trusts none of what it says:
 - The tests import the solution's top-level modules through the proxy: what comes back is plain
   data rebuilt as exact builtin types, a handle whose every use is a request to the solution's
   process, a builtin `Exception` with its args, or a local class standing for an exception
-  class of the solution's (wire.py, remote.py). A handle is never equal to plain data. A late,
+  class of the solution's (wire.py, remote.py); a function of the tests' passed to the solution
+  stays in the tests' process, called back. A handle is never equal to plain data. A late,
   malformed or missing answer fails the test (and, but for a plain fault, every later one).
 - pytest runs isolated: `python -I -B`, `-c` crew's ini, the tests' folder as rootdir and
   confcutdir, no cache, no plugin autoload, an environment without secrets, its process not
@@ -37,9 +38,11 @@ compare two of its own objects (`Rational(1, 2) == Rational(2, 4)`) the comparis
 user: the solution's code can signal the tests' process, write to the tests' folder (a test file
 not yet collected, a conftest) and, as root, read its memory and write to its report pipe; only
 `PR_SET_DUMPABLE` stands in the way of an unprivileged one. A grade made unconfined says so.
-What the proxy does not carry: functions or objects of the tests' own passed to the solution
-(a callback), `isinstance` against the solution's classes (they are handles, not types), and the
-attributes of a plain-data subclass (a named tuple arrives as its tuple).
+What the proxy does not carry: objects of the tests' own passed to the solution, but for
+functions (a callback the solution can call and nothing more; a mock's attributes and
+`unittest.mock.patch` of what the solution uses do not reach its process), a handle compared with
+plain data (`Fraction(1, 2) == 0.5` is False here), and the attributes of a plain-data subclass
+(a named tuple arrives as its tuple).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 top-level module names. Importing one asks the solution's process (solution_host.py) to import
 it; what comes back, and what every later operation returns, is either plain data, rebuilt as
 exact builtin types (wire.py), or a `Remote`: a handle whose attributes, calls, items, iteration,
-length, truth, hash, arithmetic and comparisons are requests on the wire.
+length, truth, hash, arithmetic, comparisons and `isinstance` checks are requests on the wire.
 
 What the solution's code cannot do from there:
 - hand the tests an object with methods of its own: a value is plain data or a handle;
@@ -242,6 +242,13 @@ def _typed(op: str, kind: type) -> Any:
     return method
 
 
+def _forced_bool(remote: Remote, op: str, *args: Any) -> bool:
+    result = object.__getattribute__(remote, "_crew_conn").request(op, *args)
+    if type(result) is not bool:
+        raise SolutionFault(f"the solution's {op} gave no bool")
+    return result
+
+
 class Remote:
     """An object of the solution's, in its process: every use of it is a request there."""
 
@@ -272,6 +279,12 @@ class Remote:
         except (Exception, SolutionFault):  # a failing repr shows as the handle (pytest's report)
             text = None
         return text if type(text) is str else f"<solution object {object.__getattribute__(self, '_crew_id')}>"
+
+    def __instancecheck__(self, instance: Any) -> bool:  # isinstance(x, SolutionClass)
+        return _forced_bool(self, "isinstance", instance, self)
+
+    def __subclasscheck__(self, subclass: Any) -> bool:
+        return _forced_bool(self, "issubclass", subclass, self)
 
     __eq__ = _compared("eq")
     __ne__ = _compared("ne")
