@@ -38,7 +38,8 @@ _OPERATORS: dict[str, Callable[..., Any]] = {
     "abs": abs, "invert": operator.invert, "len": len, "bool": bool, "iter": iter, "next": next,
     "getitem": operator.getitem, "setitem": operator.setitem, "delitem": operator.delitem,
     "contains": operator.contains, "hash": hash, "repr": repr, "str": str, "int": int, "float": float,
-    "index": operator.index, "isinstance": isinstance, "issubclass": issubclass, "getattr": getattr, "setattr": setattr, "delattr": delattr,
+    "index": operator.index, "isinstance": isinstance, "issubclass": issubclass,
+    "getattr": getattr, "setattr": setattr, "delattr": delattr,
     "call": lambda function, *args, **kwargs: function(*args, **kwargs),
     "import": importlib.import_module, "names": lambda module: _public_names(module),
 }
