@@ -193,7 +193,8 @@ def test_a_wrong_add_that_patches_pytest_from_inside_does_not_pass(tmp_path: Pat
     """`add.py` alone (no conftest, no planted file: it IS the solution file, so it is copied)
     returns a - b, and at import replaces pytest's `Function.runtest`, or rewrites every
     `TestReport` to passed, or returns an int subclass equal to anything. Graded in the sandbox
-    `crew eval` uses, each is "all 2 hidden tests passed"."""
+    `crew eval` uses, each was "all 2 hidden tests passed" while the solution ran in pytest's
+    process; in a process of its own its patches touch no pytest, and its int arrives as an int."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "add.py").write_text(WRONG_BUT_PASSES[name])
