@@ -93,10 +93,11 @@ class Connection:
         if function is None or not _number(number) or type(args) is not list or type(kwargs) is not dict \
                 or self.depth >= MAX_CALLBACK_DEPTH:
             raise wire.WireError("a callback of a function the tests never gave, or too deep")
+        values = [wire.decode(a, self.tagged) for a in args]  # malformed: WireError, the wire dropped
+        named = {str(k): wire.decode(v, self.tagged) for k, v in kwargs.items()}
         self.depth += 1
         try:
-            result = function(*[wire.decode(a, self.tagged) for a in args],
-                              **{str(k): wire.decode(v, self.tagged) for k, v in kwargs.items()})
+            result = function(*values, **named)
             answer = {"kind": "return", "v": self.encode(result)}
         except Exception as exc:  # noqa: BLE001  (the solution called it: it hears what it raised)
             name = type(exc).__name__ if type(exc).__module__ == "builtins" else "RuntimeError"
