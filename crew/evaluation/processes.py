@@ -135,6 +135,7 @@ async def run_apart(boxes: Boxes, names: Sequence[str], pytest_args: Sequence[st
         tests_output, returncode = await _await_tests(pytest_process, token, timeout)
         kill_group(host.pid)
         await asyncio.wait([host_tail], timeout=REAP_GUARD_S)
+        host_tail.cancel()  # (done by now, unless a child of the solution holds its pipe open)
         try:  # the report's last lines (everything holding the pipe is dead by now)
             await asyncio.wait_for(asyncio.shield(report.closed), REAP_GUARD_S)
         except TimeoutError:
