@@ -236,3 +236,35 @@ def test_the_proxy_answers_with_exact_builtins_and_its_handles_equal_no_plain_va
     assert not server.is_alive()
     with pytest.raises(wire.WireError):
         wire.decode({"t": "int", "class": "Yes", "v": 3}, lambda data: conn.tagged(data))
+
+
+def test_the_wire_carries_the_standard_value_types_exactly_and_refuses_malformed_ones() -> None:
+    """Exercises pass and return dates, durations, complex numbers, Decimals and Fractions
+    (polyglot's gigasecond, meetup, complex-numbers): a right solution must not fail because its
+    value became a handle; what arrives is the exact type, rebuilt from its fields."""
+    import datetime as dt
+    from decimal import Decimal
+    from fractions import Fraction
+    from zoneinfo import ZoneInfo
+
+    from crew.evaluation import wire
+
+    def refuse(data: object) -> object:
+        raise AssertionError(f"not a value type: {data}")
+
+    values = [1 + 2j, Decimal("1.10"), Fraction(1, 3), dt.timedelta(days=-1, seconds=5),
+              dt.date(2013, 5, 1), dt.datetime(2043, 1, 1, 1, 46, 40),
+              dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+              dt.datetime(2021, 10, 31, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+              dt.time(8, 0, tzinfo=dt.UTC)]
+    for value in values:
+        back = wire.decode(wire.encode(value, refuse), refuse)
+        assert type(back) is type(value) and back == value and str(back) == str(value)
+        assert getattr(back, "fold", 0) == getattr(value, "fold", 0)
+    for bad in ({"t": "fraction", "v": [1, 0]}, {"t": "complex", "v": ["1", 2]},
+                {"t": "decimal", "v": "one"}, {"t": "date", "v": "2013-13-01"},
+                {"t": "datetime", "v": "2020-01-01T00:00", "fold": 0, "zone": "../../etc/passwd"},
+                {"t": "datetime", "v": "2020-01-01T00:00+01:00", "fold": 0, "zone": "UTC"},
+                {"t": "timedelta", "v": [10**12, 0, 0]}, {"t": "time", "v": "08:00", "fold": 2}):
+        with pytest.raises(wire.WireError):
+            wire.decode(bad, refuse)

@@ -15,7 +15,8 @@ trusts none of what it says:
   an ini file, the runner (`pytest_runner.py`) and the proxy (remote.py), all read-only. Neither
   box is in the other's sandbox; they share one socket pair and nothing else.
 - The tests import the solution's top-level modules through the proxy: what comes back is plain
-  data rebuilt as exact builtin types, a handle whose every use is a request to the solution's
+  data rebuilt as exact builtin types (and the standard library's value types: complex, Decimal,
+  Fraction, dates, times and durations), a handle whose every use is a request to the solution's
   process, a builtin `Exception` with its args, or a local class standing for an exception
   class of the solution's (wire.py, remote.py); a function of the tests' passed to the solution
   stays in the tests' process, called back. A handle is never equal to plain data. A late,
@@ -39,10 +40,10 @@ user: the solution's code can signal the tests' process, write to the tests' fol
 not yet collected, a conftest) and, as root, read its memory and write to its report pipe; only
 `PR_SET_DUMPABLE` stands in the way of an unprivileged one. A grade made unconfined says so.
 What the proxy does not carry: objects of the tests' own passed to the solution, but for
-functions (a callback the solution can call and nothing more; a mock's attributes and
-`unittest.mock.patch` of what the solution uses do not reach its process), a handle compared with
-plain data (`Fraction(1, 2) == 0.5` is False here), and the attributes of a plain-data subclass
-(a named tuple arrives as its tuple).
+functions and the value types above (a callback the solution can call and nothing more; a
+mock's attributes and `unittest.mock.patch` of what the solution uses do not reach its
+process), a handle compared with plain data (a solution's own `Money(5) == 5` is False here),
+and the attributes of a plain-data subclass (a named tuple arrives as its tuple).
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 A message is a 4-byte big-endian length and that many bytes of JSON: one object, at most
 `MAX_MESSAGE_BYTES`, nested at most `MAX_DEPTH` deep. A value in a message is plain data, tagged
 where JSON has no type of its own: None, bool, int, float and str as JSON writes them; bytes,
-list, tuple, set, frozenset and dict as `{"t": kind, "v": ...}` (a dict as its pairs). Anything
-else is a tag the side reading it decides on (a handle to a remote object), or malformed.
+list, tuple, set, frozenset and dict as `{"t": kind, "v": ...}` (a dict as its pairs); and the
+standard library's value types that exercises pass and return (complex, Decimal, Fraction,
+date, time, datetime and timedelta, with a fixed-offset or IANA time zone), each by its
+canonical fields. Anything else is a tag the side reading it decides on (a handle to a remote
+object), or malformed.
 
 Decoding builds exact builtin types only (JSON's own, then the constructors of the tags): what
 the solution sends can never be a subclass with methods of its own. Anything off (a bad length,
@@ -16,11 +19,15 @@ sandboxes as part of the package `crew_grading` (see grading.py).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import socket
 import struct
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_MESSAGE_BYTES = 8 << 20
 MAX_DEPTH = 64
@@ -92,7 +99,62 @@ def encode(value: Any, other: Callable[[Any], dict[str, Any]], depth: int = 0) -
                                    for k, v in value.items()]}
     if kind in (list, tuple, set, frozenset):
         return {"t": kind.__name__, "v": [encode(item, other, depth + 1) for item in value]}
-    return other(value)
+    known = _encode_value(value)
+    return known if known is not None else other(value)
+
+
+def _encode_value(value: Any) -> dict[str, Any] | None:
+    """A standard-library value type by its canonical fields; None when `value` is none of them."""
+    kind = type(value)
+    if kind is complex:
+        return {"t": "complex", "v": [value.real, value.imag]}
+    if kind is Decimal:
+        return {"t": "decimal", "v": str(value)}
+    if kind is Fraction:
+        return {"t": "fraction", "v": [value.numerator, value.denominator]}
+    if kind is dt.timedelta:
+        return {"t": "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if kind is dt.date:
+        return {"t": "date", "v": value.isoformat()}
+    if kind in (dt.datetime, dt.time):
+        zone = value.tzinfo
+        if zone is None or type(zone) is dt.timezone:
+            return {"t": kind.__name__, "v": value.isoformat(), "fold": value.fold}
+        if type(zone) is ZoneInfo:
+            naive = value.replace(tzinfo=None).isoformat()
+            return {"t": kind.__name__, "v": naive, "fold": value.fold, "zone": zone.key}
+    return None
+
+
+def _decode_value(tag: Any, data: dict[str, Any]) -> Any:
+    """The value type `tag` names, rebuilt from exact fields; raises TypeError or ValueError."""
+    v: Any = data.get("v")
+    if tag == "complex" and _numbers(v, (float, int), 2):
+        return complex(v[0], v[1])
+    if tag == "decimal" and type(v) is str:
+        return Decimal(v)
+    if tag == "fraction" and _numbers(v, (int,), 2):
+        return Fraction(v[0], v[1])
+    if tag == "timedelta" and _numbers(v, (int,), 3):
+        return dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
+    if tag == "date" and type(v) is str:
+        return dt.date.fromisoformat(v)
+    if tag in ("datetime", "time") and type(v) is str and data.get("fold") in (0, 1):
+        built = (dt.datetime if tag == "datetime" else dt.time).fromisoformat(v)
+        zone = data.get("zone")
+        if zone is not None:
+            if type(zone) is not str or built.tzinfo is not None:
+                raise ValueError("a zone beside an offset")
+            built = built.replace(tzinfo=ZoneInfo(zone))
+        return built.replace(fold=data["fold"])
+    raise ValueError(f"a malformed {tag}")
+
+
+def _numbers(v: Any, kinds: tuple[type, ...], count: int) -> bool:
+    return type(v) is list and len(v) == count and all(type(n) in kinds for n in v)
+
+
+_VALUES = ("complex", "decimal", "fraction", "timedelta", "date", "datetime", "time")
 
 
 def decode(data: Any, other: Callable[[dict[str, Any]], Any], depth: int = 0) -> Any:
@@ -113,9 +175,13 @@ def decode(data: Any, other: Callable[[dict[str, Any]], Any], depth: int = 0) ->
             return {_key(pair, other, depth): decode(pair[1], other, depth + 1) for pair in items}
         if tag in _SEQUENCES and type(items) is list:
             return _SEQUENCES[tag]([decode(item, other, depth + 1) for item in items])
-    except (TypeError, ValueError) as exc:  # an unhashable member or key, bad base64
+        if tag in _VALUES:
+            return _decode_value(tag, data)
+    except (TypeError, ValueError, ArithmeticError, InvalidOperation, ZoneInfoNotFoundError) as exc:
+        # an unhashable member or key, bad base64, a malformed value (a zero denominator, a
+        # date out of range, an unknown or path-like zone name)
         raise WireError(f"a malformed {tag} ({type(exc).__name__})") from None
-    if tag in ("bytes", "dict", *_SEQUENCES):
+    if tag in ("bytes", "dict", *_SEQUENCES, *_VALUES):
         raise WireError(f"a malformed {tag}")
     return other(data)
 
