@@ -188,16 +188,13 @@ WRONG_BUT_PASSES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: the graded code runs in pytest's own process, so it can patch pytest's classes (class "
-    "attribute writes raise no audit event) or return a value equal to everything; closing it needs "
-    "the solution in a process of its own, reached from the tests through a proxy"))
 @pytest.mark.parametrize("name", sorted(WRONG_BUT_PASSES))
 def test_a_wrong_add_that_patches_pytest_from_inside_does_not_pass(tmp_path: Path, name: str) -> None:
     """`add.py` alone (no conftest, no planted file: it IS the solution file, so it is copied)
     returns a - b, and at import replaces pytest's `Function.runtest`, or rewrites every
     `TestReport` to passed, or returns an int subclass equal to anything. Graded in the sandbox
-    `crew eval` uses, each is "all 2 hidden tests passed"."""
+    `crew eval` uses, each was "all 2 hidden tests passed" while the solution ran in pytest's
+    process; in a process of its own its patches touch no pytest, and its int arrives as an int."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "add.py").write_text(WRONG_BUT_PASSES[name])

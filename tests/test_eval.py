@@ -196,3 +196,75 @@ def test_an_interrupted_eval_resumes_where_it_stopped(clean_env: Path) -> None:
     graded = [json.loads(line)["exercise"] for line in lines if line.startswith("{") and line.endswith("}")]
     assert graded == ["a", "b"]  # a was not graded again
     assert eval_json(out)["configs"]["reference"]["exercises"] == 2
+
+
+def test_the_proxy_answers_with_exact_builtins_and_its_handles_equal_no_plain_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wire between the hidden tests and the solution, end to end in one process (a thread
+    serves): an int subclass equal to everything arrives as its int, an object equal to
+    everything is a handle equal to no plain value, and a subclass claimed on the wire is refused."""
+    import socket
+    import threading
+
+    from crew.evaluation import remote, solution_host, wire
+
+    (tmp_path / "crew_proxy_probe.py").write_text(
+        "class Yes(int):\n    def __eq__(self, other):\n        return True\n\n"
+        "    __hash__ = int.__hash__\n\n\n"
+        "class Always:\n    def __eq__(self, other):\n        return True\n\n\n"
+        "def yes():\n    return Yes(3)\n\n\ndef always():\n    return Always()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "crew_proxy_probe", raising=False)
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=solution_host.serve, args=(theirs,))
+    server.start()
+    try:
+        conn = remote.Connection(ours, 10.0)
+        module = conn.request("import", "crew_proxy_probe")
+        value = conn.request("call", conn.request("getattr", module, "yes"))
+        assert type(value) is int and value == 3 and value != 5
+        always = conn.request("call", conn.request("getattr", module, "always"))
+        assert isinstance(always, remote.Remote) and always != 5 and not always == "x"
+        assert always == always  # between its own objects, the solution's __eq__ decides
+        with pytest.raises(ModuleNotFoundError):  # the solution's exception, the same builtin here
+            conn.request("import", "crew_proxy_probe_absent")
+    finally:
+        ours.close()
+        server.join(timeout=10)
+        theirs.close()
+    assert not server.is_alive()
+    with pytest.raises(wire.WireError):
+        wire.decode({"t": "int", "class": "Yes", "v": 3}, lambda data: conn.tagged(data))
+
+
+def test_the_wire_carries_the_standard_value_types_exactly_and_refuses_malformed_ones() -> None:
+    """Exercises pass and return dates, durations, complex numbers, Decimals and Fractions
+    (polyglot's gigasecond, meetup, complex-numbers): a right solution must not fail because its
+    value became a handle; what arrives is the exact type, rebuilt from its fields."""
+    import datetime as dt
+    from decimal import Decimal
+    from fractions import Fraction
+    from zoneinfo import ZoneInfo
+
+    from crew.evaluation import wire
+
+    def refuse(data: object) -> object:
+        raise AssertionError(f"not a value type: {data}")
+
+    values = [1 + 2j, Decimal("1.10"), Fraction(1, 3), dt.timedelta(days=-1, seconds=5),
+              dt.date(2013, 5, 1), dt.datetime(2043, 1, 1, 1, 46, 40),
+              dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+              dt.datetime(2021, 10, 31, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+              dt.time(8, 0, tzinfo=dt.UTC)]
+    for value in values:
+        back = wire.decode(wire.encode(value, refuse), refuse)
+        assert type(back) is type(value) and back == value and str(back) == str(value)
+        assert getattr(back, "fold", 0) == getattr(value, "fold", 0)
+    for bad in ({"t": "fraction", "v": [1, 0]}, {"t": "complex", "v": ["1", 2]},
+                {"t": "decimal", "v": "one"}, {"t": "date", "v": "2013-13-01"},
+                {"t": "datetime", "v": "2020-01-01T00:00", "fold": 0, "zone": "../../etc/passwd"},
+                {"t": "datetime", "v": "2020-01-01T00:00+01:00", "fold": 0, "zone": "UTC"},
+                {"t": "timedelta", "v": [10**12, 0, 0]}, {"t": "time", "v": "08:00", "fold": 2}):
+        with pytest.raises(wire.WireError):
+            wire.decode(bad, refuse)

@@ -8,32 +8,52 @@ trusts none of what it says:
   `tests/` folder, a test file, anything pytest or Python loads by its name (`conftest.py`,
   `pytest.py`, `sitecustomize.py`, `*.pth`, ini files, `pyproject.toml`), or a top-level module
   named like one of the standard library's or pytest's.
-- The grading folder holds `solution/` (writable), the hidden tests, an ini file and the runner
-  (`pytest_runner.py`), those three bound read-only. It runs in the sandbox `run_command` uses
-  (no network), or unconfined when there is none, which the grade says.
+- The solution and the hidden tests run in two processes, each in a sandbox of its own (the one
+  `run_command` uses: no network, own PID namespace, own cgroup), or both unconfined when there
+  is none, which the grade says (processes.py). The solution's box holds only `solution/`
+  (writable) and crew's host for it (solution_host.py); the tests' box holds the hidden tests,
+  an ini file, the runner (`pytest_runner.py`) and the proxy (remote.py), all read-only. Neither
+  box is in the other's sandbox; they share one socket pair and nothing else.
+- The tests import the solution's top-level modules through the proxy: what comes back is plain
+  data rebuilt as exact builtin types (and the standard library's value types: complex, Decimal,
+  Fraction, dates, times and durations), a handle whose every use is a request to the solution's
+  process, a builtin `Exception` with its args, or a local class standing for an exception
+  class of the solution's (wire.py, remote.py); a function of the tests' passed to the solution
+  stays in the tests' process, called back. A handle is never equal to plain data. A late,
+  malformed or missing answer fails the test (and, but for a plain fault, every later one).
 - pytest runs isolated: `python -I -B`, `-c` crew's ini, the tests' folder as rootdir and
-  confcutdir, no cache, no plugin autoload, an environment without secrets.
-- A pass needs the runner's report, on a pipe, every line carrying a token given on stdin: the
-  collected ids must cover every test crew found in the hidden files itself (by AST, before any
-  solution code runs), and every collected test must have passed (skipped is not passed), the
-  session must finish with status 0 and the process exit 0. pytest's printed output decides
-  nothing: it is only the feedback the agents see.
+  confcutdir, no cache, no plugin autoload, an environment without secrets, its process not
+  dumpable.
+- A pass needs the runner's report, on a pipe only the tests' process has, every line carrying
+  a token given on its stdin: the collected ids must cover every test crew found in the hidden
+  files itself (by AST, before anything runs), and every collected test must have passed
+  (skipped is not passed), the session must finish with status 0 and the process exit 0.
+  pytest's printed output, and the solution's, decide nothing: they are only the feedback the
+  agents see.
 
-What this cannot stop: the graded code runs in pytest's process, so code written to patch pytest
-itself (its reports, its assertion) or to find the token in memory can still forge a pass. Only
-running the solution apart from the tests would stop that.
+What this cannot stop. In a sandbox, the solution's code cannot reach pytest, the report, the
+token or the hidden tests; it can only answer the calls the tests make. So it can still pass by
+answering them rightly for the inputs the tests use (hard-coded answers), and where the tests
+compare two of its own objects (`Rational(1, 2) == Rational(2, 4)`) the comparison is its own
+`__eq__`, as it is for any class under test. Unconfined (no sandbox), both processes run as the
+user: the solution's code can signal the tests' process, write to the tests' folder (a test file
+not yet collected, a conftest) and, as root, read its memory and write to its report pipe; only
+`PR_SET_DUMPABLE` stands in the way of an unprivileged one. A grade made unconfined says so.
+What the proxy does not carry: objects of the tests' own passed to the solution, but for
+functions and the value types above (a callback the solution can call and nothing more; a
+mock's attributes and `unittest.mock.patch` of what the solution uses do not reach its
+process), a handle compared with plain data (a solution's own `Money(5) == 5` is False here),
+and the attributes of a plain-data subclass (a named tuple arrives as its tuple).
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import fcntl
 import importlib.util
 import os
 import re
 import secrets
-import shlex
 import stat
 import sys
 import tempfile
@@ -42,22 +62,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crew.errors import InputError
+from crew.evaluation.processes import Boxes, run_apart
 from crew.evaluation.suites import Exercise
 from crew.workspace.repo import CREW_FILES
 from crew.workspace.sandbox import Sandbox
-from crew.workspace.tools import command_cgroup, kill_group, scrubbed_env
 
 GRADE_TIMEOUT_S = 120.0
-# What a failing try shows the agents on the second: the end of pytest's report.
-FEEDBACK_CHARS = 6000
-# After the tests end (or are killed), how long their pipes may take to close (a guard, not a timing).
-REAP_GUARD_S = 10.0
+# One call of the tests into the solution's process: longer, and the test fails (and every later one).
+CALL_TIMEOUT_S = 60.0
 # A solution file larger than this is not a source file anyone wrote: it is left out.
 MAX_FILE_BYTES = 1_000_000
 # All the solution's files together: a solution is sources, not what a command made by the thousand.
 MAX_SOLUTION_BYTES = 16_000_000
 MAX_SOLUTION_FILES = 2_000
-MAX_REPORT_BYTES = 4_000_000
 MAX_DEPTH = 16
 
 UNCONFINED = Sandbox("none", network=True)
@@ -73,7 +90,7 @@ _SKIPPED_DIRS = {"tests", "test", ".git", "__pycache__", ".pytest_cache", ".venv
 _SHADOWED = set(sys.stdlib_module_names) | {"pytest", "_pytest", "pluggy", "py", "iniconfig",
                                             "packaging", "exceptiongroup", "tomli", "pygments"}
 _INI = "[pytest]\npython_files = test_*.py *_test.py\npython_classes = Test\npython_functions = test\n"
-_RUNNER = Path(__file__).with_name("pytest_runner.py")
+_HERE = Path(__file__).parent
 
 
 @dataclass(frozen=True)
@@ -109,9 +126,8 @@ async def grade(workspace: Path, exercise: Exercise, sandbox: Sandbox = UNCONFIN
                             "be graded", sandbox.kind)
     solution = await asyncio.to_thread(solution_files, workspace, exercise)
     with tempfile.TemporaryDirectory(prefix="crew-grade-") as scratch:
-        box = Path(scratch) / "box"
-        await asyncio.to_thread(_lay_out, box, solution, exercise.tests)
-        return await _run(box, expected, sandbox, timeout)
+        boxes = await asyncio.to_thread(_lay_out, Path(scratch), solution, exercise.tests)
+        return await _run(boxes, module_names(solution), expected, sandbox, timeout)
 
 
 # --- what is copied -------------------------------------------------------------------------------
@@ -194,15 +210,33 @@ def _is_test_file(name: str) -> bool:
     return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
 
 
-def _lay_out(box: Path, solution: Mapping[str, bytes], tests: Mapping[str, str]) -> None:
+def _lay_out(scratch: Path, solution: Mapping[str, bytes], tests: Mapping[str, str]) -> Boxes:
+    """The tests' box and the solution's, side by side in `scratch`: neither holds the other."""
+    boxes = Boxes(scratch / "tests", scratch / "solution")
     for relative, data in solution.items():
-        _place(box / "solution", relative).write_bytes(data)
+        _place(boxes.solution / "solution", relative).write_bytes(data)
     for relative, text in tests.items():
-        _place(box / "hidden", relative).write_text(text)
-    (box / "hidden").mkdir(parents=True, exist_ok=True)
-    (box / "grade.ini").write_text(_INI)
-    (box / "pytest_runner.py").write_bytes(_RUNNER.read_bytes())
-    (box / "solution").mkdir(exist_ok=True)
+        _place(boxes.tests / "hidden", relative).write_text(text)
+    (boxes.tests / "hidden").mkdir(parents=True, exist_ok=True)
+    (boxes.solution / "solution").mkdir(parents=True, exist_ok=True)
+    (boxes.tests / "grade.ini").write_text(_INI)
+    (boxes.tests / "pytest_runner.py").write_bytes(_HERE.joinpath("pytest_runner.py").read_bytes())
+    for box, modules in ((boxes.tests, ("wire.py", "remote.py")),
+                         (boxes.solution, ("wire.py", "solution_host.py"))):
+        package = box / "lib" / "crew_grading"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        for module in modules:
+            (package / module).write_bytes(_HERE.joinpath(module).read_bytes())
+    return boxes
+
+
+def module_names(solution: Mapping[str, bytes]) -> list[str]:
+    """The solution's top-level module names (its `x.py` and its folders): what the tests' imports
+    of the solution are answered for, by its process."""
+    names = {relative.split("/")[0].removesuffix(".py") for relative in solution
+             if "/" in relative or relative.endswith(".py")}
+    return sorted(n for n in names if n.isidentifier() and n != "crew_grading")
 
 
 def _place(root: Path, relative: str) -> Path:
@@ -321,113 +355,23 @@ def _add(report: _Report, record: dict[str, object]) -> None:
 
 # --- running it -----------------------------------------------------------------------------------
 
-def _grading_argv(sandbox: Sandbox, command: str, box: Path, env: Mapping[str, str],
-                  read_only: Sequence[Path]) -> list[str]:
-    """The one place grading asks the sandbox for its command line (the hidden tests, the ini and
-    the runner bound read-only in a writable `box`)."""
-    return sandbox.argv(command, box, env, read_only=read_only)
-
-
-class _Collect(asyncio.Protocol):
-    """The report pipe's bytes as they come, up to a bound (a report cut there fails to parse)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self.data = bytearray()
-        self.limit = limit
-        self.closed = loop.create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data[:max(0, self.limit - len(self.data))]
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-async def _run(box: Path, expected: set[str], sandbox: Sandbox, timeout: float) -> Grade:
-    loop = asyncio.get_running_loop()
+async def _run(boxes: Boxes, names: list[str], expected: set[str], sandbox: Sandbox,
+               timeout: float) -> Grade:
     token = secrets.token_hex(16)
-    hidden = box / "hidden"
-    read_end, low = os.pipe()
-    # Above the single-digit fds the sandbox's shell prologue may use for itself.
-    write_end = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(low)
-    command = shlex.join([
-        sys.executable, "-I", "-B", str(box / "pytest_runner.py"), str(write_end), str(box / "solution"),
-        "-q", "--tb=short", "-p", "no:cacheprovider", "-c", str(box / "grade.ini"), "-o", "addopts=",
-        "--rootdir", str(hidden), "--confcutdir", str(hidden), str(hidden),
-    ])
-    env = scrubbed_env(box)
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    argv = _grading_argv(sandbox, command, box, env,
-                         [hidden, box / "grade.ini", box / "pytest_runner.py"])
-    reader = os.fdopen(read_end, "rb", buffering=0)
-    try:
-        report_transport, report = await loop.connect_read_pipe(
-            lambda: _Collect(loop, MAX_REPORT_BYTES), reader)
-    except BaseException:
-        reader.close()
-        os.close(write_end)
-        raise
-    group = command_cgroup(sandbox)  # bounded as run_command is
-    try:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *(group.wrap(argv) if group else argv), cwd=box, env=env, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                pass_fds=(write_end,),
-            )
-        finally:
-            os.close(write_end)  # the child has its own: the report ends when the child's closes
-        output, returncode = await _await_tests(process, token, timeout)
-        try:  # the report's last lines (everything holding the pipe is dead by now)
-            await asyncio.wait_for(asyncio.shield(report.closed), REAP_GUARD_S)
-        except TimeoutError:
-            pass
-    finally:
-        report_transport.close()
-        if group is not None:
-            await asyncio.to_thread(group.remove)
-    if returncode is None:
+    hidden = boxes.tests / "hidden"
+    pytest_args = ["-q", "--tb=short", "-p", "no:cacheprovider", "-c", str(boxes.tests / "grade.ini"),
+                   "-o", "addopts=", "--rootdir", str(hidden), "--confcutdir", str(hidden), str(hidden)]
+    ran = await run_apart(boxes, names, pytest_args, sandbox, token, timeout, min(CALL_TIMEOUT_S, timeout))
+    output = ran.tests_output
+    if ran.solution_output.strip():
+        output += f"\n--- the solution's own output ---\n{ran.solution_output}"
+    if ran.returncode is None:
         return Grade(False, f"{output}\ncrew: the tests took longer than {timeout:g} s and were stopped",
                      sandbox.kind)
-    parsed = _parse_report(bytes(report.data), token)
-    reason = verdict(parsed, expected, returncode)
+    parsed = _parse_report(ran.report, token)
+    reason = verdict(parsed, expected, ran.returncode)
     where = "unconfined" if sandbox.kind == "none" else f"in the {sandbox.kind} sandbox"
     if reason is None:
         return Grade(True, f"{output}\ncrew: all {len(parsed.collected[0])} hidden tests passed ({where})",
                      sandbox.kind)
     return Grade(False, f"{output}\ncrew: not passed: {reason} ({where})", sandbox.kind)
-
-
-async def _await_tests(process: asyncio.subprocess.Process, token: str,
-                       timeout: float) -> tuple[str, int | None]:
-    """pytest's output (its end) and exit code, None on a timeout; its process group killed after."""
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        process.stdin.write((token + "\n").encode())
-        await process.stdin.drain()
-        process.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # it did not wait for its token: its report will not carry it
-    kept = bytearray()
-    try:
-        await asyncio.wait_for(asyncio.gather(_tail(process.stdout, kept), process.wait()), timeout)
-        return kept.decode(errors="replace")[-FEEDBACK_CHARS:], process.returncode
-    except TimeoutError:  # what it said so far is the agents' feedback
-        return kept.decode(errors="replace")[-FEEDBACK_CHARS:], None
-    finally:
-        kill_group(process.pid)
-        if process.returncode is None:
-            await process.wait()
-
-
-async def _tail(stream: asyncio.StreamReader, kept: bytearray) -> None:
-    """The end of a stream, read into `kept` to its end: a flood of output costs no more memory
-    than this, and what came before a timeout is there."""
-    while chunk := await stream.read(65536):
-        kept += chunk
-        del kept[:-FEEDBACK_CHARS * 4]

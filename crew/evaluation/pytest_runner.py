@@ -1,28 +1,42 @@
-"""The program grading runs in the sandbox: pytest, reporting each result to crew on a pipe.
+"""The program grading runs for the hidden tests: pytest, reporting each result to crew on a pipe.
 
-Run as `python -I -B pytest_runner.py REPORT_FD SOLUTION_DIR PYTEST_ARGS...`, with a one-line
-token on stdin. It reads the token and imports pytest before the solution folder is on
-`sys.path` (so nothing the graded code named `pytest`, `pluggy` or `_pytest` is what runs), then
-runs pytest with a plugin that writes one JSON line per event to REPORT_FD, each carrying the
-token: the collected test ids, every phase's outcome, and the session's exit status.
+Run as `python -I -B pytest_runner.py REPORT_FD SOLUTION_FD LIB TIMEOUT NAMES PYTEST_ARGS...`,
+with a one-line token on stdin. It reads the token, makes its process non-dumpable (no ptrace,
+no /proc/<pid>/mem for a process of the same user), imports pytest and crew's wire to the
+solution (the package `crew_grading` in LIB), then installs the import hook that answers the
+solution's top-level module names (NAMES, comma-separated) through the socket on SOLUTION_FD
+(remote.py). The solution's code never runs in this process: it is in another one, in a sandbox
+of its own. A plugin writes one JSON line per event to REPORT_FD, each carrying the token: the
+collected test ids, every phase's outcome, and the session's exit status.
 
-It imports nothing from crew: it runs isolated (`-I`), with only the standard library and pytest.
-The graded code runs in this same process, so this is no barrier against code that sets out to
-patch pytest itself (see grading.py); it keeps out what can be planted as files, early exits,
-forged output and forged report lines written without the token.
+It imports nothing from crew's installed package: it runs isolated (`-I`), with the standard
+library, pytest and the copy of wire.py and remote.py beside it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import json
 import os
+import socket
 import sys
 from typing import Any
 
+_PR_SET_DUMPABLE = 4
+
+
+def _not_dumpable() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the sandboxes' PID namespaces are the barrier there
+
 
 def main(argv: list[str]) -> int:
-    report_fd, solution, *args = argv
+    report_fd, solution_fd, lib, timeout, names, *args = argv
     token = sys.stdin.readline().strip()
+    _not_dumpable()
     report = os.fdopen(int(report_fd), "w", encoding="utf-8")
 
     def send(**record: Any) -> None:
@@ -45,8 +59,12 @@ def main(argv: list[str]) -> int:
         def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
             send(kind="finished", status=int(exitstatus))
 
-    # Last, and only now: the graded modules become importable by the tests.
-    sys.path.insert(0, solution)
+    sys.path.insert(0, lib)
+    remote = importlib.import_module("crew_grading.remote")
+    del sys.path[0]
+    # Last, and only now: the solution's modules become importable, as handles to its process.
+    remote.install(socket.socket(fileno=int(solution_fd)), [n for n in names.split(",") if n],
+                   float(timeout))
     return int(pytest.main(args, plugins=[Report()]))
 
 
