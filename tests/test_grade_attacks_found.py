@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from crew.evaluation.grading import Grade, grade
 from crew.evaluation.suites import Exercise, _humaneval_item
 from crew.workspace.sandbox import Sandbox, detect
+from tests.test_grading_attacks import ROOT, _interpreter_for_nobody
 
 pytestmark = pytest.mark.hostile
 
@@ -369,6 +372,7 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_detached_child_of_the_solution_and_a_hung_import_leave_nothing_behind(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -387,3 +391,112 @@ def test_a_detached_child_of_the_solution_and_a_hung_import_leave_nothing_behind
     for pid in left:  # ours: started by this test's grade, named by its marker
         subprocess.run(["kill", "-9", pid], check=False, timeout=10)
     assert left == [], f"left behind: {left}"
+
+
+# --- (d) again: polyglot's unittest style, and values the wire does not carry ----------------------
+
+SUBTESTS = one_module("square", """import unittest
+
+from square import square
+
+
+class SquareTest(unittest.TestCase):
+    def test_squares(self):
+        for n, want in [(1, 1), (2, 4), (3, 9)]:
+            with self.subTest(n=n):
+                self.assertEqual(square(n), want)
+
+
+def test_with_the_subtests_fixture(subtests):
+    for n in range(3):
+        with subtests.test(n=n):
+            assert square(n) == n * n
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="FALSE FAIL: pytest 9 reports each subTest as one more report of "
+                   "the test's id, and grading.verdict wants exactly 3 outcomes per id")
+def test_a_right_solution_to_unittest_subtests_passes(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Exercism's (and so aider polyglot's) Python tests loop over cases in `self.subTest(...)`:
+    pytest 9 reports each subtest passed, under the test's node id; the grade counts 3 + 3
+    outcomes for that id, and fails the right `square`."""
+    verdict = graded(tmp_path, SUBTESTS, {"square.py": "def square(n):\n    return n * n\n"}, sandbox)
+    assert verdict.passed, verdict.output
+
+
+def test_a_wrong_solution_to_unittest_subtests_fails(tmp_path: Path, sandbox: Sandbox) -> None:
+    """HELD: a failing subtest fails the grade (its report says failed)."""
+    verdict = graded(tmp_path, SUBTESTS, {"square.py": "def square(n):\n    return 4 if n == 2 else n\n"},
+                     sandbox)
+    assert not verdict.passed, verdict.output
+
+
+# Values a right solution returns that the tests compare with their own: each comes back as a
+# handle, never equal to the tests' value (the wire carries exact builtins and a few value types).
+VALUES = {
+    "deque": ("import collections\n\n\ndef make():\n    return collections.deque([1, 2])\n",
+              "import collections\n\nfrom values import make\n\n\n"
+              "def test_value():\n    assert make() == collections.deque([1, 2])\n"),
+    "bytearray": ("def make():\n    return bytearray(b'ab')\n",
+                  "from values import make\n\n\ndef test_value():\n    assert make() == bytearray(b'ab')\n"),
+    "range": ("def make():\n    return range(3)\n",
+              "from values import make\n\n\ndef test_value():\n    assert make() == range(3)\n"),
+    "type": ("def make():\n    return int\n",
+             "from values import make\n\n\ndef test_value():\n    assert make() is int\n"),
+    "path": ("import pathlib\n\n\ndef make():\n    return pathlib.PurePosixPath('a/b')\n",
+             "import pathlib\n\nfrom values import make\n\n\n"
+             "def test_value():\n    assert make() == pathlib.PurePosixPath('a/b')\n"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="FALSE FAIL: a deque, bytearray, range, class or path the solution "
+                   "returns is a handle, never equal to the tests' own value (wire.encode)")
+@pytest.mark.parametrize("kind", sorted(VALUES))
+def test_a_right_standard_library_value_compares_equal(tmp_path: Path, sandbox: Sandbox, kind: str) -> None:
+    solution, tests = VALUES[kind]
+    verdict = graded(tmp_path, one_module("values", tests), {"values.py": solution}, sandbox)
+    assert verdict.passed, verdict.output
+
+
+ITERABLE = one_module("summing", """from summing import total
+
+
+def test_any_iterable():
+    assert total(n for n in range(4)) == 6
+    assert total(iter([1, 2])) == 3
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="FALSE FAIL (documented): an iterator or generator of the tests' "
+                   "cannot be passed to the solution (remote.Connection.encode: a SolutionFault)")
+def test_a_right_solution_taking_the_tests_iterator_passes(tmp_path: Path, sandbox: Sandbox) -> None:
+    right = {"summing.py": "def total(items):\n    return sum(items)\n"}
+    verdict = graded(tmp_path, ITERABLE, right, sandbox)
+    assert verdict.passed, verdict.output
+
+
+# --- all of it again as uid 65534 -----------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs the attacks as uid 65534: needs root and setpriv")
+def test_the_same_attacks_as_an_unprivileged_user() -> None:
+    """Every test above, in a pytest of its own as uid 65534: the same breaks (strict xfails) and
+    the same holds."""
+    base = Path(tempfile.mkdtemp(prefix="crew-gradeattack-nobody-", dir="/var/tmp"))
+    try:
+        python = _interpreter_for_nobody(base)
+        for path in [base, *base.rglob("*")]:
+            os.lchown(path, 65534, 65534)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C.UTF-8",
+               "CREW_FULL": "1"}
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-m", "pytest",
+             "-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(base / "t"),
+             "-k", "not unprivileged_user", str(Path(__file__))],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
+    assert "4 passed, 1 deselected, 18 xfailed" in done.stdout, done.stdout
