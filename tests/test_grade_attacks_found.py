@@ -78,6 +78,33 @@ def test_a_humaneval_solution_cannot_shadow_the_builtins_its_check_uses(
     assert not verdict.passed, verdict.output
 
 
+# HumanEval/4 as crew reads it: `check` only ever compares `abs(candidate(x) - y) < 1e-6`.
+DEVIATION = _humaneval_item({
+    "task_id": "HumanEval/4", "entry_point": "mean_absolute_deviation",
+    "prompt": "def mean_absolute_deviation(numbers: list) -> float:\n    \"\"\"MAD around the mean.\"\"\"\n",
+    "canonical_solution": "    mean = sum(numbers) / len(numbers)\n"
+                          "    return sum(abs(x - mean) for x in numbers) / len(numbers)\n",
+    "test": "METADATA = {}\n\n\ndef check(candidate):\n"
+            "    assert abs(candidate([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6\n"
+            "    assert abs(candidate([1.0, 2.0, 3.0, 4.0]) - 1.0) < 1e-6\n"
+            "    assert abs(candidate([1.0, 2.0, 3.0, 4.0, 5.0]) - 6.0/5.0) < 1e-6\n",
+})
+
+
+@pytest.mark.xfail(strict=True, reason="BROKE: a handle's arithmetic with plain data is the solution's: "
+                   "`candidate(x) - y` answers 0 for a result that is no number at all")
+def test_a_humaneval_result_that_is_no_number_fails_an_abs_difference_check(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The wrong solution returns an object whose `-` gives 0.0 whatever it is taken from: every
+    `abs(candidate(x) - y) < 1e-6` holds. (A float's `==` is never asked.)"""
+    assert graded(tmp_path / "right", DEVIATION, DEVIATION.reference or {}, sandbox).passed
+    wrong = ("class _Close:\n    def __sub__(self, other):\n        return 0.0\n\n\n"
+             "def mean_absolute_deviation(numbers):\n    return _Close()\n")
+    verdict = graded(tmp_path / "wrong", DEVIATION, {"solution.py": wrong}, sandbox)
+    assert not verdict.passed, verdict.output
+
+
 MUTATE = one_module("ranks", """from ranks import ranked
 
 
@@ -499,4 +526,4 @@ def test_the_same_attacks_as_an_unprivileged_user() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
-    assert "4 passed, 1 deselected, 18 xfailed" in done.stdout, done.stdout
+    assert "4 passed, 1 deselected, 19 xfailed" in done.stdout, done.stdout
