@@ -109,6 +109,8 @@ class _Report:
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     finished: list[int] = field(default_factory=list)
     collect_errors: list[str] = field(default_factory=list)
+    subtests: dict[str, list[str]] = field(default_factory=dict)
+    """Outcomes of each test's subtests (unittest's `subTest`, pytest's `subtests`)."""
     forged: int = 0
 
 
@@ -127,7 +129,8 @@ async def grade(workspace: Path, exercise: Exercise, sandbox: Sandbox = UNCONFIN
     solution = await asyncio.to_thread(solution_files, workspace, exercise)
     with tempfile.TemporaryDirectory(prefix="crew-grade-") as scratch:
         boxes = await asyncio.to_thread(_lay_out, Path(scratch), solution, exercise.tests)
-        return await _run(boxes, module_names(solution), expected, sandbox, timeout)
+        names = [n for n in module_names(solution) if n not in module_names(exercise.tests)]
+        return await _run(boxes, names, expected, sandbox, timeout)
 
 
 # --- what is copied -------------------------------------------------------------------------------
@@ -231,10 +234,14 @@ def _lay_out(scratch: Path, solution: Mapping[str, bytes], tests: Mapping[str, s
     return boxes
 
 
-def module_names(solution: Mapping[str, bytes]) -> list[str]:
-    """The solution's top-level module names (its `x.py` and its folders): what the tests' imports
-    of the solution are answered for, by its process."""
-    names = {relative.split("/")[0].removesuffix(".py") for relative in solution
+def module_names(files: Mapping[str, object]) -> list[str]:
+    """The top-level module names of `files` (each `x.py` and folder, by relative path). The
+    solution's are what the tests' imports of the solution are answered for, by its process; but
+    never one the hidden tests' own files name (a `helpers.py` beside them), nor one the tests'
+    Python can import itself (remote.py asks), which stays theirs."""
+    files = {relative.removeprefix("tests/"): data for relative, data in files.items()} \
+        if all(relative.startswith("tests/") for relative in files) else files
+    names = {relative.split("/")[0].removesuffix(".py") for relative in files
              if "/" in relative or relative.endswith(".py")}
     return sorted(n for n in names if n.isidentifier() and n != "crew_grading")
 
@@ -304,7 +311,8 @@ def verdict(report: _Report, expected: set[str], returncode: int | None) -> str 
     if missing:
         return f"{len(missing)} hidden test(s) were not collected: {_some(sorted(missing))}"
     failed = [t for t in collected if report.outcomes.get(t, []).count("passed") != 3
-              or len(report.outcomes[t]) != 3]
+              or len(report.outcomes[t]) != 3
+              or any(outcome != "passed" for outcome in report.subtests.get(t, []))]
     if failed:
         return f"{len(failed)} of {len(collected)} hidden tests did not pass: {_some(failed)}"
     if report.finished[0] != 0 or returncode != 0:
@@ -345,6 +353,8 @@ def _add(report: _Report, record: dict[str, object]) -> None:
         report.collected.append([str(i) for i in ids])
     elif kind == "test":
         report.outcomes.setdefault(str(record["id"]), []).append(str(record["outcome"]))
+    elif kind == "subtest":
+        report.subtests.setdefault(str(record["id"]), []).append(str(record["outcome"]))
     elif kind == "finished":
         report.finished.append(int(str(record["status"])))
     elif kind == "collect_error":

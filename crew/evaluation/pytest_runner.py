@@ -24,6 +24,9 @@ import sys
 from typing import Any
 
 _PR_SET_DUMPABLE = 4
+# Python's default (4,300 digits) refuses a right answer of a few thousand digits more; JSON
+# parsing of an int is quadratic, so not unbounded: a huge one costs the grade its timeout.
+MAX_INT_DIGITS = 200_000
 
 
 def _not_dumpable() -> None:
@@ -37,6 +40,7 @@ def main(argv: list[str]) -> int:
     report_fd, solution_fd, lib, timeout, names, *args = argv
     token = sys.stdin.readline().strip()
     _not_dumpable()
+    sys.set_int_max_str_digits(MAX_INT_DIGITS)  # a big answer (a factorial) crosses the wire as JSON
     report = os.fdopen(int(report_fd), "w", encoding="utf-8")
 
     def send(**record: Any) -> None:
@@ -54,7 +58,9 @@ def main(argv: list[str]) -> int:
             send(kind="collected", ids=[item.nodeid for item in session.items])
 
         def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-            send(kind="test", id=report.nodeid, when=report.when, outcome=report.outcome)
+            # A subtest reports under its test's id: counted apart, and every one must pass.
+            kind = "subtest" if type(report).__name__ == "SubtestReport" else "test"
+            send(kind=kind, id=report.nodeid, when=report.when, outcome=report.outcome)
 
         def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
             send(kind="finished", status=int(exitstatus))

@@ -33,7 +33,7 @@ import socket
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import wire
 
@@ -54,6 +54,7 @@ class Connection:
         self.dead: str | None = None
         self.classes: dict[int, type[BaseException]] = {}
         self.callables: dict[Any, Callable[..., Any]] = {}
+        self.remotes: dict[int, Remote] = {}  # one object of the solution's, one handle here (`is`)
         self.depth = 0
 
     def request(self, op: str, *args: Any, **kwargs: Any) -> Any:
@@ -74,7 +75,7 @@ class Connection:
         except wire.WireError as exc:
             raise self.drop(str(exc)) from None
         try:
-            return self.answer(reply)
+            return self.answer(reply, op)
         except wire.WireError as exc:
             raise self.drop(str(exc)) from None
 
@@ -123,19 +124,24 @@ class Connection:
                                 "solution (only plain data, functions and the solution's own objects)")
         return wire.encode(value, local)
 
-    def answer(self, reply: dict[str, Any]) -> Any:
+    def answer(self, reply: dict[str, Any], op: str) -> Any:
         kind = reply.get("kind")
         if kind == "value":
             return wire.decode(reply.get("v"), self.tagged)
         if kind == "raise":
-            raise self.exception(reply)
+            raised = self.exception(reply)
+            if isinstance(raised, StopIteration) and op != "next":
+                # As PEP 479 does for generators: a StopIteration out of a call would silently end
+                # the tests' loop around it (`for x in map(solution_fn, cases)`), no assert run.
+                raise SolutionFault(f"the solution raised StopIteration from {op}, not from next()")
+            raise raised
         if kind == "fault":
             raise SolutionFault(f"the solution's process says: {str(reply.get('why'))[:500]}")
         raise wire.WireError("an answer of no known kind")
 
     def tagged(self, data: dict[str, Any]) -> Any:
         if data.get("t") == "h" and _number(data.get("id")) and type(data.get("callable")) is bool:
-            return Remote(self, data["id"])
+            return self.remotes.setdefault(data["id"], Remote(self, data["id"]))
         return self.exception_class(data)
 
     def exception_class(self, data: dict[str, Any], depth: int = 0) -> type[BaseException]:
@@ -168,15 +174,26 @@ class Connection:
             made.args = tuple(args)
             if isinstance(made, _Raised):
                 made.text = text
-            return made
-        try:
-            return cls(*args)
-        except Exception:  # noqa: BLE001  (a builtin whose constructor wants other arguments)
-            return SolutionFault(f"the solution raised {cls.__name__}: {text[:500]}")
+        else:
+            try:
+                made = cls(*args)
+            except Exception:  # noqa: BLE001  (a builtin whose constructor wants other arguments)
+                return SolutionFault(f"the solution raised {cls.__name__}: {text[:500]}")
+        attrs = reply.get("attrs", {})
+        if type(attrs) is not dict:
+            raise wire.WireError("malformed exception attributes")
+        for name, value in list(attrs.items())[:32]:  # plain data only: a handle is refused
+            if type(name) is str and name.isidentifier() and not name.startswith("_"):
+                setattr(made, name, wire.decode(value, _no_handle))
+        return made
 
 
 def _number(value: Any) -> bool:
     return type(value) is int and value > 0
+
+
+def _no_handle(_: Any) -> Any:
+    raise wire.WireError("an exception attribute that is no plain data")
 
 
 def _bad(_: Any) -> type[BaseException]:
@@ -274,6 +291,16 @@ class Remote:
     def __iter__(self) -> Iterator[Any]:
         return _Iterator(object.__getattribute__(self, "_crew_conn").request("iter", self))
 
+    def __next__(self) -> Any:
+        return object.__getattribute__(self, "_crew_conn").request("next", self)
+
+    def __enter__(self) -> Any:
+        return object.__getattribute__(self, "_crew_conn").request("enter", self)
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> Literal[False]:
+        object.__getattribute__(self, "_crew_conn").request("exit", self, kind is not None)
+        return False  # never the solution's word: a True would swallow the tests' own failure
+
     def __repr__(self) -> str:
         try:
             text = object.__getattribute__(self, "_crew_conn").request("repr", self)
@@ -350,8 +377,9 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname: str, path: Any,
                   target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname.partition(".")[0] not in self.names:
-            return None
+        top = fullname.partition(".")[0]
+        if top not in self.names or _importable_here(top):
+            return None  # a module of the tests' own (a helper beside them, an installed package)
         return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
@@ -366,8 +394,19 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         handle = module.__dict__["_crew_handle"]
         names = self.conn.request("names", handle)
         if type(names) is list and all(type(n) is str for n in names):
-            module.__dict__["__all__"] = names  # what `from module import *` takes
+            # What `from module import *` takes: never a builtin's name (HumanEval's test file
+            # starts with one, and a solution's `abs` would answer `check`'s own comparisons),
+            # a dunder, nor pytest's hooks and markers (`pytest_plugins`).
+            module.__dict__["__all__"] = [n for n in names if n.isidentifier() and not n.startswith("_")
+                                          and n not in _BUILTINS and not n.startswith("pytest")]
         module.__path__ = []
+
+
+_BUILTINS = frozenset(vars(builtins))
+
+
+def _importable_here(name: str) -> bool:
+    return name in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(name) is not None
 
 
 def install(sock: socket.socket, names: Sequence[str], timeout: float) -> Connection:

@@ -29,6 +29,10 @@ from typing import Any
 
 from . import wire
 
+# What a `with` block of the tests' that raised tells the solution's __exit__ (the tests' own
+# exception stays in their process).
+_EXIT: dict[bool, tuple[Any, Any, Any]] = {
+    False: (None, None, None), True: (RuntimeError, RuntimeError("the tests' block raised"), None)}
 _OPERATORS: dict[str, Callable[..., Any]] = {
     "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
     "ge": operator.ge, "add": operator.add, "sub": operator.sub, "mul": operator.mul,
@@ -41,6 +45,8 @@ _OPERATORS: dict[str, Callable[..., Any]] = {
     "index": operator.index, "isinstance": isinstance, "issubclass": issubclass,
     "getattr": getattr, "setattr": setattr, "delattr": delattr,
     "call": lambda function, *args, **kwargs: function(*args, **kwargs),
+    "enter": lambda manager: type(manager).__enter__(manager),
+    "exit": lambda manager, failed: type(manager).__exit__(manager, *_EXIT[failed]),
     "import": importlib.import_module, "names": lambda module: _public_names(module),
 }
 # A subclass of a plain type, sent as its value: read with the base type's own methods.
@@ -120,7 +126,23 @@ class Host:
             args = wire.encode(list(exc.args), self.handle)
         except (wire.WireError, RecursionError, ValueError):
             args = {"t": "list", "v": [_text(exc)]}
-        return {"kind": "raise", "cls": self.handle(type(exc)), "args": args, "str": _text(exc)}
+        return {"kind": "raise", "cls": self.handle(type(exc)), "args": args, "str": _text(exc),
+                "attrs": self.attributes(exc)}
+
+    def attributes(self, exc: BaseException) -> dict[str, Any]:
+        """The exception's own attributes that are plain data (`err.value.position`)."""
+        found: dict[str, Any] = {}
+        for name, value in list(getattr(exc, "__dict__", {}).items())[:32]:
+            if type(name) is str and name.isidentifier() and not name.startswith("__"):
+                try:
+                    found[name] = wire.encode(value, _not_plain)
+                except (wire.WireError, RecursionError, ValueError):
+                    continue
+        return found
+
+
+def _not_plain(_: Any) -> dict[str, Any]:
+    raise wire.WireError("not plain data")
 
 
 def _text(exc: BaseException) -> str:
@@ -181,6 +203,7 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> int:
     fd, solution = argv
+    sys.set_int_max_str_digits(200_000)  # as the tests' side (pytest_runner.MAX_INT_DIGITS)
     sock = socket.socket(fileno=int(fd))
     sys.path.insert(0, solution)
     serve(sock)

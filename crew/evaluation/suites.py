@@ -82,6 +82,27 @@ def _humaneval(path: Path) -> list[Exercise]:
     return exercises
 
 
+# HumanEval's answers are plain data; `check` compares them with ==, <, abs(a - b): a result that
+# is an object of the solution's could answer those comparisons itself (its `__sub__` giving 0).
+_PLAIN_RESULTS = '''def _crew_plain_results(function):
+    plain = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
+
+    def is_plain(value, depth=0):
+        if type(value) not in plain or depth > 64:
+            return False
+        if type(value) is dict:
+            return all(is_plain(k, depth + 1) and is_plain(v, depth + 1) for k, v in value.items())
+        if type(value) in (list, tuple, set, frozenset):
+            return all(is_plain(v, depth + 1) for v in value)
+        return True
+
+    def call(*args, **kwargs):
+        result = function(*args, **kwargs)
+        assert is_plain(result), "the answer is no plain data (an object of the solution's)"
+        return result
+    return call'''
+
+
 def _humaneval_item(item: dict[str, object]) -> Exercise:
     task_id = str(item["task_id"])
     entry = str(item["entry_point"])
@@ -91,7 +112,7 @@ def _humaneval_item(item: dict[str, object]) -> Exercise:
     spec = (f"Complete the function `{entry}` in `{module}` so that it does what its docstring "
             f"says. Keep its name and signature.\n\n```python\n{prompt}```\n")
     test = (f"from solution import *  # noqa\nfrom solution import {entry}\n\n{item['test']}\n\n"
-            f"def test_{entry}():\n    check({entry})\n")
+            f"{_PLAIN_RESULTS}\n\ndef test_{entry}():\n    check(_crew_plain_results({entry}))\n")
     reference = None
     if item.get("canonical_solution"):
         reference = {module: prompt + str(item["canonical_solution"])}
