@@ -62,7 +62,7 @@ class BackendSync:
                     await self._reconcile(force=True)  # never renew (reload) what has gone
                     now = self._clock()
                     due = [s for s in self._slots.values()
-                           if s.ours and s.state == "resident" and not s.pins
+                           if s.ours and s.state == "resident" and not s.pins and not s.mismatched
                            and now - max(s.last_used, s.renewed_at) >= period]
                     for slot in due:
                         await self._backend.renew(slot.name, self._models.profile(slot.name))

@@ -28,6 +28,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 
@@ -52,17 +53,39 @@ Claim = Ticket
 
 
 async def _flock(path: Path, operation: int) -> int:
-    """A descriptor of `path` holding `operation`, waited for in a thread (the event loop goes
-    on); cancellation is safe: the descriptor is closed once the thread has the lock."""
+    """A descriptor of `path` holding `operation`, waited for on a daemon thread of its own (the
+    event loop goes on). Not the default executor: waits for another crew can be many and long,
+    and would take every thread of the pool (then this process's own lock holder could not take
+    a claim), and a wait given up on must not keep the process from exiting. Cancellation is
+    safe: the descriptor is closed once the thread has the lock."""
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, 0o600)
-    waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, operation)
-    try:
-        await asyncio.shield(waiting)
-    except BaseException:
-        waiting.add_done_callback(lambda _: os.close(fd))
-        raise
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wait() -> None:
+        error: OSError | None = None
+        try:
+            fcntl.flock(fd, operation)
+        except OSError as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, done, fd, error)
+        except RuntimeError:  # the loop is closed: nobody wants the lock any more
+            os.close(fd)
+
+    threading.Thread(target=wait, name="crew-flock", daemon=True).start()
+    await done
     return fd
+
+
+def _settle(done: asyncio.Future[None], fd: int, error: OSError | None) -> None:
+    if done.cancelled() or error is not None:
+        os.close(fd)  # given up on (or failed): the lock goes back at once
+    if error is not None and not done.cancelled():
+        done.set_exception(error)
+    elif not done.cancelled():
+        done.set_result(None)
 
 
 class HostLock:

@@ -4,6 +4,7 @@ unloading. A base of `ResidencyManager`, above the part that keeps in step with 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from crew.backends.base import ModelFacts
 from crew.errors import BackendError, LoadTimeout
@@ -11,7 +12,7 @@ from crew.events import ModelLoaded, ModelLoadStarted, ModelUnloaded, ResidencyW
 from crew.residency import advice
 from crew.residency.backend_sync import BackendSync, log, retrieve
 from crew.residency.budget import MemoryBudget
-from crew.residency.host_lock import Claim
+from crew.residency.host_lock import Claim, Ticket
 from crew.residency.slots import Slot
 
 __all__ = ["Loading", "log", "retrieve"]
@@ -79,6 +80,9 @@ class Loading(BackendSync):
         except BaseException:
             if self._slots.get(model) is slot:
                 del self._slots[model]
+            for victim in victims:  # not unloaded after all: waiters must not wait for it
+                if victim.state == "unloading" and self._slots.get(victim.name) is victim:
+                    victim.state = "resident"
             self._reconciled_at = None
             self._notify()
             raise
@@ -99,24 +103,40 @@ class Loading(BackendSync):
                 model, resident.size, resident.size_vram, facts, self._budget)))
         self._notify()
 
+    async def _host_turn(self, waiting: Awaitable[Ticket], what: str, model: str) -> Ticket:
+        """Wait for the host lock or a claim, bounded: a crew process stopped (SIGSTOP) or
+        stuck while holding it must not stall this one forever."""
+        try:
+            return await asyncio.wait_for(waiting, self._load_timeout)
+        except TimeoutError:
+            raise BackendError(
+                f"another crew process has held {what} for {self._load_timeout:g} s while {model} "
+                "waited: it may be stopped or stuck (see `crew ps`); resume or end it, or run "
+                "`crew serve` and point every crew at it so that one process decides"
+            ) from None
+
     async def _claim(self, victim: Slot, loading: str) -> list[Claim]:
         """The victim's exclusive claim, on a host other crew processes share: it waits for every
         crew process using the victim to end its request (bounded by the load timeout)."""
         if self._host_lock is None:
             return []
         claiming = asyncio.ensure_future(self._host_lock.claim(victim.name, exclusive=True))
-        done, _ = await asyncio.wait({claiming}, timeout=self._busy_notice_s)
-        if not done:
-            self._emit(ResidencyWaiting(model=loading, bytes=victim.size, blocked_by=[
-                f"{victim.name} (another crew process is using it; waiting up to CREW_LOAD_TIMEOUT_S)"]))
         try:
+            done, _ = await asyncio.wait({claiming}, timeout=self._busy_notice_s)
+            if not done:
+                self._emit(ResidencyWaiting(model=loading, bytes=victim.size, blocked_by=[
+                    f"{victim.name} (another crew process is using it; waiting up to CREW_LOAD_TIMEOUT_S)"]))
             return [await asyncio.wait_for(claiming, self._load_timeout)]
         except TimeoutError:
             raise BackendError(
                 f"{victim.name} was still in use by another crew process {self._load_timeout:g} s "
-                f"after crew chose to unload it for {loading}: raise CREW_LOAD_TIMEOUT_S, or run "
-                "`crew serve` and point every crew at it so that one process decides"
+                f"after crew chose to unload it for {loading}: that process may be stopped or stuck "
+                "(see `crew ps`); or run `crew serve` and point every crew at it so that one "
+                "process decides"
             ) from None
+        except BaseException:
+            claiming.cancel()  # an abandoned wait must not take the claim later and keep it
+            raise
 
     async def _unload_again(self, victims: list[str]) -> None:
         """Send the unload again for a victim another crew's request brought back (it was

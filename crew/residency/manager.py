@@ -258,9 +258,11 @@ class ResidencyManager(Loading, Forecasting):
                 # Handing back is a request per model: sent for one another crew is unloading,
                 # it would load it again. So it waits for this host's turn (bounded).
                 ticket = await asyncio.wait_for(self._host_lock.acquire(), self._load_timeout)
-            running = {r.name for r in await self._backend.running()}
+            running = {r.name: r for r in await self._backend.running()}
             for slot in list(self._slots.values()):
-                if slot.ours and slot.state == "resident" and slot.name in running:
+                # Not one another client reloaded with its own options: ours would reload it.
+                if slot.ours and slot.state == "resident" and slot.name in running \
+                        and not self._models.mismatched(running[slot.name]):
                     await self._backend.release(slot.name, self._models.profile(slot.name))
                     self._emit(ModelReleased(model=slot.name, bytes=slot.size))
         except CrewError as exc:
@@ -288,12 +290,14 @@ class ResidencyManager(Loading, Forecasting):
         ticket: Ticket | None = None
         claim: Claim | None = None
         wants_host = wants_claim = loaded = False
+        load_task: asyncio.Task[None] | None = None
         try:
             while True:
                 if wants_host and ticket is None and self._host_lock is not None:
-                    ticket = await self._host_lock.acquire()
+                    ticket = await self._host_turn(self._host_lock.acquire(), "the host lock", model)
                 if wants_claim and claim is None and self._host_lock is not None:
-                    claim = await self._host_lock.claim(model, exclusive=False)
+                    claim = await self._host_turn(self._host_lock.claim(model, exclusive=False),
+                                                  f"{model}'s claim", model)
                 async with self._lock:
                     await self._check_fits_at_all(model)
                     # Under the host lock or a claim, what other crews changed must be read afresh.
@@ -323,6 +327,7 @@ class ResidencyManager(Loading, Forecasting):
                         reason = "partial offload" if plan.partial else "requested"
                         slot = self._start_load(model, need, plan.victims, reason, plan.partial)
                         loaded = ticket is not None
+                        load_task = slot.task
                         assert slot.task is not None
                         plan = Join(slot.task)
                     if isinstance(plan, Join):
@@ -341,6 +346,11 @@ class ResidencyManager(Loading, Forecasting):
                 else:
                     await changed.wait()
         finally:
+            if ticket is not None and loaded and load_task is not None and not load_task.done():
+                # This request goes first (a cancel) but Ollama goes on loading, unseen in
+                # /api/ps: the host lock stays with the load until it ends.
+                load_task.add_done_callback(ticket.release_when_done)
+                ticket = None
             for lock in (ticket, claim):
                 if lock is not None:
                     lock.release()
