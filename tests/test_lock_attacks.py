@@ -312,7 +312,8 @@ def test_a_crew_that_gave_up_on_a_victim_still_exits(ollama: FakeOllama, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="a crew waits for a victim's claim holding the host lock "
-                   "(loading.py:56-61 under manager.py:325); a crew using the victim waits for the host lock")
+                   "(Loading._claim, under the lock _acquire took); a crew using the victim waits for "
+                   "the host lock")
 def test_a_nested_hold_in_one_crew_and_an_eviction_in_another_both_finish(
         ollama: FakeOllama, tmp_path: Path) -> None:
     """Crew 1 holds the Reviewer and, inside, asks for the Coder (they fit together). Crew 2
