@@ -25,6 +25,7 @@ never waits for the host lock while the same hold waits for it, so the two never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -72,7 +73,7 @@ async def _flock(path: Path, operation: int) -> int:
         try:
             loop.call_soon_threadsafe(_settle, done, fd, error)
         except RuntimeError:  # the loop is closed: nobody wants the lock any more
-            os.close(fd)
+            _close(fd)
 
     threading.Thread(target=wait, name="crew-flock", daemon=True).start()
     await done
@@ -81,7 +82,7 @@ async def _flock(path: Path, operation: int) -> int:
 
 def _settle(done: asyncio.Future[None], fd: int, error: OSError | None) -> None:
     if done.cancelled() or error is not None:
-        os.close(fd)  # given up on (or failed): the lock goes back at once
+        _close(fd)  # given up on (or failed): the lock goes back at once
     if error is not None and not done.cancelled():
         done.set_exception(error)
     elif not done.cancelled():
@@ -118,3 +119,10 @@ class HostLock:
         digest = hashlib.sha256(model.encode()).hexdigest()[:16]
         path = self._folder / f"{self._name}.{digest}.model"
         return Claim(await _flock(path, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH))
+
+
+def _close(fd: int) -> None:
+    # Already closed only if someone closed a descriptor that was not theirs (a test cleaning up
+    # what it thinks leaked): the lock is gone either way.
+    with contextlib.suppress(OSError):
+        os.close(fd)
