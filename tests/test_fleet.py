@@ -233,8 +233,10 @@ def test_a_replica_that_dies_is_replaced_and_reconciles_from_api_ps(
         assert len(replicas) == 2
         for actor in replicas:
             ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-        wait_until(lambda: _replaced(replicas), timeout=PATIENCE_S)
-        wait_until(lambda: host_is(url, "h1", up=True) and host_is(url, "h2", up=True), timeout=PATIENCE_S)
+        # Two replicas started again at nice 15: beside two CPU burners this once took over 60 s.
+        wait_until(lambda: _replaced(replicas), timeout=2 * PATIENCE_S)
+        wait_until(lambda: host_is(url, "h1", up=True) and host_is(url, "h2", up=True),
+                   timeout=2 * PATIENCE_S)
         for model in [A, B] * 2:
             assert chat(url, model) == "OK"
         # The new replicas read each host's /api/ps: the models were still there, no load again.
