@@ -291,9 +291,6 @@ class Remote:
     def __iter__(self) -> Iterator[Any]:
         return _Iterator(object.__getattribute__(self, "_crew_conn").request("iter", self))
 
-    def __next__(self) -> Any:
-        return object.__getattribute__(self, "_crew_conn").request("next", self)
-
     def __enter__(self) -> Any:
         return object.__getattribute__(self, "_crew_conn").request("enter", self)
 
@@ -328,6 +325,7 @@ class Remote:
     __index__ = _typed("index", int)
     __float__ = _typed("float", float)
     __contains__ = _typed("contains", bool)
+    __next__ = _remote("next")
     __getitem__ = _remote("getitem")
     __setitem__ = _remote("setitem")
     __delitem__ = _remote("delitem")
