@@ -177,7 +177,10 @@ def test_ctrl_c_during_an_embedded_answer_ends_the_run_with_its_state_saved(
         worker = int(answering.read_text())
         os.killpg(crew.pid, signal.SIGINT)  # as the terminal sends Ctrl-C: to the whole group
         stopped = time.monotonic()
-        out, err = crew.communicate(timeout=60)  # a bound on a hang, not the measure
+        try:
+            out, err = crew.communicate(timeout=60)  # a bound on a hang, not the measure
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"crew did not end within 60 s of Ctrl-C; {_signals(crew.pid)}") from None
         took = time.monotonic() - stopped
     finally:
         if crew.poll() is None:
@@ -188,3 +191,14 @@ def test_ctrl_c_during_an_embedded_answer_ends_the_run_with_its_state_saved(
     assert (state / "state.json").exists() and (state / "crew.patch").exists()
     assert json.loads((state / "summary.json").read_text())["stop_reason"] == "interrupted"
     print(f"Ctrl-C to exit: {took:.2f} s")
+
+
+def _signals(pid: int) -> str:
+    """What a process that did not end on Ctrl-C says of its signals and threads (a diagnosis)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        lines = [line for line in status.splitlines() if line.startswith(("State", "Sig", "Shd", "Threads"))]
+        waits = [Path(t, "wchan").read_text() for t in Path(f"/proc/{pid}/task").iterdir()]
+        return "; ".join(lines) + f"; threads waiting in {sorted(set(waits))}"
+    except OSError as exc:
+        return f"no /proc for it ({exc})"
