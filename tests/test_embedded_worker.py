@@ -25,7 +25,7 @@ from crew.events import Event
 from crew.settings import load_settings
 from crew.terminal.cli import main
 from tests.helpers import manager_for, run
-from tests.test_run import write_spec
+from tests.test_run import default_sigint, write_spec
 
 pytestmark = pytest.mark.skipif(not embedded_available() or bundled_model_path() is None,
                                 reason="the embedded extra is not installed")
@@ -166,6 +166,7 @@ def test_ctrl_c_during_an_embedded_answer_ends_the_run_with_its_state_saved(
          "--workspace", str(clean_env / "ws")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        preexec_fn=default_sigint,  # as test_run's Ctrl-C test: a background .ci/run ignores SIGINT
     )
     answering = clean_env / "plan" / "answering"
     try:
