@@ -186,6 +186,7 @@ def test_ctrl_c_during_an_embedded_answer_ends_the_run_with_its_state_saved(
     finally:
         if crew.poll() is None:
             crew.kill()
+            crew.communicate()  # reaped, pipes closed: nothing left for a later test's warnings
     assert crew.returncode == 130, err
     assert gone(worker)
     state = clean_env / "ws"
