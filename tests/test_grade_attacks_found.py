@@ -101,6 +101,38 @@ def test_a_humaneval_result_that_is_no_number_fails_an_abs_difference_check(
     assert not verdict.passed, verdict.output
 
 
+CLOSE = one_module("half", """import unittest
+
+import pytest
+from half import half, third
+
+
+class HalfTest(unittest.TestCase):
+    def test_half(self):
+        self.assertAlmostEqual(half(), 0.5)
+
+
+def test_third():
+    assert third() == pytest.approx(0.3333333)
+""")
+
+
+def test_an_object_whose_difference_is_zero_fails_assert_almost_equal_and_approx(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """unittest's assertAlmostEqual and pytest.approx judge closeness by `abs(a - b)`: a wrong
+    answer that is an object of the solution's whose `-` (either side) gives 0.0 must not pass;
+    the right plain floats do."""
+    right = "def half():\n    return 1 / 2\n\n\ndef third():\n    return 1 / 3\n"
+    assert graded(tmp_path / "right", CLOSE, {"half.py": right}, sandbox).passed
+    wrong = ("class _Close:\n    def __sub__(self, other):\n        return 0.0\n\n"
+             "    __rsub__ = __sub__\n\n\ndef half():\n    return _Close()\n\n\n"
+             "def third():\n    return _Close()\n")
+    verdict = graded(tmp_path / "wrong", CLOSE, {"half.py": wrong}, sandbox)
+    assert not verdict.passed, verdict.output
+    assert "2 of 2 hidden tests did not pass" in verdict.output, verdict.output
+
+
 MUTATE = one_module("ranks", """from ranks import ranked
 
 
@@ -506,4 +538,4 @@ def test_the_same_attacks_as_an_unprivileged_user() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout + done.stderr
-    assert "14 passed, 1 deselected, 9 xfailed" in done.stdout, done.stdout
+    assert "15 passed, 1 deselected, 9 xfailed" in done.stdout, done.stdout

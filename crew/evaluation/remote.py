@@ -341,6 +341,25 @@ for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", 
     setattr(Remote, f"__r{_op}__", _reflected(_op))
 
 
+def _difference(reflected: bool) -> Any:
+    """`a - b` of a handle and a plain value. unittest's assertAlmostEqual judges closeness by
+    `abs(a - b)`: an object of the solution's that answered with a number (0.0) would pass any
+    such comparison. So that difference must be an object of the solution's, never a number."""
+    def method(self: Remote, other: Any) -> Any:
+        conn = object.__getattribute__(self, "_crew_conn")
+        result = conn.request("sub", other, self) if reflected else conn.request("sub", self, other)
+        if not isinstance(other, Remote) and type(result) in (int, float, complex, bool):
+            raise SolutionFault("an object of the solution's minus a number gave a number: "
+                                "closeness checks (assertAlmostEqual) would take it for the answer")
+        return result
+    method.__name__ = "__rsub__" if reflected else "__sub__"
+    return method
+
+
+for _name, _side in (("__sub__", False), ("__rsub__", True)):
+    setattr(Remote, _name, _difference(_side))
+
+
 class _Iterator:
     """The tests' iterator over an iterator of the solution's."""
 
