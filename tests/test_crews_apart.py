@@ -23,10 +23,11 @@ LOAD_S_PER_GB = 1 / 0.7 / 1000
 ANSWER_S = {ARCHITECT: 0.06, CODER: 0.04, REVIEWER: 0.03}
 
 
-def start_crews(ollama: FakeOllama, state: Path, count: int,
-                stagger_s: float = 0.0) -> list[subprocess.Popen[str]]:
+def start_crews(ollama: FakeOllama, state: Path, count: int, stagger_s: float = 0.0,
+                load_timeout_s: float = 20.0) -> list[subprocess.Popen[str]]:
     env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_STATE_DIR": str(state),
-           "CREW_MEMORY_BUDGET_GB": str(BUDGET_GB), "CREW_BACKEND": "ollama", "CREW_LOAD_TIMEOUT_S": "20"}
+           "CREW_MEMORY_BUDGET_GB": str(BUDGET_GB), "CREW_BACKEND": "ollama",
+           "CREW_LOAD_TIMEOUT_S": f"{load_timeout_s:g}"}
     return [subprocess.Popen([sys.executable, "-m", "tests.crew_process", str(i * stagger_s)], cwd=ROOT,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(count)]

@@ -99,27 +99,31 @@ def test_a_real_crew_process_stopped_during_its_load_does_not_stall_another_fore
     Architect, then needs the Coder: it must exit (done, or one line) well within the guard."""
     ollama.reset(capacity=BUDGET_GB * GB, load_seconds_per_gb=LOAD_S_PER_GB)
     gate = threading.Event()
-    ollama.load_gate = gate
-    env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_STATE_DIR": str(tmp_path / "state"),
-           "CREW_MEMORY_BUDGET_GB": str(BUDGET_GB), "CREW_BACKEND": "ollama", "CREW_LOAD_TIMEOUT_S": "2"}
+    ollama.load_gate = gate  # Ollama finishes the load once the first crew is stopped
+    code, err = _second_crew_beside_a_stopped_one(ollama, tmp_path, ollama.load_started, gate)
+    assert code in (0, 2), err
+    assert len(err.strip().splitlines()) <= 1, err
 
-    def start() -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "tests.crew_process"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    first = start()
+def _second_crew_beside_a_stopped_one(ollama: FakeOllama, tmp_path: Path, started: threading.Event,
+                                      gate: threading.Event) -> tuple[int, str]:
+    """A first real crew process, SIGSTOPped once `started` is set (then `gate` lets Ollama go
+    on); a second one (CREW_LOAD_TIMEOUT_S=2) beside it: its exit code and stderr, or a failure
+    if it has not exited 20 s on. Both are gone afterwards."""
+    from tests.test_crews_apart import start_crews
+
+    first = start_crews(ollama, tmp_path / "state", 1, load_timeout_s=2)[0]
     second: subprocess.Popen[str] | None = None
     try:
-        assert ollama.load_started.wait(30), "the first crew never began its load"
+        assert started.wait(30), "the first crew never got that far"
         first.send_signal(signal.SIGSTOP)
-        gate.set()  # Ollama finishes the load; the stopped crew keeps the host lock
-        second = start()
+        gate.set()
+        second = start_crews(ollama, tmp_path / "state", 1, load_timeout_s=2)[0]
         try:
             _, err = second.communicate(timeout=20)
         except subprocess.TimeoutExpired:
-            pytest.fail("the second crew was still waiting 20 s on, with CREW_LOAD_TIMEOUT_S=2")
-        assert second.returncode in (0, 2), err
-        assert len(err.strip().splitlines()) <= 1, err
+            pytest.fail("the second crew had not exited 20 s on, with CREW_LOAD_TIMEOUT_S=2")
+        return second.returncode, err
     finally:
         gate.set()
         settle(ollama)
@@ -378,35 +382,10 @@ def test_a_crew_process_giving_up_on_a_stopped_crews_model_exits(
     room for the Coder: it must give up in one line and exit, not hang."""
     ollama.reset(capacity=BUDGET_GB * GB, load_seconds_per_gb=LOAD_S_PER_GB)
     gate = threading.Event()
-    ollama.script(ARCHITECT, FakeReply(gate=gate))
-    env = {**os.environ, "CREW_OLLAMA_HOST": ollama.url, "CREW_STATE_DIR": str(tmp_path / "state"),
-           "CREW_MEMORY_BUDGET_GB": str(BUDGET_GB), "CREW_BACKEND": "ollama", "CREW_LOAD_TIMEOUT_S": "2"}
-
-    def start() -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "tests.crew_process"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    first = start()
-    second: subprocess.Popen[str] | None = None
-    try:
-        assert ollama.generating.wait(30), "the first crew never sent its Architect request"
-        first.send_signal(signal.SIGSTOP)
-        gate.set()  # Ollama answers; the stopped crew never reads it, and keeps its claim
-        second = start()
-        try:
-            _, err = second.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the second crew had not exited 20 s on, with CREW_LOAD_TIMEOUT_S=2")
-        assert second.returncode == 2 and "still in use by another crew process" in err, err
-        assert len(err.strip().splitlines()) == 1, err
-    finally:
-        gate.set()
-        settle(ollama)
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-                process.communicate()
+    ollama.script(ARCHITECT, FakeReply(gate=gate))  # answered once the first crew is stopped
+    code, err = _second_crew_beside_a_stopped_one(ollama, tmp_path, ollama.generating, gate)
+    assert code == 2 and "still in use by another crew process" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.slow
