@@ -129,7 +129,9 @@ async def grade(workspace: Path, exercise: Exercise, sandbox: Sandbox = UNCONFIN
     solution = await asyncio.to_thread(solution_files, workspace, exercise)
     with tempfile.TemporaryDirectory(prefix="crew-grade-") as scratch:
         boxes = await asyncio.to_thread(_lay_out, Path(scratch), solution, exercise.tests)
-        names = [n for n in module_names(solution) if n not in module_names(exercise.tests)]
+        # The hidden tests' own modules (`tests/helpers.py` is imported as `helpers`).
+        theirs = module_names({path.removeprefix("tests/"): text for path, text in exercise.tests.items()})
+        names = [n for n in module_names(solution) if n not in theirs]
         return await _run(boxes, names, expected, sandbox, timeout)
 
 
@@ -239,8 +241,6 @@ def module_names(files: Mapping[str, object]) -> list[str]:
     solution's are what the tests' imports of the solution are answered for, by its process; but
     never one the hidden tests' own files name (a `helpers.py` beside them), nor one the tests'
     Python can import itself (remote.py asks), which stays theirs."""
-    files = {relative.removeprefix("tests/"): data for relative, data in files.items()} \
-        if all(relative.startswith("tests/") for relative in files) else files
     names = {relative.split("/")[0].removesuffix(".py") for relative in files
              if "/" in relative or relative.endswith(".py")}
     return sorted(n for n in names if n.isidentifier() and n != "crew_grading")
