@@ -238,9 +238,9 @@ def _lay_out(scratch: Path, solution: Mapping[str, bytes], tests: Mapping[str, s
 
 def module_names(files: Mapping[str, object]) -> list[str]:
     """The top-level module names of `files` (each `x.py` and folder, by relative path). The
-    solution's are what the tests' imports of the solution are answered for, by its process; but
-    never one the hidden tests' own files name (a `helpers.py` beside them), nor one the tests'
-    Python can import itself (remote.py asks), which stays theirs."""
+    solution's are what the tests' imports of the solution are answered for, by its process, less
+    those of the hidden tests' own files (`grade` takes them out: a `helpers.py` beside the tests)
+    and any the tests' Python can import itself (remote.py asks), which stay theirs."""
     names = {relative.split("/")[0].removesuffix(".py") for relative in files
              if "/" in relative or relative.endswith(".py")}
     return sorted(n for n in names if n.isidentifier() and n != "crew_grading")
